@@ -1,0 +1,81 @@
+"""`taildistill bench`: steady-state training throughput (images/s) of the real training step."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .config import load_config
+from .engine.trainer import Trainer, build_student, cleanup
+from .methods import build_method, resolve_method_params
+
+
+def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
+    epoch = 0
+    it = iter(())
+    done = 0
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda *a: None)
+    images = 0
+    t0 = None
+    trainer.method.train()
+    while done < warmup + steps:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = trainer.inputs.epoch(epoch)
+            epoch += 1
+            continue
+        if done == warmup:
+            sync()
+            t0 = time.perf_counter()
+        trainer._step(batch, 0)
+        if done >= warmup:
+            images += len(batch["y"])
+        done += 1
+    sync()
+    elapsed = time.perf_counter() - t0
+    return {"images_per_s": images / elapsed, "steps": steps, "seconds": elapsed,
+            "epoch_s_estimate": len(trainer.data.train) / (images / elapsed)}
+
+
+def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int = 50, warmup: int = 10) -> dict:
+    """Throughput of teacher training (CE on the config's model) and of distillation (the config's
+    method, or KD, with a same-architecture teacher: random weights unless teacher.run is set)."""
+    from .engine.provenance import provenance
+
+    cfg = load_config(config, overrides + ["train.tensorboard=false", "train.progress=false"])
+    import tempfile
+    from pathlib import Path
+
+    trainer = Trainer(cfg, run_dir=Path(tempfile.mkdtemp(prefix="taildistill-bench-")) / "run", quiet=True)
+    result = {"config": config, "overrides": overrides, "model": cfg.model.name, "batch_size": cfg.train.batch_size,
+              "precision": "bf16" if trainer.bf16 else "fp32", "compile": cfg.train.compile,
+              "train_images": len(trainer.data.train), **provenance(trainer.device)}
+    info = trainer.data.info
+    student_method = trainer.method
+    try:
+        if mode in ("teacher", "both"):
+            trainer.method = build_method("ce", resolve_method_params("ce", {}), student_method.student, None, info).to(trainer.device)
+            trainer.model = trainer.method
+            result["teacher"] = _measure(trainer, steps, warmup)
+        if mode in ("distill", "both"):
+            method = student_method
+            if method.teacher is None:
+                teacher = build_student(cfg, info)
+                name = cfg.method.name if cfg.method.name != "ce" else "kd"
+                params = cfg.method.params if name == cfg.method.name else resolve_method_params("kd", {})
+                method = build_method(name, params, build_student(cfg, info), teacher, info).to(trainer.device)
+                method.teacher_to(trainer.device)
+                result["distill_method"] = name
+            else:
+                result["distill_method"] = cfg.method.name
+            trainer.method = trainer.model = method
+            trainer.optimizer = torch.optim.SGD(method.parameters(), lr=cfg.optim.lr, momentum=0.9)
+            trainer.sam = None
+            result["distill"] = _measure(trainer, steps, warmup)
+    finally:
+        cleanup(trainer.dist)
+        import shutil
+
+        shutil.rmtree(trainer.run_dir.parent, ignore_errors=True)
+    return result

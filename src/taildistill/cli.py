@@ -1,0 +1,248 @@
+"""Command line: `taildistill {demo,train,eval,report,bench,data,models}`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import TaildistillError
+
+EPILOG = """examples:
+  taildistill demo                                   # digits-LT: teacher + every method, one table
+  taildistill train configs/cifar10_lt/ce_teacher.yaml data.root=~/data/cifar-10-batches-py
+  taildistill train configs/cifar10_lt/bkd.yaml teacher.run=runs/cifar10_lt_ce_teacher
+  taildistill train --resume runs/cifar10_lt_bkd     # continue a stopped run exactly
+  taildistill eval runs/cifar10_lt_bkd               # re-evaluate a finished run
+  taildistill report runs/a runs/b --out reports/ab  # comparison table + plots
+  taildistill data summary configs/cifar10_lt/ce_teacher.yaml --json
+  torchrun --nproc_per_node 2 -m taildistill train CONFIG   # DDP
+"""
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. train.epochs=5 method.temperature=2 data.ratio=50")
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .engine.trainer import fit, resume
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise TaildistillError("--resume continues a run with its saved config; give no CONFIG or overrides")
+        run = resume(Path(args.resume), quiet=args.quiet)
+    else:
+        if not args.config:
+            raise TaildistillError("train needs a CONFIG.yaml (or --resume RUN_DIR)")
+        overrides = list(args.overrides)
+        if args.config and "=" in args.config and not Path(args.config).exists():
+            raise TaildistillError(f"the first argument must be a config file, got '{args.config}'")
+        cfg = load_config(args.config, overrides)
+        run = fit(cfg, Path(args.out) if args.out else None, quiet=args.quiet)
+    final = json.loads((run / "final.json").read_text()) if (run / "final.json").is_file() else {}
+    if final.get("test"):
+        _print_final(final)
+    print(f"run directory: {run}")
+    return 0
+
+
+def _print_final(final: dict) -> None:
+    t = final["test"]
+    groups = ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" if v is not None else f"{k.split('/', 1)[1]} –"
+                       for k, v in t.items() if k.startswith("group/"))
+    print(f"test top-1 {t['top1']:.2f}% ({final['group_policy']}: {groups})")
+
+
+def cmd_eval(args) -> int:
+    from .eval.runner import evaluate_target
+
+    result = evaluate_target(Path(args.target), args.config, list(args.overrides), args.data_split)
+    print(json.dumps(result["summary"], indent=1))
+    if result.get("written"):
+        print(f"wrote {result['written']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_comparison, write_run_report
+
+    dirs = [Path(d) for d in args.runs]
+    for d in dirs:
+        if not (d / "final.json").is_file():
+            raise TaildistillError(f"{d} is not a finished run directory (no final.json)")
+    if len(dirs) == 1 and not args.out:
+        print(f"report: {write_run_report(dirs[0])}")
+    else:
+        out = Path(args.out or "reports/comparison")
+        print(f"report: {write_comparison(dirs, out, args.title)}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    result = run_bench(args.config, list(args.overrides), args.mode, args.steps, args.warmup)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .config import load_config
+    from .data import build_data
+
+    cfg = load_config(args.config, list(args.overrides))
+    data = build_data(cfg.data)
+    info = data.info
+    if args.json:
+        out = info.to_json()
+        out.update({"train": len(data.train), "val": len(data.val) if data.val else 0,
+                    "test": len(data.test) if data.test else 0})
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{info.description}")
+    print(f"classes {info.num_classes}, train {len(data.train)}, val {len(data.val) if data.val else 0}, "
+          f"test {len(data.test) if data.test else 0}, imbalance ratio {info.imbalance_ratio:.1f}")
+    print(f"groups: {info.groups.describe()}")
+    print(f"{'class':>5}  {'name':<20} {'train':>7}  group")
+    for c, (name, n) in enumerate(zip(info.class_names, info.class_counts)):
+        print(f"{c:>5}  {name[:20]:<20} {n:>7}  {info.groups.names[info.groups.class_to_group[c]]}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS, build_model, count_parameters
+
+    print(f"{'model':<16} {'params (C=' + str(args.num_classes) + ')':>16}")
+    for name in MODELS.names():
+        try:
+            kwargs = {"vocab_size": 20000} if name == "textcnn" else {}
+            size = 224 if name.startswith(("resnet18", "resnet34", "resnet50", "resnet10", "resnext", "mobilenetv1")) else 32
+            m = build_model(name, args.num_classes, 3, size, **kwargs)
+            print(f"{name:<16} {count_parameters(m):>16,}")
+        except TaildistillError as exc:
+            print(f"{name:<16} {'?':>16}  ({exc})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs, quiet=args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="taildistill",
+        description="Knowledge distillation on long-tailed data: train teachers and students "
+                    "(BKD, CCKD/ACCKD, LTKD, KD baselines, ...) from YAML configs, evaluate per group, report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"taildistill {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="digits-LT demo: CE teacher, then every method; one table + report.md",
+                       description="Builds a long-tailed version of scikit-learn's bundled digits (real data, "
+                                   "exponential profile, ratio 10), trains a CE teacher, then one student per "
+                                   "method, prints All/Many/Medium/Few accuracy and writes report.md.")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--epochs", type=int, default=30, help="epochs per run (default 30)")
+    d.add_argument("--quiet", action="store_true", help="no per-run progress bars")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a teacher or a student from a YAML config",
+                       description="Train what CONFIG's `method` says (a teacher recipe such as ce/ldam, or a "
+                                   "distillation method with `teacher.run` pointing at a finished teacher run). "
+                                   "Writes a run directory: config.yaml, metrics.jsonl, final.json, checkpoints/, "
+                                   "report.md. Unknown or mistyped keys are errors that list the valid keys.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    t.add_argument("config", nargs="?", help="experiment YAML (see configs/)")
+    _add_overrides(t)
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default OUT_DIR/NAME from the config)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run directory or a checkpoint (per group, per class, ECE)",
+                       description="Evaluate TARGET (a run directory, or a .safetensors checkpoint together with "
+                                   "--config) on the test split (or --split val). Writes eval.json beside a run.")
+    e.add_argument("target", help="run directory or .safetensors checkpoint")
+    e.add_argument("--config", help="config for a bare checkpoint (model + data)")
+    e.add_argument("--split", dest="data_split", default="test", choices=["test", "val", "train"])
+    _add_overrides(e)
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("report", help="report.md + plots for one run, or a comparison across runs",
+                       description="One RUN: (re)write its report.md. Several: a comparison table (mean ± std over "
+                                   "runs that share a name, i.e. seeds) and a per-class plot in --out.")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", help="folder for a comparison report (default reports/comparison)")
+    r.add_argument("--title", default="Comparison")
+    r.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("bench", help="training throughput (images/s, steady state) for teacher and distillation steps",
+                       description="Measures images/s of the training step after warm-up: `teacher` trains the "
+                                   "config's model with CE, `distill` runs the config's method (KD if it has no "
+                                   "teacher) with a same-architecture teacher (random weights unless teacher.run).")
+    b.add_argument("config")
+    _add_overrides(b)
+    b.add_argument("--mode", choices=["teacher", "distill", "both"], default="both")
+    b.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps (default 10)")
+    b.add_argument("--out", help="write the JSON result here too")
+    b.set_defaults(func=cmd_bench)
+
+    da = sub.add_parser("data", help="inspect a config's data: per-class counts, imbalance ratio, groups")
+    dsub = da.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    s = dsub.add_parser("summary", help="per-class counts, imbalance ratio and groups of the training set")
+    s.add_argument("config")
+    _add_overrides(s)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_data)
+
+    m = sub.add_parser("models", help="list the registered models with parameter counts")
+    m.add_argument("--num-classes", type=int, default=10)
+    m.set_defaults(func=cmd_models)
+
+    me = sub.add_parser("methods", help="list the registered methods")
+    me.set_defaults(func=cmd_methods)
+    return p
+
+
+def cmd_methods(args) -> int:
+    from .methods import METHODS
+
+    for name in METHODS.names():
+        print(f"{name:<8} {METHODS.get(name)[2]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        if args.command == "data":
+            parser.parse_args(["data", "--help"])
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except TaildistillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (resume with `taildistill train --resume RUN_DIR`)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

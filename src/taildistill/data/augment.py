@@ -1,0 +1,175 @@
+"""Batch augmentation on the training device: every op takes a whole batch and draws its own
+random numbers per sample from one torch.Generator, so no per-image Python loop runs.
+
+Input: uint8 images (B, C, H, W) on any device. Output: float images, normalised.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+
+def _rand(g: torch.Generator, n: int, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=g.device).to(device)
+
+
+def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `padding` and crop back to (H, W) at a random offset per sample."""
+    B, C, H, W = x.shape
+    xp = F.pad(x, (padding, padding, padding, padding))
+    oy = (_rand(g, B, x.device) * (2 * padding + 1)).long().clamp_max(2 * padding)
+    ox = (_rand(g, B, x.device) * (2 * padding + 1)).long().clamp_max(2 * padding)
+    rows = (oy[:, None] + torch.arange(H, device=x.device))[:, :, None].expand(B, H, W)
+    cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, :].expand(B, H, W)
+    b = torch.arange(B, device=x.device)[:, None, None].expand(B, H, W)
+    return xp.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    mask = (_rand(g, x.shape[0], x.device) < p)[:, None, None, None]
+    return torch.where(mask, x.flip(3), x)
+
+
+def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """Per-sample brightness, contrast and saturation factors in [1 - s, 1 + s]; x float in [0, 1]."""
+    B = x.shape[0]
+
+    def factor():
+        return (1 + strength * (2 * _rand(g, B, x.device) - 1))[:, None, None, None]
+
+    x = x * factor()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * factor() + mean
+    if x.shape[1] == 3:
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = (x - gray) * factor() + gray
+    return x.clamp(0, 1)
+
+
+def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, area=(0.02, 0.33), ratio=(0.3, 3.3)) -> torch.Tensor:
+    """Erase one random rectangle (filled with 0 after normalisation = the mean) per chosen sample."""
+    B, _, H, W = x.shape
+    dev = x.device
+    a = (area[0] + (area[1] - area[0]) * _rand(g, B, dev)) * H * W
+    logr = torch.log(torch.tensor(ratio, device=dev))
+    r = torch.exp(logr[0] + (logr[1] - logr[0]) * _rand(g, B, dev))
+    h = torch.sqrt(a * r).clamp(1, H).long()
+    w = torch.sqrt(a / r).clamp(1, W).long()
+    top = (_rand(g, B, dev) * (H - h + 1)).long()
+    left = (_rand(g, B, dev) * (W - w + 1)).long()
+    ys = torch.arange(H, device=dev)[None, :]
+    xs = torch.arange(W, device=dev)[None, :]
+    my = (ys >= top[:, None]) & (ys < (top + h)[:, None])
+    mx = (xs >= left[:, None]) & (xs < (left + w)[:, None])
+    mask = (my[:, :, None] & mx[:, None, :])[:, None] & (_rand(g, B, dev) < p)[:, None, None, None]
+    return x.masked_fill(mask, 0.0)
+
+
+def sample_lambda(alpha: float, g: torch.Generator) -> float:
+    """One Beta(alpha, alpha) draw from the generator (via two Gamma draws)."""
+    a = torch.tensor([alpha, alpha], dtype=torch.float64)
+    gam = torch._standard_gamma(a.to(g.device), generator=g) if g.device.type != "cpu" else torch._standard_gamma(a, generator=g)
+    gam = gam.cpu()
+    return float(gam[0] / gam.sum())
+
+
+def cutmix_box(H: int, W: int, lam: float, g: torch.Generator) -> tuple[int, int, int, int, float]:
+    """A box of area (1 - lam) * H * W at a random centre; returns (y0, y1, x0, x1, exact lam)."""
+    cut = (1.0 - lam) ** 0.5
+    ch, cw = int(H * cut), int(W * cut)
+    cy = int(torch.randint(H, (1,), generator=g, device=g.device).item())
+    cx = int(torch.randint(W, (1,), generator=g, device=g.device).item())
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, H)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, W)
+    return y0, y1, x0, x1, 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
+
+
+def mix_pair(xa: torch.Tensor, xb: torch.Tensor, lam: float, mode: str, g: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Mix two batches: mixup (lam xa + (1-lam) xb) or cutmix (xb's box pasted into xa)."""
+    if mode == "mixup":
+        return lam * xa + (1 - lam) * xb, lam
+    y0, y1, x0, x1, lam = cutmix_box(xa.shape[2], xa.shape[3], lam, g)
+    out = xa.clone()
+    out[:, :, y0:y1, x0:x1] = xb[:, :, y0:y1, x0:x1]
+    return out, lam
+
+
+class BatchAugment:
+    """The configured augmentation pipeline for one input kind.
+
+    `__call__(x_uint8, y, g, train=True)` returns a dict with `x` (float, normalised) and, when
+    mixup/cutmix fired, `y_soft` (B, C) mixed one-hot targets plus `mix_lam`/`mix_perm`.
+    """
+
+    def __init__(self, cfg, mean: list[float], std: list[float], num_classes: int, input_kind: str = "image"):
+        self.cfg = cfg
+        self.kind = input_kind
+        self.num_classes = num_classes
+        self.mean = torch.tensor(mean or [0.0]).view(1, -1, 1, 1)
+        self.std = torch.tensor(std or [1.0]).view(1, -1, 1, 1)
+        self._policy = None
+        if input_kind == "image" and (cfg.autoaugment != "none" or cfg.randaugment_n > 0):
+            self._policy = self._build_policy(cfg)
+
+    @staticmethod
+    def _build_policy(cfg):
+        try:
+            from kornia.augmentation.auto import AutoAugment, RandAugment
+        except ImportError as exc:  # kornia is a declared dependency; a trimmed install may lack it
+            raise ConfigError(f"augment.autoaugment / randaugment need kornia ({exc})") from None
+        if cfg.autoaugment not in ("none", "cifar10", "imagenet", "svhn"):
+            raise ConfigError(f"augment.autoaugment must be none, cifar10, imagenet or svhn, got '{cfg.autoaugment}'")
+        if cfg.autoaugment != "none":
+            return AutoAugment(policy=cfg.autoaugment)
+        return RandAugment(n=cfg.randaugment_n, m=cfg.randaugment_m)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0,1] float) images -> normalised float32."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if not self.cfg.normalize:
+            return x
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def geometric(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Per-sample crop/flip/policy/jitter/erasing on a uint8 batch; returns normalised float."""
+        c = self.cfg
+        if c.crop_padding > 0:
+            x = random_crop(x, c.crop_padding, g)
+        if c.flip:
+            x = random_flip(x, g)
+        x = x.float().div_(255.0)
+        if self._policy is not None:
+            if x.shape[1] == 1:
+                x = self._policy(x.expand(-1, 3, -1, -1))[:, :1]
+            else:
+                x = self._policy(x)
+            x = x.clamp(0, 1)
+        if c.color_jitter > 0:
+            x = color_jitter(x, c.color_jitter, g)
+        x = self.normalize(x)
+        if c.random_erasing > 0:
+            x = random_erasing(x, c.random_erasing, g)
+        return x
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, train: bool = True) -> dict:
+        if self.kind != "image":
+            return {"x": x, "y": y}
+        if not train:
+            return {"x": self.normalize(x), "y": y}
+        x = self.geometric(x, g)
+        out = {"x": x, "y": y}
+        c = self.cfg
+        modes = [m for m, a in (("mixup", c.mixup_alpha), ("cutmix", c.cutmix_alpha)) if a > 0]
+        if modes and float(torch.rand(1, generator=g, device=g.device)) < c.mix_prob:
+            mode = modes[int(torch.randint(len(modes), (1,), generator=g, device=g.device))]
+            lam = sample_lambda(c.mixup_alpha if mode == "mixup" else c.cutmix_alpha, g)
+            perm = torch.randperm(x.shape[0], generator=g, device=g.device).to(x.device)
+            out["x"], lam = mix_pair(x, x[perm], lam, mode, g)
+            onehot = F.one_hot(y, self.num_classes).float()
+            out["y_soft"] = lam * onehot + (1 - lam) * onehot[perm]
+            out["mix_lam"] = torch.tensor(lam)
+            out["mix_perm"] = perm
+        return out

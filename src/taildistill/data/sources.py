@@ -1,0 +1,417 @@
+"""Data sources: read a data set from local files into uint8 image arrays (or token ids) + labels.
+
+Every source returns a :class:`SourceData` with a train split and a test split (and optionally a
+given validation split). Small images are returned as arrays (N, H, W, C) uint8 so the engine can
+keep them on the GPU; large-image list files are returned as paths and streamed by a DataLoader.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..registry import Registry
+from .safe_io import load_cifar_pickle, safe_extract
+
+SOURCES: Registry = Registry("data source")
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm")
+
+
+@dataclass
+class Split:
+    """One split. `x` is uint8 (N, H, W, C) images or int64 (N, L) token ids; or `paths` + `root`
+    for images streamed from disk. `y` is int64 (N,)."""
+
+    y: np.ndarray
+    x: np.ndarray | None = None
+    paths: list[str] | None = None
+    root: str = ""
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> "Split":
+        return Split(
+            y=self.y[idx],
+            x=None if self.x is None else self.x[idx],
+            paths=None if self.paths is None else [self.paths[i] for i in idx],
+            root=self.root,
+        )
+
+
+@dataclass
+class SourceData:
+    train: Split
+    test: Split | None
+    class_names: list[str]
+    kind: str = "image"  # image | tokens
+    val: Split | None = None
+    extra: dict = field(default_factory=dict)  # e.g. the text vocabulary
+
+
+def check_labels(y: np.ndarray, num_classes: int, what: str) -> None:
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        bad = int(y[(y < 0) | (y >= num_classes)][0])
+        raise DataError(f"{what}: label {bad} is out of range 0..{num_classes - 1}")
+
+
+def _require(path: str, what: str) -> Path:
+    if not path:
+        raise DataError(f"{what}: data.root is empty; give the path of the data set")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{what}: path not found: {p}")
+    return p
+
+
+def decode_image(data: bytes, name: str, size: int = 0) -> np.ndarray:
+    """Decode one image file to uint8 (H, W, 3), resized to (size, size) when size > 0."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            if size and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot decode image {name}: {exc}") from None
+
+
+def _stack(images: list[np.ndarray], what: str) -> np.ndarray:
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"{what}: images have different sizes {sorted(shapes)[:3]}...; set data.image_size")
+    return np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+@SOURCES.register("digits")
+def digits(cfg) -> SourceData:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, no download); a
+    stratified `data.test_fraction` is held out as the test split."""
+    from sklearn.datasets import load_digits
+
+    from .longtail import stratified_split
+
+    d = load_digits()
+    x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
+    y = d.target.astype(np.int64)
+    train_idx, test_idx = stratified_split(y, cfg.test_fraction, seed=0)
+    names = [str(i) for i in range(10)]
+    return SourceData(Split(y[train_idx], x[train_idx]), Split(y[test_idx], x[test_idx]), names)
+
+
+# ----------------------------------------------------------------------------- CIFAR (python format)
+
+
+def _cifar_dir(root: Path, folder: str, cache_dir: Path) -> Path:
+    """Accept the batches folder itself, its parent, or the official .tar.gz."""
+    if root.is_file():
+        target = cache_dir / f"extract-{root.stem}-{root.stat().st_size}"
+        if not (target / folder).is_dir():
+            safe_extract(root, target)
+        root = target
+    if (root / folder).is_dir():
+        return root / folder
+    return root
+
+
+def _cifar(cfg, folder: str, train_files: list[str], test_files: list[str], label_key: str,
+           meta_file: str, names_key: str, num_classes: int) -> SourceData:
+    from .cache import cache_root
+
+    what = folder
+    root = _cifar_dir(_require(cfg.root, what), folder, cache_root(cfg.cache_dir))
+
+    def read(files: list[str]) -> Split:
+        xs, ys = [], []
+        for name in files:
+            path = root / name
+            if not path.is_file():
+                raise DataError(f"{what}: missing file {path}")
+            batch = load_cifar_pickle(path, str(path))
+            if "data" not in batch or label_key not in batch:
+                raise DataError(f"{path}: no '{label_key}' / 'data' entries; is this the right CIFAR format?")
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3072:
+                raise DataError(f"{path}: expected (N, 3072) uint8 rows, got {data.shape}")
+            labels = np.asarray(batch[label_key], dtype=np.int64)
+            if len(labels) != len(data):
+                raise DataError(f"{path}: {len(labels)} labels for {len(data)} images")
+            check_labels(labels, num_classes, str(path))
+            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(labels)
+        return Split(np.concatenate(ys), np.ascontiguousarray(np.concatenate(xs)))
+
+    meta_path = root / meta_file
+    names = [str(i) for i in range(num_classes)]
+    if meta_path.is_file():
+        meta = load_cifar_pickle(meta_path, str(meta_path))
+        got = meta.get(names_key)
+        if got is not None:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in got]
+    return SourceData(read(train_files), read(test_files), names)
+
+
+@SOURCES.register("cifar10")
+def cifar10(cfg) -> SourceData:
+    """CIFAR-10, official python format (`cifar-10-batches-py`, its parent or the .tar.gz)."""
+    return _cifar(cfg, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                  "labels", "batches.meta", "label_names", 10)
+
+
+@SOURCES.register("cifar100")
+def cifar100(cfg) -> SourceData:
+    """CIFAR-100, official python format (`cifar-100-python`, its parent or the .tar.gz)."""
+    return _cifar(cfg, "cifar-100-python", ["train"], ["test"], "fine_labels", "meta",
+                  "fine_label_names", 100)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _iter_folder(root: Path):
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
+            yield str(path.relative_to(root)), path.read_bytes
+
+
+def _iter_tar(archive: Path):
+    """Yield (member name, reader) for image members, without extracting anything to disk."""
+    try:
+        tar = tarfile.open(archive)
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"cannot open archive {archive}: {exc}") from None
+    with tar:
+        try:
+            for m in tar:
+                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTS:
+                    f = tar.extractfile(m)
+                    data = f.read() if f else b""
+                    yield m.name, (lambda data=data: data)
+        except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+            raise DataError(f"archive {archive} is corrupt: {exc}") from None
+
+
+def read_image_folder(path: Path, size: int, what: str, class_names: list[str] | None = None):
+    """Read `class/file` or `split/class/file` images from a folder or a tar(.gz) archive.
+    Returns (images uint8 (N,H,W,3), labels, class names sorted as folders)."""
+    from tqdm import tqdm
+
+    entries = list(_iter_tar(path) if path.is_file() else _iter_folder(path))
+    if not entries:
+        raise DataError(f"{what}: no images found in {path}")
+    parts = [Path(name).parts for name, _ in entries]
+    depth = {len(p) for p in parts}
+    if len(depth) != 1 or depth.pop() < 2:
+        raise DataError(f"{what}: {path} must hold class/file or split/class/file images")
+    cls_of = [p[-2] for p in parts]
+    found = sorted(set(cls_of))
+    if class_names is not None and found != class_names:
+        missing = sorted(set(class_names) ^ set(found))
+        raise DataError(f"{what}: class folders of {path} disagree with the training split's: {missing[:5]}")
+    index = {c: i for i, c in enumerate(found)}
+    images = []
+    for name, read in tqdm(entries, desc=f"decode {path.name}", unit="img", leave=False, mininterval=1.0):
+        images.append(decode_image(read(), f"{path}:{name}", size))
+    labels = np.asarray([index[c] for c in cls_of], dtype=np.int64)
+    return _stack(images, what), labels, found
+
+
+@SOURCES.register("imagefolder")
+def imagefolder(cfg) -> SourceData:
+    """Images as `class/file` (or `split/class/file`) in a folder or .tar/.tar.gz: `data.root`
+    is the training split, `data.test_root` the test split. Decoded once, then cached."""
+    from .cache import cached
+
+    train_path = _require(cfg.root, "imagefolder")
+    test_path = _require(cfg.test_root, "imagefolder test split (data.test_root)")
+
+    def build():
+        x, y, names = read_image_folder(train_path, cfg.image_size, "imagefolder train")
+        xt, yt, _ = read_image_folder(test_path, cfg.image_size, "imagefolder test", names)
+        return {"x": x, "y": y, "xt": xt, "yt": yt}, {"names": names}
+
+    arrays, meta = cached(cfg.cache_dir, "imagefolder", [train_path, test_path], cfg.image_size, build)
+    return SourceData(Split(arrays["y"], arrays["x"]), Split(arrays["yt"], arrays["xt"]), meta["names"])
+
+
+# ----------------------------------------------------------------------------- TinyImageNet
+
+
+@SOURCES.register("tinyimagenet")
+def tinyimagenet(cfg) -> SourceData:
+    """TinyImageNet-200 standard layout: wnids.txt, train/<wnid>/images/*.JPEG,
+    val/images + val/val_annotations.txt (the val split serves as the test split)."""
+    from .cache import cached
+
+    root = _require(cfg.root, "tinyimagenet")
+    wnids_file = root / "wnids.txt"
+    ann_file = root / "val" / "val_annotations.txt"
+    for f in (wnids_file, ann_file):
+        if not f.is_file():
+            raise DataError(f"tinyimagenet: missing {f}")
+
+    def build():
+        from tqdm import tqdm
+
+        wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
+        index = {w: i for i, w in enumerate(wnids)}
+        xs, ys = [], []
+        for w in tqdm(wnids, desc="decode tinyimagenet train", unit="class", leave=False):
+            folder = root / "train" / w / "images"
+            if not folder.is_dir():
+                raise DataError(f"tinyimagenet: missing {folder}")
+            for p in sorted(folder.iterdir()):
+                if p.suffix.lower() in IMAGE_EXTS:
+                    xs.append(decode_image(p.read_bytes(), str(p), cfg.image_size))
+                    ys.append(index[w])
+        xt, yt = [], []
+        for line_no, line in enumerate(ann_file.read_text().splitlines(), 1):
+            fields = line.split("\t")
+            if len(fields) < 2:
+                continue
+            if fields[1] not in index:
+                raise DataError(f"{ann_file}:{line_no}: class {fields[1]} is not in wnids.txt")
+            p = root / "val" / "images" / fields[0]
+            if not p.is_file():
+                raise DataError(f"tinyimagenet: missing {p}")
+            xt.append(decode_image(p.read_bytes(), str(p), cfg.image_size))
+            yt.append(index[fields[1]])
+        arrays = {"x": _stack(xs, "tinyimagenet train"), "y": np.asarray(ys, np.int64),
+                  "xt": _stack(xt, "tinyimagenet val"), "yt": np.asarray(yt, np.int64)}
+        return arrays, {"names": wnids}
+
+    arrays, meta = cached(cfg.cache_dir, "tinyimagenet", [wnids_file, ann_file, root / "train"],
+                          cfg.image_size, build)
+    return SourceData(Split(arrays["y"], arrays["x"]), Split(arrays["yt"], arrays["xt"]), meta["names"])
+
+
+# ----------------------------------------------------------------------------- list files
+
+
+def read_list_file(path: Path, what: str) -> tuple[list[str], np.ndarray]:
+    """`relative/path label` per line (ImageNet-LT, Places-LT, iNaturalist 2018)."""
+    if not path.is_file():
+        raise DataError(f"{what}: list file not found: {path}")
+    paths, labels = [], []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DataError(f"{path}:{line_no}: expected 'relative/path label', got {line!r}")
+        paths.append(parts[0])
+        labels.append(int(parts[1]))
+    if not paths:
+        raise DataError(f"{what}: list file {path} is empty")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+@SOURCES.register("listfile")
+def listfile(cfg) -> SourceData:
+    """ImageNet-LT / Places-LT / iNaturalist style: `data.root` is the image root and
+    `data.lists` gives train/val/test list files; images are streamed from disk."""
+    root = _require(cfg.root, "listfile image root")
+    lists = getattr(cfg, "lists", None) or {}
+    if "train" not in lists or "test" not in lists:
+        raise DataError("listfile: data.lists needs 'train' and 'test' list files (and optionally 'val')")
+    splits = {}
+    for name, file in lists.items():
+        paths, labels = read_list_file(Path(file).expanduser(), f"listfile {name}")
+        splits[name] = Split(labels, paths=paths, root=str(root))
+    num_classes = int(max(s.y.max() for s in splits.values())) + 1
+    for name, s in splits.items():
+        check_labels(s.y, num_classes, f"listfile {name}")
+    train_classes = set(np.unique(splits["train"].y).tolist())
+    test_classes = set(np.unique(splits["test"].y).tolist())
+    if train_classes != test_classes:
+        diff = sorted(train_classes ^ test_classes)[:5]
+        raise DataError(f"listfile: train and test list files disagree on the classes (e.g. {diff})")
+    names = [str(i) for i in range(num_classes)]
+    return SourceData(splits["train"], splits["test"], names, val=splits.get("val"))
+
+
+# ----------------------------------------------------------------------------- AG's News (text)
+
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def read_ag_news(path: Path) -> tuple[list[str], np.ndarray]:
+    """AG's News CSV: `class(1-4),title,description` (optionally gzip'd). Labels become 0-3."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    texts, labels = [], []
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            for row_no, row in enumerate(csv.reader(f), 1):
+                if len(row) < 3:
+                    raise DataError(f"{path}:{row_no}: expected class,title,description")
+                try:
+                    label = int(row[0]) - 1
+                except ValueError:
+                    raise DataError(f"{path}:{row_no}: class '{row[0]}' is not a number") from None
+                if not 0 <= label < 4:
+                    raise DataError(f"{path}:{row_no}: class {row[0]} is out of range 1..4")
+                texts.append(f"{row[1]} {row[2]}")
+                labels.append(label)
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read AG's News file {path}: {exc}") from None
+    if not texts:
+        raise DataError(f"AG's News file {path} has no rows")
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+def build_vocab(texts: list[str], size: int) -> dict[str, int]:
+    """Most frequent tokens get ids 2.. (0 = padding, 1 = unknown); ties broken alphabetically."""
+    counts = Counter(tok for t in texts for tok in tokenize(t))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(0, size - 2)]
+    return {tok: i + 2 for i, (tok, _) in enumerate(ranked)}
+
+
+def encode(texts: list[str], vocab: dict[str, int], max_len: int) -> np.ndarray:
+    out = np.zeros((len(texts), max_len), dtype=np.int64)
+    for i, t in enumerate(texts):
+        ids = [vocab.get(tok, 1) for tok in tokenize(t)][:max_len]
+        out[i, : len(ids)] = ids
+    return out
+
+
+AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+@SOURCES.register("ag_news")
+def ag_news(cfg) -> SourceData:
+    """AG's News CSV for text classification: `data.root` the training CSV and `data.test_root`
+    the test CSV; with only `data.root`, a stratified `data.test_fraction` is held out. The
+    vocabulary is built from the training split only."""
+    from .longtail import stratified_split
+
+    texts, labels = read_ag_news(_require(cfg.root, "ag_news"))
+    if cfg.test_root:
+        test_texts, test_labels = read_ag_news(_require(cfg.test_root, "ag_news test"))
+        train_texts, train_labels = texts, labels
+    else:
+        tr, te = stratified_split(labels, cfg.test_fraction, seed=0)
+        train_texts, train_labels = [texts[i] for i in tr], labels[tr]
+        test_texts, test_labels = [texts[i] for i in te], labels[te]
+    vocab = build_vocab(train_texts, cfg.vocab_size)
+    train = Split(train_labels, encode(train_texts, vocab, cfg.max_len))
+    test = Split(test_labels, encode(test_texts, vocab, cfg.max_len))
+    return SourceData(train, test, list(AG_NEWS_CLASSES), kind="tokens",
+                      extra={"vocab_size": max(vocab.values(), default=1) + 1})

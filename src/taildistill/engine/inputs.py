@@ -1,0 +1,195 @@
+"""Two input paths behind one interface.
+
+- :class:`TensorInput` (small images, token ids): the whole uint8 training set lives on the
+  training device; each epoch is a list of index batches, gathered and augmented there in batch.
+- :class:`StreamInput` (large images from list files): a DataLoader with workers decodes and
+  random-resize-crops on the CPU into uint8 tensors; flips, jitter, erasing and mixing then run
+  on the device with the same :class:`BatchAugment`.
+
+Both yield batch dicts: ``x`` (float, normalised), ``y``; optionally ``y_soft``, ``mix_lam``,
+``mix_perm`` (mixup/cutmix) and ``x_mix``, ``y_a``, ``y_b`` (ACCKD's balanced synthetic batch).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.augment import BatchAugment, mix_pair, sample_lambda
+from ..data.samplers import EpochSampler
+from ..errors import DataError
+
+
+def _seed(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+def shard_batches(indices: torch.Tensor, batch_size: int, rank: int, world: int, repeated: int = 1,
+                  drop_last: bool = True) -> list[torch.Tensor]:
+    """Split one epoch's global index order into this rank's batches. Every rank gets the same
+    number of batches. With repeated augmentation, each index is repeated `repeated` times
+    (the epoch length is kept, so fewer distinct images per epoch)."""
+    if repeated > 1:
+        n = len(indices)
+        indices = indices[: max(1, n // repeated)].repeat_interleave(repeated)[:n]
+    per_rank = len(indices) // world
+    mine = indices[: per_rank * world][rank::world]
+    if len(mine) < batch_size:  # a tiny data set: one (smaller) batch
+        return [mine] if len(mine) > 1 or not drop_last else []
+    n_batches = len(mine) // batch_size if drop_last else -(-len(mine) // batch_size)
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
+class _Base:
+    def __init__(self, info, aug_cfg, train_labels: np.ndarray, device: torch.device, batch_size: int,
+                 dist, seed: int, views: tuple[str, ...], sampler_kind: str, sampler_beta: float,
+                 channels_last: bool = False):
+        self.info = info
+        self.device = device
+        self.batch_size = batch_size
+        self.dist = dist
+        self.seed = seed
+        self.views = views
+        self.repeated = aug_cfg.repeated
+        self.channels_last = channels_last
+        self.augment = BatchAugment(aug_cfg, info.mean, info.std, info.num_classes, info.input_kind)
+        self.labels = torch.as_tensor(train_labels, dtype=torch.long)
+        self.sampler = EpochSampler(train_labels, info.class_counts, sampler_kind, sampler_beta, seed)
+        self.balanced = EpochSampler(train_labels, info.class_counts, "class_balanced", seed=seed + 1) \
+            if "balanced_mix" in views else None
+        self.mix_alpha = 0.5
+
+    def generator(self, epoch: int) -> torch.Generator:
+        g = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
+        g.manual_seed(_seed(self.seed, epoch, self.dist.rank, 17))
+        return g
+
+    def index_batches(self, epoch: int) -> list[torch.Tensor]:
+        idx = self.sampler.indices(epoch)
+        return shard_batches(idx, self.batch_size, self.dist.rank, self.dist.world_size, self.repeated)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.index_batches(0))
+
+    def _finish(self, batch: dict, g: torch.Generator, balanced_x: torch.Tensor | None, balanced_y) -> dict:
+        if balanced_x is not None:  # ACCKD D_mix: balanced x' mixed into x, lambda >= 0.5 (Alg. 1)
+            lam = sample_lambda(self.mix_alpha, g)
+            lam = max(lam, 1 - lam)
+            mode = "mixup" if float(torch.rand(1, generator=g, device=g.device)) > 0.5 else "cutmix"
+            xb = self.augment.geometric(balanced_x, g)
+            batch["x_mix"], _ = mix_pair(xb, batch["x"], lam, mode, g)
+            batch["y_a"], batch["y_b"] = balanced_y, batch["y"]
+        if self.channels_last and batch["x"].dim() == 4:
+            for k in ("x", "x_mix"):
+                if k in batch:
+                    batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
+        return batch
+
+
+class TensorInput(_Base):
+    """GPU-resident training set (uint8 images (N, C, H, W) or token ids (N, L))."""
+
+    def __init__(self, split, info, aug_cfg, device, batch_size, dist, seed, views=(), sampler_kind="instance",
+                 sampler_beta=0.9999, channels_last=False):
+        super().__init__(info, aug_cfg, split.y, device, batch_size, dist, seed, views, sampler_kind,
+                         sampler_beta, channels_last)
+        self.x = to_device_tensor(split, info, device)
+        self.y = self.labels.to(device)
+
+    def epoch(self, epoch: int):
+        g = self.generator(epoch)
+        balanced = self.balanced.indices(epoch) if self.balanced is not None else None
+        for step, idx in enumerate(self.index_batches(epoch)):
+            idx = idx.to(self.device, non_blocking=True)
+            batch = self.augment(self.x[idx], self.y[idx], g)
+            bx = by = None
+            if balanced is not None:
+                j = balanced[(step * self.batch_size + torch.arange(len(idx))) % len(balanced)].to(self.device)
+                bx, by = self.x[j], self.y[j]
+            yield self._finish(batch, g, bx, by)
+
+
+def to_device_tensor(split, info, device) -> torch.Tensor:
+    """Images (N, H, W, C) uint8 -> (N, C, H, W) uint8 on `device`; token ids stay (N, L)."""
+    if split.x is None:
+        raise DataError("this data source streams images from disk; it cannot be held on the device")
+    x = torch.from_numpy(np.ascontiguousarray(split.x))
+    if info.input_kind == "image":
+        x = x.permute(0, 3, 1, 2).contiguous()
+    return x.to(device)
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Decodes `root/path` images and random-resize-crops (train) or resize+centre-crops (eval)."""
+
+    def __init__(self, split, size: int, train: bool):
+        from torchvision import transforms as T
+
+        self.split = split
+        self.tf = (T.Compose([T.RandomResizedCrop(size), T.PILToTensor()]) if train else
+                   T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()]))
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        from pathlib import Path
+
+        from PIL import Image
+
+        path = Path(self.split.root) / self.split.paths[i]
+        try:
+            with Image.open(path) as im:
+                return self.tf(im.convert("RGB")), int(self.split.y[i])
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+class StreamInput(_Base):
+    """Images streamed from disk by a DataLoader (ImageNet-LT-style list files)."""
+
+    def __init__(self, split, info, aug_cfg, device, batch_size, dist, seed, views=(), sampler_kind="instance",
+                 sampler_beta=0.9999, channels_last=False, num_workers=2):
+        super().__init__(info, aug_cfg, split.y, device, batch_size, dist, seed, views, sampler_kind,
+                         sampler_beta, channels_last)
+        self.dataset = _FileDataset(split, info.input_shape[-1], train=True)
+        self.num_workers = num_workers
+
+    def _load(self, idx: torch.Tensor):
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=[i.tolist() for i in idx],
+                                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+
+    def epoch(self, epoch: int):
+        g = self.generator(epoch)
+        batches = self.index_batches(epoch)
+        balanced = None
+        if self.balanced is not None:
+            bidx = self.balanced.indices(epoch)
+            balanced = iter(self._load([bidx[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(batches))]))
+        for x, y in self._load(batches):
+            batch = self.augment(x.to(self.device, non_blocking=True), y.to(self.device), g)
+            bx = by = None
+            if balanced is not None:
+                bx, by = next(balanced)
+                bx, by = bx.to(self.device), by.to(self.device)
+            yield self._finish(batch, g, bx, by)
+
+
+def eval_batches(split, info, augment: BatchAugment, device, batch_size: int = 512, channels_last: bool = False):
+    """Yield normalised, un-augmented (x, y) batches over a whole split, in order."""
+    if split.x is not None:
+        x_all = torch.from_numpy(np.ascontiguousarray(split.x))
+        if info.input_kind == "image":
+            x_all = x_all.permute(0, 3, 1, 2)
+        y_all = torch.as_tensor(split.y, dtype=torch.long)
+        for i in range(0, len(y_all), batch_size):
+            x = augment(x_all[i:i + batch_size].to(device), None, None, train=False)["x"]
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y_all[i:i + batch_size]
+    else:
+        ds = _FileDataset(split, info.input_shape[-1], train=False)
+        for x, y in torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=2):
+            yield augment(x.to(device), None, None, train=False)["x"], y

@@ -1,0 +1,106 @@
+"""Optimizers (SGD, AdamW, optional SAM wrapper) and per-iteration learning-rate schedules."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norm weights and token/position embeddings (1-D parameters)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "dist_token", "pos_embed")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg, module: torch.nn.Module, device_type: str) -> torch.optim.Optimizer:
+    groups = param_groups(module, cfg.weight_decay)
+    fast = {"foreach": True} if device_type == "cuda" else {}
+    if cfg.name == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **fast)
+    elif cfg.name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **({"fused": True} if device_type == "cuda" else {}))
+    else:
+        raise ConfigError(f"optim.name must be sgd or adamw, got '{cfg.name}'")
+    return opt
+
+
+class SAM:
+    """Sharpness-aware minimisation (Foret et al. 2021) around any base optimizer.
+
+    Use: loss(w).backward(); sam.first_step()  (moves to w + rho * g/|g|);
+    loss(w + e).backward(); sam.second_step()  (restores w and applies the base update with the
+    gradient taken at the perturbed point).
+    """
+
+    def __init__(self, base: torch.optim.Optimizer, rho: float = 0.05):
+        if rho <= 0:
+            raise ConfigError(f"SAM rho must be > 0, got {rho}")
+        self.base = base
+        self.rho = rho
+        self._eps: dict = {}
+
+    @torch.no_grad()
+    def first_step(self) -> None:
+        params = [p for g in self.base.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.norm(torch.stack([p.grad.norm(2) for p in params]), 2) if params else torch.tensor(0.0)
+        scale = self.rho / (norm + 1e-12)
+        for p in params:
+            e = p.grad * scale
+            p.add_(e)
+            self._eps[p] = e
+        self.base.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        for p, e in self._eps.items():
+            p.sub_(e)
+        self._eps.clear()
+        self.base.step()
+
+
+def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
+    """Learning-rate multiplier at a (fractional, 0-based) epoch.
+
+    - ldam_step: the LDAM/BKD schedule at epoch granularity, e = epoch + 1: e <= warmup gives
+      e / warmup; e > milestones[1] gives step_factors[1]; e > milestones[0] step_factors[0]; else 1.
+    - cosine: linear warmup over `warmup_epochs`, then cosine to `min_lr` factor.
+    - multistep: warmup, then gamma ** (number of milestones passed).
+    - constant: 1 (after warmup).
+    """
+    name = cfg.name
+    w = cfg.warmup_epochs
+    if name == "ldam_step":
+        e = int(epoch_float) + 1
+        if w > 0 and e <= w:
+            return e / w
+        ms = list(cfg.milestones) + [10**9] * (2 - len(cfg.milestones))
+        fs = list(cfg.step_factors) + [cfg.step_factors[-1] if cfg.step_factors else 1.0] * (2 - len(cfg.step_factors))
+        if e > ms[1]:
+            return fs[1]
+        if e > ms[0]:
+            return fs[0]
+        return 1.0
+    if w > 0 and epoch_float < w:
+        return max(epoch_float / w, 1e-3)
+    if name == "cosine":
+        span = max(1e-8, total_epochs - w)
+        prog = min(1.0, (epoch_float - w) / span)
+        return cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * prog))
+    if name == "multistep":
+        return cfg.gamma ** sum(epoch_float >= m for m in cfg.milestones)
+    if name == "constant":
+        return 1.0
+    raise ConfigError(f"schedule.name must be ldam_step, cosine, multistep or constant, got '{name}'")
+
+
+def set_lr(opt: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
+    lr = base_lr * factor
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr

@@ -1,0 +1,101 @@
+"""Long-tail classification losses: pure functions of tensors.
+
+Shapes: logits (B, C); target either hard labels (B,) int64 or soft targets (B, C) that sum to 1.
+Every loss returns a scalar (mean over the batch, weighted where a class weight is given).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def _as_tensor(x, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32, device=like.device)
+
+
+def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: float = 0.9999) -> torch.Tensor:
+    """Effective-number class weights (Cui et al. 2019; BKD Eq. 2):
+    ``w_c = (1 - beta) / (1 - beta ** n_c)``, rescaled so that ``sum_c w_c = C``. Returns (C,) float32."""
+    n = torch.as_tensor(class_counts, dtype=torch.float64)
+    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    return (w / w.sum() * len(n)).float()
+
+
+def inverse_frequency_weights(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """``w_c ∝ 1 / n_c`` rescaled to sum to C. Returns (C,) float32."""
+    n = torch.as_tensor(class_counts, dtype=torch.float64)
+    w = 1.0 / n
+    return (w / w.sum() * len(n)).float()
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """-sum_c t_c log softmax(z)_c, averaged over the batch (weighted by w_c t_c when `weight`)."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    t = target.float() if weight is None else target.float() * weight[None, :]
+    per_sample = -(t * logp).sum(1)
+    if weight is None:
+        return per_sample.mean()
+    return per_sample.sum() / (target.float() * weight[None, :]).sum()
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy with optional label smoothing and class weights; hard or soft targets."""
+    if target.dim() == 1:
+        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=label_smoothing)
+    if label_smoothing:
+        target = target * (1 - label_smoothing) + label_smoothing / target.shape[1]
+    return soft_cross_entropy(logits, target, weight)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 1.0,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017): -w_y (1 - p_y)^gamma log p_y, mean over the batch
+    (weighted mean when `weight`, so CB-focal = focal with class_balanced_weights)."""
+    logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+    loss = -((1 - logp.exp()) ** gamma) * logp
+    if weight is None:
+        return loss.mean()
+    w = weight[target]
+    return (w * loss).sum() / w.sum()
+
+
+def ldam_margins(class_counts: Sequence[int], max_margin: float = 0.5) -> torch.Tensor:
+    """LDAM margins (Cao et al. 2019): ``m_c ∝ n_c^(-1/4)``, the largest equal to `max_margin`."""
+    m = torch.as_tensor(class_counts, dtype=torch.float64) ** -0.25
+    return (m * (max_margin / m.max())).float()
+
+
+def ldam_loss(logits: torch.Tensor, target: torch.Tensor, margins: torch.Tensor, scale: float = 30.0,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """LDAM: subtract the class margin from the true-class logit, scale by `s`, then (weighted)
+    cross-entropy. `logits` should come from a cosine head (values in [-1, 1])."""
+    margins = margins.to(logits.device)
+    adjusted = logits.float() - F.one_hot(target, logits.shape[1]).float() * margins[target][:, None]
+    return F.cross_entropy(scale * adjusted, target, weight=weight)
+
+
+def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, class_prior: torch.Tensor,
+                        tau: float = 1.0) -> torch.Tensor:
+    """Logit-adjustment loss (Menon et al. 2021): CE(z + tau * log pi_y). Hard or soft targets."""
+    adjusted = logits.float() + tau * torch.log(_as_tensor(class_prior, logits))[None, :]
+    return cross_entropy(adjusted, target)
+
+
+def posthoc_logit_adjustment(logits: torch.Tensor, class_prior: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Post-hoc logit adjustment (Menon et al. 2021): z - tau * log pi. Returns (B, C)."""
+    return logits - tau * torch.log(_as_tensor(class_prior, logits))[None, :]
+
+
+def balanced_softmax_loss(logits: torch.Tensor, target: torch.Tensor, class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Balanced softmax (Ren et al. 2020): CE(z + log n_c). Hard or soft targets."""
+    log_n = torch.log(_as_tensor(class_counts, logits))
+    return cross_entropy(logits.float() + log_n[None, :], target)
+
+
+def drw_weights(class_counts: Sequence[int], epoch: int, start_epoch: int, beta: float = 0.9999) -> torch.Tensor | None:
+    """Deferred re-weighting (Cao et al. 2019): None (unweighted) before `start_epoch`, the
+    effective-number weights from then on."""
+    return None if epoch < start_epoch else class_balanced_weights(class_counts, beta)

@@ -1,0 +1,67 @@
+"""ACCKD (CCKD Sec. 3.3-3.4, Alg. 1): CCKD on the training batch and on a class-balanced
+synthetic batch, a teacher-weighted pair loss on the synthetic batch, and cosine feature
+imitation through a linear projector.
+
+L = L_sup + L_sup_mix + a1 (L_cckd + L_cckd_mix) + a2 (L_fi + L_fi_mix)   (Eq. 16-17)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..losses import cckd_loss, cosine_imitation_loss, pair_supervised_loss
+from .logit import DistillParams, LogitDistill
+
+
+@dataclass
+class ACCKDParams(DistillParams):
+    criterion: str = "cckd"
+    sup_loss: str = "la"
+    temperature: float = 2.0
+    alpha1: float = 1.0  # weight of both CCKD terms
+    alpha2: float = 2.0  # weight of both feature-imitation terms (0 disables the projector)
+    mix_alpha: float = 0.5  # Beta(a, a) for the balanced synthetic batch (lambda folded to >= 0.5)
+    feature: str = "pooled"  # which named feature both models expose for imitation
+
+
+class ACCKD(LogitDistill):
+    """Augmented CCKD: needs the engine's balanced mixed batch (x_mix, y_a balanced, y_b random)."""
+
+    Params = ACCKDParams
+    batch_views = ("balanced_mix",)
+
+    def __init__(self, params, student, teacher, info):
+        super().__init__(params, student, teacher, info)
+        self.projector: nn.Module | None = None
+        if params.alpha2 > 0:
+            s_dim = getattr(student, "feature_dim", None)
+            t_dim = getattr(teacher, "feature_dim", None)
+            if s_dim is None or t_dim is None:
+                from ..errors import ConfigError
+
+                raise ConfigError("acckd feature imitation needs models with `feature_dim`; set method.alpha2=0")
+            self.projector = nn.Linear(s_dim, t_dim)
+        inv = 1.0 / self.class_counts
+        self.register_buffer("fi_class_weights", inv / inv.mean(), persistent=False)
+
+    def loss_terms(self, batch: dict, epoch: int) -> dict:
+        p = self.params
+        f = p.feature
+        out = self.student(batch["x"])
+        t_out = self.teacher_outputs(batch["x"])
+        out_mix = self.student(batch["x_mix"])
+        t_mix = self.teacher_outputs(batch["x_mix"])
+        log_prior = self.class_prior.log()
+        terms = {
+            "sup": p.sup_weight * self.supervised_loss(out["logits"], batch, epoch),
+            "sup_mix": p.sup_weight * pair_supervised_loss(out_mix["logits"], t_mix["logits"], batch["y_a"], batch["y_b"], log_prior),
+            "cckd": p.alpha1 * cckd_loss(out["logits"], t_out["logits"], self.teacher_prior, self.student_train_prior, None, p.temperature),
+            "cckd_mix": p.alpha1 * cckd_loss(out_mix["logits"], t_mix["logits"], self.teacher_prior, self.student_train_prior, None, p.temperature),
+        }
+        if self.projector is not None:
+            w = self.fi_class_weights[batch["y"]]  # Eq. 15's 1/|D_y|, normalised to mean 1 over classes
+            terms["fi"] = p.alpha2 * cosine_imitation_loss(self.projector(out["features"][f].float()), t_out["features"][f], w)
+            terms["fi_mix"] = p.alpha2 * cosine_imitation_loss(self.projector(out_mix["features"][f].float()), t_mix["features"][f])
+        return {"terms": terms, "logits": out["logits"]}

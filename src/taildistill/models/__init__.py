@@ -1,0 +1,31 @@
+"""Model registry. Every model maps an input batch to a dict (the ModelOutput):
+
+- ``logits`` (B, C): what prediction uses;
+- ``features``: ordered name -> tensor (stage outputs, ``pre_pool``, ``pooled``);
+- optional extras: ``logits_cls`` / ``logits_dist`` (two-head ViT), ``firing_rates`` (SNN).
+
+``build_model(name, num_classes, in_channels, image_size, **kwargs)`` builds one by name;
+``taildistill models`` lists them with parameter counts.
+"""
+from __future__ import annotations
+
+from ..registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs):
+    from ..errors import ConfigError
+
+    factory = MODELS.get(name)
+    try:
+        return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model '{name}': bad model.kwargs ({exc})") from None
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+from . import cifar_resnet, small, vgg, wrn  # noqa: E402,F401  (registration side effects)

@@ -1,0 +1,99 @@
+"""CIFAR ResNets: the long-tail papers' ResNet-32 (He et al. option A shortcuts) and the
+distillation-benchmark family resnet8x4 / resnet32x4 (1x1-conv shortcuts, 4x widths)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import MODELS
+
+
+class CosineLinear(nn.Module):
+    """Cosine-normalised classifier: logits = normalise(x) @ normalise(W)^T (LDAM's head).
+    The scale is applied by the loss (LDAM's s = 30)."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        self.pad = 0
+        self.stride = stride
+        if stride != 1 or cin != cout:
+            if shortcut == "A":  # parameter-free: subsample and zero-pad channels
+                self.shortcut = None  # type: ignore[assignment]
+                self.pad = cout - cin
+            else:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut is None:
+            sc = x[:, :, :: self.stride, :: self.stride]
+            sc = F.pad(sc, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        else:
+            sc = self.shortcut(x)
+        return F.relu(out + sc)
+
+
+class CifarResNet(nn.Module):
+    """3x3 stem, three stages of `n` basic blocks (strides 1, 2, 2), global pool, linear head."""
+
+    def __init__(self, n: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3,
+                 shortcut: str = "A", cosine_head: bool = False):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages, cin = [], widths[0]
+        for i, w in enumerate(widths[1:]):
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1, shortcut))
+                cin = w
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.feature_dim = cin
+        self.fc = CosineLinear(cin, num_classes) if cosine_head else nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        feats = {}
+        h = self.stem(x)
+        feats["stem"] = h
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            feats[f"stage{i + 1}"] = h
+        feats["pre_pool"] = h
+        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        feats["pooled"] = pooled
+        return {"logits": self.fc(pooled), "features": feats}
+
+
+def _cifar_resnet(depth: int, widths, shortcut: str):
+    n = (depth - 2) // 6
+
+    def factory(num_classes: int, in_channels: int = 3, image_size: int = 32, cosine_head: bool = False):
+        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head)
+
+    return factory
+
+
+for _depth in (20, 32, 44, 56, 110):
+    MODELS.register(f"resnet{_depth}")(_cifar_resnet(_depth, (16, 16, 32, 64), "A"))
+MODELS.register("resnet8x4")(_cifar_resnet(8, (32, 64, 128, 256), "B"))
+MODELS.register("resnet32x4")(_cifar_resnet(32, (32, 64, 128, 256), "B"))

@@ -1,0 +1,197 @@
+"""Reports: Markdown tables and PNG plots for one run or a comparison of runs."""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_run(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    final = run_dir / "final.json"
+    if not final.is_file():
+        from ..errors import TaildistillError
+
+        raise TaildistillError(f"{run_dir} has no final.json (not a finished run)")
+    out = json.loads(final.read_text())
+    metrics = run_dir / "metrics.jsonl"
+    out["history"] = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln] if metrics.is_file() else []
+    env = run_dir / "env.json"
+    out["env"] = json.loads(env.read_text()) if env.is_file() else {}
+    out["run_dir"] = str(run_dir)
+    return out
+
+
+def fmt(v, digits: int = 2) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def plot_per_class(runs: dict[str, list[float]], counts: list[int], path: Path, title: str = "") -> None:
+    """Per-class accuracy (bars per run) with the training count per class (line, log scale)."""
+    plt = _plt()
+    C = len(counts)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * C + 3), 4))
+    width = 0.8 / max(1, len(runs))
+    for i, (name, acc) in enumerate(runs.items()):
+        ax.bar(np.arange(C) + i * width - 0.4 + width / 2, [a if a is not None else 0 for a in acc], width, label=name)
+    ax.set_xlabel("class (index order)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax2 = ax.twinx()
+    ax2.plot(np.arange(C), counts, "k.-", label="training images")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("training images per class")
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.set_title(title or "per-class accuracy against class frequency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(cm: list[list[int]], path: Path, title: str = "confusion matrix (row-normalised)") -> None:
+    plt = _plt()
+    m = np.asarray(cm, dtype=np.float64)
+    m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    plt = _plt()
+    if not history:
+        return
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].plot(ep, [h["loss"] for h in history], label="total")
+    for k in sorted({k for h in history for k in h if k.startswith("loss/")}):
+        axes[0].plot(ep, [h.get(k) for h in history], label=k[5:], alpha=0.7)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("training loss")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(ep, [h["train_acc"] for h in history], label="train (augmented)")
+    if any("val/top1" in h for h in history):
+        vh = [h for h in history if "val/top1" in h]
+        axes[1].plot([h["epoch"] for h in vh], [h["val/top1"] for h in vh], label="validation")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("accuracy (%)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def group_columns(test: dict) -> list[str]:
+    return [k for k in test if k.startswith("group/")]
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """report.md + plots/ for one finished run."""
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = [f"# {run['name']} — {run['method']} ({run['model']})", ""]
+    test = run.get("test")
+    if test:
+        gcols = group_columns(test)
+        lines += [f"Last-epoch test accuracy (%), groups by the `{run['group_policy']}` policy.", "",
+                  "| top-1 | top-5 | " + " | ".join(c.split("/", 1)[1] for c in gcols) + " | ECE |",
+                  "|" + "---|" * (3 + len(gcols)),
+                  f"| {fmt(test['top1'])} | {fmt(test['top5'])} | " + " | ".join(fmt(test[c]) for c in gcols) + f" | {fmt(test['ece'], 3)} |", ""]
+        for head in ("cls", "dist"):
+            if f"{head}/top1" in test:
+                lines.append(f"- {head.upper()} head alone: top-1 {fmt(test[f'{head}/top1'])}, " +
+                             ", ".join(f"{c.split('/')[-1]} {fmt(test[f'{head}/{c}'])}" for c in gcols))
+        if "best_on_val" in run:
+            b = run["best_on_val"]
+            lines += [f"Best-on-validation checkpoint (epoch {b['epoch']}, val top-1 {fmt(b['val_top1'])}): "
+                      f"test top-1 {fmt(b['test']['top1'])}.", ""]
+        plot_per_class({run["method"]: test["per_class"]}, run["class_counts"], plots / "per_class.png")
+        plot_confusion(test["confusion"], plots / "confusion.png")
+        lines += ["![per-class accuracy](plots/per_class.png)", "", "![confusion matrix](plots/confusion.png)", ""]
+    plot_curves(run["history"], plots / "curves.png")
+    lines += ["![training curves](plots/curves.png)", ""]
+    env = run.get("env", {})
+    if env:
+        lines += ["## Provenance", "", f"- command: `{env.get('command', '')}`", f"- commit: {env.get('commit')}",
+                  f"- hardware: {env.get('hardware')}", f"- versions: {json.dumps(env.get('versions', {}))}", ""]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def comparison_rows(runs: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Group runs by name (seeds of one config share it) -> mean ± std rows, and gains over `ce`."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        by[r["name"]].append(r)
+    gcols: list[str] = []
+    for r in runs:
+        for c in group_columns(r.get("test", {})):
+            if c not in gcols:
+                gcols.append(c)
+    header = ["run", "method", "seeds", "All"] + [c.split("/", 1)[1].capitalize() for c in gcols]
+
+    def stat(vals):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return "–", None
+        m = float(np.mean(vals))
+        return (f"{m:.2f} ± {np.std(vals):.2f}" if len(vals) > 1 else f"{m:.2f}"), m
+
+    rows, means = [], {}
+    for name, rs in by.items():
+        cells, ms = [], []
+        for key in ["top1"] + gcols:
+            s, m = stat([r["test"].get(key) for r in rs if "test" in r])
+            cells.append(s)
+            ms.append(m)
+        means[name] = ms
+        rows.append([name, rs[0]["method"], str(len(rs))] + cells)
+    policy = sorted({r.get("group_policy", "") for r in runs})
+    return header, rows, policy
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_comparison(run_dirs: list[Path], out_dir: Path, title: str = "Comparison") -> Path:
+    """report.md across runs: table (mean ± std over seeds) and a per-class accuracy plot."""
+    runs = [read_run(d) for d in run_dirs]
+    out_dir = Path(out_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    header, rows, policy = comparison_rows(runs)
+    lines = [f"# {title}", "", f"Last-epoch test accuracy (%); groups by the `{', '.join(policy)}` policy.", "",
+             markdown_table(header, rows), ""]
+    per_class = {r["name"]: r["test"]["per_class"] for r in runs if "test" in r}
+    if per_class:
+        plot_per_class(per_class, runs[0]["class_counts"], out_dir / "plots" / "per_class.png")
+        lines += ["![per-class accuracy](plots/per_class.png)", ""]
+    env = runs[0].get("env", {})
+    lines += ["## Provenance", "", f"- commit: {env.get('commit')}", f"- hardware: {env.get('hardware')}",
+              f"- versions: {json.dumps(env.get('versions', {}))}", "- runs: " + ", ".join(f"`{r['run_dir']}`" for r in runs), ""]
+    out = out_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out
