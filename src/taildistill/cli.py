@@ -200,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="write the JSON result here too")
     b.set_defaults(func=cmd_bench)
 
-    da = sub.add_parser("data", help="inspect a config's data: per-class counts, imbalance ratio, groups")
+    da = sub.add_parser("data", help="inspect a config's data: per-class counts, imbalance ratio, groups",
+                        description="Data tools. `taildistill data summary CONFIG` builds the long-tailed training "
+                                    "set exactly as training would (profile, ratio, seed, validation split) and "
+                                    "prints per-class counts, the imbalance ratio and the group of every class.")
     dsub = da.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     s = dsub.add_parser("summary", help="per-class counts, imbalance ratio and groups of the training set")
     s.add_argument("config")
@@ -208,11 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_data)
 
-    m = sub.add_parser("models", help="list the registered models with parameter counts")
-    m.add_argument("--num-classes", type=int, default=10)
+    m = sub.add_parser("models", help="list the registered models with parameter counts",
+                       description="Lists every model name usable as `model.name` (and `teacher.model`) in a "
+                                   "config, with its parameter count for --num-classes classes. Every model "
+                                   "returns logits plus named features (stage outputs, pre_pool, pooled).")
+    m.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     m.set_defaults(func=cmd_models)
 
-    me = sub.add_parser("methods", help="list the registered methods")
+    me = sub.add_parser("methods", help="list the registered methods",
+                        description="Lists every method usable as `method.name` in a config with a one-line "
+                                    "summary. Parameters go under `method:` beside the name; a wrong one is an "
+                                    "error that lists the valid ones (see `taildistill train --help`).")
     me.set_defaults(func=cmd_methods)
     return p
 
@@ -228,7 +237,12 @@ def cmd_methods(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides given after options land here
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         if args.command == "data":
             parser.parse_args(["data", "--help"])

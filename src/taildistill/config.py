@@ -8,6 +8,8 @@ chosen method's own parameter dataclass (see ``taildistill.methods``).
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,6 +189,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-2` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -276,6 +283,28 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any) -> Any:
+    """`${VAR}` / `${VAR:-default}` in string values come from the environment (paths to data
+    differ per machine; configs never hard-code them)."""
+    if isinstance(value, str):
+        def sub(m):
+            if m.group(1) in os.environ:
+                return os.environ[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            raise ConfigError(f"config value '{value}' needs the environment variable {m.group(1)}")
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
+
+
 def load_raw(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -288,6 +317,7 @@ def load_raw(path: str | Path) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    raw = expand_env(raw)
     if "base" in raw:  # `base: other.yaml` composes: this file's keys override the base's
         base_path = (path.parent / str(raw.pop("base"))).resolve()
         base = load_raw(base_path)

@@ -210,7 +210,8 @@ def read_image_folder(path: Path, size: int, what: str, class_names: list[str] |
     Returns (images uint8 (N,H,W,3), labels, class names sorted as folders)."""
     from tqdm import tqdm
 
-    entries = list(_iter_tar(path) if path.is_file() else _iter_folder(path))
+    # sorted by member name, so a folder and its archive give the same order (and the same subset)
+    entries = sorted(_iter_tar(path) if path.is_file() else _iter_folder(path), key=lambda e: e[0].split("/")[-2:])
     if not entries:
         raise DataError(f"{what}: no images found in {path}")
     parts = [Path(name).parts for name, _ in entries]

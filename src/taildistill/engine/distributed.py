@@ -53,3 +53,11 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), so that every rank holds
+    the same model after an epoch (DDP syncs gradients, not the buffers' last update)."""
+    if info.enabled:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)

@@ -27,7 +27,7 @@ from ..eval.metrics import classification_metrics, summary
 from ..methods import build_method
 from ..models import build_model
 from . import checkpoint as ckpt
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .inputs import StreamInput, TensorInput, eval_batches
 from .optim import SAM, build_optimizer, lr_factor, set_lr
 from .provenance import provenance
@@ -317,6 +317,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(total) / (step + 1):.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         if not torch.isfinite(total):
             self._non_finite(epoch, self.steps - 1, sums)
+        broadcast_buffers(self.method, self.dist)
         stats = torch.stack([total, correct, torch.tensor(float(seen), device=self.device)] + list(sums.values()))
         stats = all_reduce_sum(stats, self.dist)
         if self.device.type == "cuda":

@@ -1,0 +1,62 @@
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAILDISTILL_CACHE", str(tmp_path / "cache"))
+
+
+def write_cifar(root: Path, num_classes: int = 10, per_class_train: int = 12, per_class_test: int = 3,
+                seed: int = 0) -> Path:
+    """A small data set in the official CIFAR python format (pickled dicts with bytes keys)."""
+    rng = np.random.RandomState(seed)
+    if num_classes == 10:
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        labels = np.repeat(np.arange(10), per_class_train)
+        rng.shuffle(labels)
+        chunks = np.array_split(np.arange(len(labels)), 5)
+        for i, chunk in enumerate(chunks, 1):
+            data = rng.randint(0, 256, (len(chunk), 3072), dtype=np.uint8)
+            with open(folder / f"data_batch_{i}", "wb") as f:
+                pickle.dump({b"data": data, b"labels": labels[chunk].tolist()}, f)
+        tl = np.repeat(np.arange(10), per_class_test)
+        with open(folder / "test_batch", "wb") as f:
+            pickle.dump({b"data": rng.randint(0, 256, (len(tl), 3072), dtype=np.uint8), b"labels": tl.tolist()}, f)
+        with open(folder / "batches.meta", "wb") as f:
+            pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    else:
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True)
+        labels = np.repeat(np.arange(num_classes), per_class_train)
+        rng.shuffle(labels)
+        with open(folder / "train", "wb") as f:
+            pickle.dump({b"data": rng.randint(0, 256, (len(labels), 3072), dtype=np.uint8),
+                         b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist()}, f)
+        tl = np.repeat(np.arange(num_classes), per_class_test)
+        with open(folder / "test", "wb") as f:
+            pickle.dump({b"data": rng.randint(0, 256, (len(tl), 3072), dtype=np.uint8),
+                         b"fine_labels": tl.tolist(), b"coarse_labels": (tl // 5).tolist()}, f)
+        with open(folder / "meta", "wb") as f:
+            pickle.dump({b"fine_label_names": [f"f{i}".encode() for i in range(num_classes)]}, f)
+    return folder
+
+
+def write_image_folder(root: Path, classes=("a", "b", "c"), per_class=(6, 4, 2), size=8, split=None, seed=0) -> Path:
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    base = root / split if split else root
+    for c, n in zip(classes, per_class):
+        (base / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(base / c / f"{i:04d}.png")
+    return root

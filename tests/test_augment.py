@@ -1,0 +1,81 @@
+import torch
+import torch.nn.functional as F
+
+from taildistill.config import AugmentConfig
+from taildistill.data.augment import BatchAugment, random_crop, random_erasing, random_flip, sample_lambda
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    out = random_crop(x, 2, gen(1))
+    assert out.shape == x.shape
+    padded = F.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        windows = [padded[b, :, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[b], w) for w in windows)
+
+
+def test_flip_per_sample_and_deterministic():
+    x = torch.randint(0, 255, (64, 3, 4, 4), dtype=torch.uint8)
+    a, b = random_flip(x, gen(3)), random_flip(x, gen(3))
+    assert torch.equal(a, b)
+    flipped = [(torch.equal(a[i], x[i].flip(2))) for i in range(64)]
+    assert 10 < sum(flipped) < 54  # about half, decided per sample
+
+
+def test_random_erasing_blanks_a_rectangle():
+    x = torch.ones(8, 3, 16, 16)
+    out = random_erasing(x, 1.0, gen(0))
+    zero = (out == 0).all(1)
+    for b in range(8):
+        rows, cols = zero[b].any(1).nonzero(), zero[b].any(0).nonzero()
+        assert len(rows) and zero[b].sum() == len(rows) * len(cols)  # one full rectangle
+
+
+def test_mixup_soft_targets():
+    cfg = AugmentConfig(mixup_alpha=1.0, normalize=False)
+    aug = BatchAugment(cfg, [0.0] * 3, [1.0] * 3, 5)
+    x = torch.randint(0, 255, (8, 3, 4, 4), dtype=torch.uint8)
+    y = torch.arange(8) % 5
+    out = aug(x, y, gen(2))
+    lam, perm = float(out["mix_lam"]), out["mix_perm"]
+    assert torch.allclose(out["y_soft"].sum(1), torch.ones(8))
+    xf = x.float() / 255
+    assert torch.allclose(out["x"], lam * xf + (1 - lam) * xf[perm], atol=1e-6)
+
+
+def test_cutmix_lambda_matches_box_area():
+    cfg = AugmentConfig(cutmix_alpha=1.0, normalize=False)
+    aug = BatchAugment(cfg, [0.0], [1.0], 3)
+    x = torch.zeros(4, 1, 10, 10, dtype=torch.uint8)
+    x[0::2] = 255
+    y = torch.tensor([0, 1, 0, 1])
+    out = aug(x, y, gen(5))
+    lam, perm = float(out["mix_lam"]), out["mix_perm"]
+    for b in range(4):
+        if y[b] != y[perm[b]]:
+            kept = (out["x"][b] == x[b].float() / 255).float().mean().item()
+            assert abs(kept - lam) < 1e-6
+
+
+def test_beta_sampling_mean():
+    g = gen(0)
+    draws = [sample_lambda(0.5, g) for _ in range(2000)]
+    assert abs(sum(draws) / 2000 - 0.5) < 0.03 and min(draws) >= 0 and max(draws) <= 1
+
+
+def test_normalisation_uses_training_statistics():
+    aug = BatchAugment(AugmentConfig(), [0.5], [0.25], 2)
+    x = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
+    assert torch.allclose(aug(x, None, None, train=False)["x"], torch.full((1, 1, 2, 2), 2.0))
+
+
+def test_autoaugment_policy_runs_on_batches():
+    aug = BatchAugment(AugmentConfig(autoaugment="cifar10", crop_padding=4, flip=True), [0.5] * 3, [0.25] * 3, 10)
+    x = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
+    out = aug(x, torch.zeros(6, dtype=torch.long), gen(0))
+    assert out["x"].shape == (6, 3, 32, 32) and torch.isfinite(out["x"]).all()

@@ -1,0 +1,114 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from taildistill.cli import main
+
+SUBCOMMANDS = ["demo", "train", "eval", "report", "bench", "data", "models", "methods"]
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_help_for_every_subcommand(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert len(capsys.readouterr().out) > 200
+
+
+def test_top_level_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(c in out for c in SUBCOMMANDS) and "examples:" in out
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+BASE = """
+data: {source: digits, profile: exp, ratio: 10, val_per_class: 3}
+model: {name: convnet_small, kwargs: {width: 8}}
+schedule: {name: cosine, warmup_epochs: 1}
+train: {epochs: 2, batch_size: 64, device: cpu, tensorboard: false, progress: false}
+"""
+
+
+def test_bad_config_key_is_one_line_error(tmp_path, capsys):
+    cfg = write(tmp_path, BASE.replace("epochs: 2", "epoch: 2"))
+    assert main(["train", cfg]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown config key 'train.epoch'") and "epochs" in err and "Traceback" not in err
+
+
+def test_missing_config_and_missing_data(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    cfg = write(tmp_path, BASE.replace("source: digits", "source: cifar10, root: /no/where"))
+    assert main(["train", cfg]) == 2
+    assert "path not found: /no/where" in capsys.readouterr().err
+
+
+def test_train_eval_report_and_data_summary(tmp_path, capsys):
+    cfg = write(tmp_path, BASE)
+    out = tmp_path / "run"
+    assert main(["train", cfg, "--out", str(out), "--quiet", "optim.lr=0.02"]) == 0
+    printed = capsys.readouterr().out
+    assert "test top-1" in printed and "shots" in printed and str(out) in printed
+    assert "lr: 0.02" in (out / "config.yaml").read_text()
+
+    assert main(["eval", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{"):printed.index("\nwrote")])
+    final = json.loads((out / "final.json").read_text())
+    assert summary["top1"] == pytest.approx(final["test"]["top1"])
+
+    assert main(["report", str(out), str(out), "--out", str(tmp_path / "rep")]) == 0
+    rep = (tmp_path / "rep" / "report.md").read_text()
+    assert "| exp | ce | 2 |" in rep and "±" in rep
+    assert "report:" in capsys.readouterr().out
+
+    assert main(["data", "summary", cfg, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_classes"] == 10 and info["groups"]["policy"] == "shots" and info["val"] == 30
+
+    assert main(["train", "--resume", str(out)]) == 0  # already finished: resumes to the same end
+
+
+def test_bench_writes_json(tmp_path, capsys):
+    cfg = write(tmp_path, BASE)
+    out = tmp_path / "bench.json"
+    assert main(["bench", cfg, "--steps", "3", "--warmup", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["teacher"]["images_per_s"] > 0 and res["distill"]["images_per_s"] > 0
+    assert res["distill_method"] == "kd" and "commit" in res and "hardware" in res
+
+
+def test_models_and_methods_listing(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet32" in out and "464,154" in out
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for m in ("bkd", "ltkd", "cckd", "acckd", "kd", "dkd", "dist", "dive", "wkd", "ce"):
+        assert f"\n{m} " in "\n" + out
+
+
+def test_console_script_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "taildistill", "train", str(tmp_path / "x.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "config file not found" in proc.stderr
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for m in ("teacher_ce", "ce_student", "kd", "bkd", "ltkd", "acckd"):
+        assert f"| {m} |" in out
+    assert "| run | method | seeds | All | Many | Medium | Few |" in out
+    assert "shots" in out and str(tmp_path / "demo" / "report.md") in out
+    assert (tmp_path / "demo" / "plots" / "per_class.png").is_file()

@@ -1,0 +1,160 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from taildistill.config import build_config
+from taildistill.engine.optim import SAM, lr_factor
+from taildistill.engine.trainer import fit, resume
+from taildistill.errors import TrainingError
+from taildistill.methods import register_method
+from taildistill.methods.logit import Supervised
+
+
+def tiny(name="t", epochs=3, method=None, teacher=None, **sections):
+    raw = {
+        "name": name,
+        "data": {"source": "digits", "profile": "exp", "ratio": 10, "val_per_class": 3, "group_policy": "shots"},
+        "augment": {"crop_padding": 1, "flip": False},
+        "model": {"name": "convnet_small", "kwargs": {"width": 8}},
+        "optim": {"lr": 0.05, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "train": {"epochs": epochs, "batch_size": 64, "device": "cpu", "tensorboard": False, "progress": False},
+        "method": method or {"name": "ce"},
+    }
+    if teacher:
+        raw["teacher"] = {"run": str(teacher)}
+    for k, v in sections.items():
+        raw[k].update(v)
+    return build_config(raw)
+
+
+def test_run_directory_contents(tmp_path):
+    run = fit(tiny(), tmp_path / "run", quiet=True)
+    for f in ("config.yaml", "data.json", "env.json", "metrics.jsonl", "final.json", "report.md",
+              "checkpoints/last.safetensors", "checkpoints/last_state.pt", "checkpoints/best.safetensors",
+              "plots/per_class.png", "plots/curves.png"):
+        assert (run / f).is_file(), f
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2]
+    assert all("loss/sup" in r and r["images_per_s"] > 0 for r in lines)
+    final = json.loads((run / "final.json").read_text())
+    assert final["group_policy"] == "shots" and 0 <= final["test"]["top1"] <= 100
+    assert set(k for k in final["test"] if k.startswith("group/")) == {"group/many", "group/medium", "group/few"}
+    assert len(final["test"]["per_class"]) == 10 and "best_on_val" in final
+    env = json.loads((run / "env.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    full = fit(tiny(epochs=4), tmp_path / "full", quiet=True)
+
+    def crash(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(epochs=4), tmp_path / "cut", quiet=True, on_epoch_end=crash)
+    cut = tmp_path / "cut"
+    assert not (cut / "final.json").exists()
+    resume(cut, quiet=True)
+    a, b = load_file(full / "checkpoints/last.safetensors"), load_file(cut / "checkpoints/last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fa, fb = json.loads((full / "final.json").read_text()), json.loads((cut / "final.json").read_text())
+    assert fa["test"] == fb["test"]
+    assert [json.loads(x)["epoch"] for x in (cut / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+
+
+class _NaNAfterFirstEpoch(Supervised):
+    def loss_terms(self, batch, epoch):
+        out = super().loss_terms(batch, epoch)
+        if epoch >= 1:
+            out["terms"]["sup"] = out["terms"]["sup"] * float("nan")
+        return out
+
+
+register_method("_test_nan", _NaNAfterFirstEpoch, doc="test only")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingError, match="non-finite loss at epoch 1.*epoch 0"):
+        fit(tiny(epochs=3, method={"name": "_test_nan"}), tmp_path / "nan", quiet=True)
+    w = load_file(tmp_path / "nan/checkpoints/last.safetensors")
+    assert all(torch.isfinite(v.float()).all() for v in w.values())
+    lines = (tmp_path / "nan/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0]
+
+
+def test_distillation_from_teacher_run(tmp_path):
+    teacher = fit(tiny("teacher", epochs=2, model={"kwargs": {"width": 16}}), tmp_path / "teacher", quiet=True)
+    for m in ("kd", "bkd", "ltkd", "cckd", "acckd", "dkd", "dist", "dive", "wkd"):
+        run = fit(tiny(m, epochs=1, method={"name": m}, teacher=teacher), tmp_path / m, quiet=True)
+        rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        assert rec["loss/sup"] > 0 and any(k != "loss/sup" and k.startswith("loss/") for k in rec), m
+
+
+def test_schedules():
+    from taildistill.config import ScheduleConfig
+
+    ldam = ScheduleConfig(name="ldam_step", warmup_epochs=5, milestones=[160, 180], step_factors=[0.01, 0.0001])
+    assert [lr_factor(ldam, e, 200) for e in (0, 4, 5, 159, 160, 179, 180, 199)] == \
+        [0.2, 1.0, 1.0, 1.0, 0.01, 0.01, 0.0001, 0.0001]
+    cos = ScheduleConfig(name="cosine", warmup_epochs=0, min_lr=0.0)
+    assert lr_factor(cos, 0, 10) == pytest.approx(1.0) and lr_factor(cos, 5, 10) == pytest.approx(0.5)
+    ms = ScheduleConfig(name="multistep", warmup_epochs=0, milestones=[2, 4], gamma=0.1)
+    assert [lr_factor(ms, e, 6) for e in (0, 2, 4)] == pytest.approx([1, 0.1, 0.01])
+
+
+def test_sam_uses_gradient_at_perturbed_point():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = torch.optim.SGD([w], lr=0.1)
+    sam = SAM(opt, rho=0.5)
+    loss = lambda: (w ** 4).sum()  # noqa: E731
+    loss().backward()
+    g = torch.tensor([4.0, -32.0])
+    eps = 0.5 * g / g.norm()
+    sam.first_step()
+    assert torch.allclose(w.detach(), torch.tensor([1.0, -2.0]) + eps)
+    loss().backward()
+    sam.second_step()
+    expect = torch.tensor([1.0, -2.0]) - 0.1 * 4 * (torch.tensor([1.0, -2.0]) + eps) ** 3
+    assert torch.allclose(w.detach(), expect, atol=1e-6)
+
+
+def test_sam_trains_through_the_engine(tmp_path):
+    run = fit(tiny(epochs=1, optim={"sam_rho": 0.05}), tmp_path / "sam", quiet=True)
+    assert (run / "final.json").is_file()
+
+
+def test_ddp_two_processes_identical_parameters(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, torch
+        from taildistill.config import build_config
+        from taildistill.engine.trainer import Trainer
+        from test_engine import tiny
+        cfg = tiny("ddp", epochs=2)
+        t = Trainer(cfg, {str(tmp_path / 'run')!r}, quiet=True)
+        t.run()
+        rank = int(os.environ["RANK"])
+        torch.save({{k: v.detach().clone() for k, v in t.method.student.state_dict().items()}},
+                   {str(tmp_path)!r} + f"/rank{{rank}}.pt")
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    """))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "run" / "final.json").is_file()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # only rank 0 writes

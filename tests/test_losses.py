@@ -1,0 +1,238 @@
+"""Each loss against a direct (loop / numpy) implementation of its paper formula, the identities
+that must hold, and finite gradients."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from taildistill import losses as L
+
+
+def rand_logits(B=6, C=10, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, C, generator=g) * scale, torch.randn(B, C, generator=g) * scale
+
+
+def softmax_np(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def kl_np(p, q):
+    return float(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0))
+
+
+def test_class_balanced_weights_formula():
+    counts = [5000, 500, 50]
+    w = L.class_balanced_weights(counts, beta=0.999)
+    raw = [(1 - 0.999) / (1 - 0.999 ** n) for n in counts]
+    expect = [r / sum(raw) * 3 for r in raw]
+    assert torch.allclose(w, torch.tensor(expect), rtol=1e-6)
+    assert w.sum().item() == pytest.approx(3.0)
+
+
+def test_kd_loss_direct():
+    s, t = rand_logits()
+    T = 4.0
+    expect = np.mean([kl_np(softmax_np(t[b].numpy() / T), softmax_np(s[b].numpy() / T)) for b in range(6)]) * T * T
+    assert L.kd_loss(s, t, T).item() == pytest.approx(expect, rel=1e-5)
+
+
+def test_bkd_loss_direct_and_uniform_equals_kd():
+    s, t = rand_logits(seed=1)
+    w = L.class_balanced_weights([100, 80, 60, 40, 30, 20, 10, 8, 5, 2], 0.9999)
+    T = 2.0
+    expect = 0.0
+    for b in range(6):
+        q = w.numpy() * softmax_np(t[b].numpy() / T)
+        q = q / q.sum()
+        expect += kl_np(q, softmax_np(s[b].numpy() / T))
+    assert L.bkd_loss(s, t, w, T).item() == pytest.approx(expect / 6 * T * T, rel=1e-5)
+    assert L.bkd_loss(s, t, torch.ones(10), T).item() == pytest.approx(L.kd_loss(s, t, T).item(), rel=1e-6)
+
+
+def ltkd_direct(s, t, groups, alpha, beta, T):
+    """LTKD Eq. 9-14 written out with loops."""
+    B, C = s.shape
+    G = max(groups) + 1
+    ps = [softmax_np(s[b].numpy() / T) for b in range(B)]
+    pt = [softmax_np(t[b].numpy() / T) for b in range(B)]
+    PS = [[sum(ps[b][i] for i in range(C) if groups[i] == g) for g in range(G)] for b in range(B)]
+    PT = [[sum(pt[b][i] for i in range(C) if groups[i] == g) for g in range(G)] for b in range(B)]
+    S = [sum(PT[b][g] for b in range(B)) for g in range(G)]
+    avg = sum(S) / G
+    scale = [avg / S[g] for g in range(G)]
+    total = 0.0
+    for b in range(B):
+        z = sum(scale[g] * PT[b][g] for g in range(G))
+        P_hat = [scale[g] * PT[b][g] / z for g in range(G)]
+        cross = kl_np(P_hat, PS[b])
+        within = 0.0
+        for g in range(G):
+            idx = [i for i in range(C) if groups[i] == g]
+            within += kl_np([pt[b][i] / PT[b][g] for i in idx], [ps[b][i] / PS[b][g] for i in idx])
+        total += alpha * cross + beta * within
+    return total / B * T * T
+
+
+@pytest.mark.parametrize("T,alpha,beta", [(1.0, 1.0, 1.0), (4.0, 0.5, 2.0)])
+def test_ltkd_loss_direct(T, alpha, beta):
+    s, t = rand_logits(seed=2)
+    groups = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+    got = L.ltkd_loss(s, t, torch.tensor(groups), alpha, beta, T).item()
+    assert got == pytest.approx(ltkd_direct(s, t, groups, alpha, beta, T), rel=1e-4)
+
+
+def test_ltkd_equals_kd_without_rebalancing_and_teacher_weights():
+    s, t = rand_logits(seed=3)
+    for groups in ([0, 0, 0, 1, 1, 1, 1, 2, 2, 2], list(range(10)), [0, 1] * 5, [4] * 10):
+        for T in (1.0, 4.0):
+            ltkd = L.ltkd_loss(s, t, torch.tensor(groups), temperature=T, rebalance=False, teacher_weighted_within=True)
+            assert ltkd.item() == pytest.approx(L.kd_loss(s, t, T).item(), rel=1e-5)
+
+
+def test_ltkd_rebalancing_is_identity_when_teacher_groups_are_balanced():
+    # a batch whose teacher group totals are equal (each sample favours another group, by symmetry)
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    base = torch.tensor([4.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    t = torch.stack([base, base.roll(2), base.roll(4)])
+    s = torch.randn(3, 6)
+    on = L.ltkd_loss(s, t, groups, rebalance=True)
+    off = L.ltkd_loss(s, t, groups, rebalance=False)
+    assert on.item() == pytest.approx(off.item(), rel=1e-6)
+    # a head-biased teacher: rebalancing changes the target
+    t2 = t.clone()
+    t2[:, :2] += 3.0
+    assert abs(L.ltkd_loss(s, t2, groups, rebalance=True).item() - L.ltkd_loss(s, t2, groups, rebalance=False).item()) > 1e-3
+
+
+def test_ltkd_ignores_unused_group_ids():
+    s, t = rand_logits(seed=5)
+    a = L.ltkd_loss(s, t, torch.tensor([0, 0, 0, 2, 2, 2, 2, 5, 5, 5]))
+    b = L.ltkd_loss(s, t, torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2]))
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_cckd_loss_direct_and_uniform_equals_kd():
+    s, t = rand_logits(seed=6)
+    tp = torch.softmax(torch.randn(10), 0)
+    trp = torch.softmax(torch.randn(10), 0)
+    tep = torch.softmax(torch.randn(10), 0)
+    T = 2.0
+    expect = 0.0
+    for b in range(6):
+        q = softmax_np((t[b].numpy() - np.log(tp.numpy())) / T)
+        r = softmax_np((s[b].numpy() + np.log(trp.numpy()) - np.log(tep.numpy())) / T)
+        expect += kl_np(q, r)
+    assert L.cckd_loss(s, t, tp, trp, tep, T).item() == pytest.approx(expect / 6 * T * T, rel=1e-5)
+    u = torch.full((10,), 0.1)
+    assert L.cckd_loss(s, t, u, u, None, T).item() == pytest.approx(L.kd_loss(s, t, T).item(), rel=1e-5)
+
+
+def test_dkd_loss_direct():
+    s, t = rand_logits(seed=7)
+    y = torch.tensor([0, 3, 9, 2, 2, 5])
+    T, a, b_ = 4.0, 1.0, 8.0
+    total = 0.0
+    for b in range(6):
+        ps, pt = softmax_np(s[b].numpy() / T), softmax_np(t[b].numpy() / T)
+        k = int(y[b])
+        tckd = kl_np([pt[k], 1 - pt[k]], [ps[k], 1 - ps[k]])
+        mask = [i for i in range(10) if i != k]
+        nckd = kl_np(softmax_np(t[b].numpy()[mask] / T), softmax_np(s[b].numpy()[mask] / T))
+        total += a * tckd + b_ * nckd
+    assert L.dkd_loss(s, t, y, a, b_, T).item() == pytest.approx(total / 6 * T * T, rel=1e-4)
+
+
+def test_dist_loss_direct():
+    s, t = rand_logits(seed=8)
+    ps, pt = F.softmax(s, 1).numpy(), F.softmax(t, 1).numpy()
+    inter = np.mean([1 - np.corrcoef(ps[b], pt[b])[0, 1] for b in range(6)])
+    intra = np.mean([1 - np.corrcoef(ps[:, c], pt[:, c])[0, 1] for c in range(10)])
+    assert L.dist_loss(s, t, 1.0, 2.0, 1.0).item() == pytest.approx(inter + 2 * intra, rel=1e-4)
+
+
+def test_dive_power_one_equals_kd_and_flattens():
+    s, t = rand_logits(seed=9)
+    assert L.dive_loss(s, t, 3.0, 1.0).item() == pytest.approx(L.kd_loss(s, t, 3.0).item(), rel=1e-6)
+    q = F.softmax(t / 3.0, 1) ** 0.5
+    q = q / q.sum(1, keepdim=True)
+    assert (q.max(1).values <= F.softmax(t / 3.0, 1).max(1).values + 1e-7).all()
+
+
+def test_weighted_kd_uniform_equals_kd():
+    s, t = rand_logits(seed=10)
+    y = torch.arange(6)
+    assert L.weighted_kd_loss(s, t, y, torch.ones(10), 2.0).item() == pytest.approx(L.kd_loss(s, t, 2.0).item(), rel=1e-6)
+    w = torch.zeros(10)
+    w[0] = 10.0
+    per0 = L.kd_loss(s[:1], t[:1], 2.0).item()
+    assert L.weighted_kd_loss(s, t, y, w, 2.0).item() == pytest.approx(10 * per0 / 6, rel=1e-5)
+
+
+def test_classification_losses_hand_computed():
+    z = torch.tensor([[2.0, 0.0, -1.0]])
+    y = torch.tensor([0])
+    logp = z.log_softmax(1)
+    assert L.cross_entropy(z, y).item() == pytest.approx(-logp[0, 0].item())
+    p0 = logp[0, 0].exp().item()
+    assert L.focal_loss(z, y, gamma=2.0).item() == pytest.approx(-(1 - p0) ** 2 * math.log(p0), rel=1e-6)
+    prior = torch.tensor([0.7, 0.2, 0.1])
+    la = -(z + prior.log()).log_softmax(1)[0, 0].item()
+    assert L.logit_adjusted_loss(z, y, prior, 1.0).item() == pytest.approx(la, rel=1e-6)
+    counts = torch.tensor([70.0, 20.0, 10.0])
+    assert L.balanced_softmax_loss(z, y, counts).item() == pytest.approx(la, rel=1e-5)
+    m = L.ldam_margins([100, 10, 1], 0.5)
+    assert m.tolist() == pytest.approx([0.5 * (100 ** -0.25) / 1.0, 0.5 * (10 ** -0.25), 0.5])
+    cos = torch.tensor([[0.5, 0.1, -0.2]])
+    ldam = F.cross_entropy(30 * torch.tensor([[0.5 - m[0].item(), 0.1, -0.2]]), y).item()
+    assert L.ldam_loss(cos, y, m, 30.0).item() == pytest.approx(ldam, rel=1e-5)
+    assert torch.allclose(L.posthoc_logit_adjustment(z, prior, 1.0), z - prior.log())
+
+
+def test_soft_targets_and_label_smoothing():
+    z = torch.randn(4, 5)
+    y = torch.tensor([0, 1, 2, 3])
+    soft = F.one_hot(y, 5).float()
+    assert L.cross_entropy(z, soft).item() == pytest.approx(L.cross_entropy(z, y).item(), rel=1e-6)
+    assert L.cross_entropy(z, soft, 0.1).item() == pytest.approx(F.cross_entropy(z, y, label_smoothing=0.1).item(), rel=1e-5)
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert L.cross_entropy(z, soft, 0.0, w).item() == pytest.approx(F.cross_entropy(z, y, weight=w).item(), rel=1e-5)
+
+
+def test_pair_supervised_and_cosine_imitation():
+    s, t = rand_logits(B=3, seed=11)
+    ya, yb = torch.tensor([0, 1, 2]), torch.tensor([5, 1, 7])
+    got = L.pair_supervised_loss(s, t, ya, yb).item()
+    logp = s.log_softmax(1)
+    exp = 0.0
+    for b in range(3):
+        if ya[b] == yb[b]:
+            exp += -logp[b, ya[b]].item()
+        else:
+            pa = softmax_np(np.array([t[b, ya[b]].item(), t[b, yb[b]].item()]))
+            exp += -(pa[0] * logp[b, ya[b]].item() + pa[1] * logp[b, yb[b]].item())
+    assert got == pytest.approx(exp / 3, rel=1e-5)
+    f = torch.randn(4, 8)
+    assert L.cosine_imitation_loss(f, 2 * f).item() == pytest.approx(0.0, abs=1e-6)
+    assert L.cosine_imitation_loss(f, -f).item() == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kd", "bkd", "ltkd", "cckd", "dkd", "dist", "dive", "wkd"])
+def test_gradients_finite_even_for_extreme_logits(name):
+    s, t = rand_logits(seed=12, scale=60.0)
+    s.requires_grad_(True)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    u = torch.full((10,), 0.1)
+    fn = {
+        "kd": lambda: L.kd_loss(s, t), "bkd": lambda: L.bkd_loss(s, t, torch.linspace(0.1, 2, 10)),
+        "ltkd": lambda: L.ltkd_loss(s, t, torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2]), temperature=4.0),
+        "cckd": lambda: L.cckd_loss(s, t, u, u), "dkd": lambda: L.dkd_loss(s, t, y),
+        "dist": lambda: L.dist_loss(s, t), "dive": lambda: L.dive_loss(s, t),
+        "wkd": lambda: L.weighted_kd_loss(s, t, y, torch.ones(10)),
+    }[name]
+    loss = fn()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
