@@ -158,3 +158,46 @@ def test_ddp_two_processes_identical_parameters(tmp_path):
     assert (tmp_path / "run" / "final.json").is_file()
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
+
+
+def test_deitlt_and_ltsf_train_end_to_end(tmp_path):
+    teacher = fit(tiny("teacher", epochs=1, model={"kwargs": {"width": 16}}), tmp_path / "teacher", quiet=True)
+    vit = {"name": "deit_ti_distilled", "kwargs": {"patch_size": 2, "depth": 1, "embed_dim": 16, "num_heads": 2}}
+    run = fit(tiny("deitlt", epochs=2, method={"name": "deitlt", "dist_drw_epoch": 1}, teacher=teacher, model=vit,
+                   augment={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_until_epoch": 1}), tmp_path / "deitlt", quiet=True)
+    final = json.loads((run / "final.json").read_text())
+    assert "cls/top1" in final["test"] and "dist/group/few" in final["test"]
+    rec = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss/cls" in r and "loss/dist" in r for r in rec)
+    # composition: DeiT-LT's OOD distillation with LTKD's loss on the DIST head is a config change
+    fit(tiny("deitlt_ltkd", epochs=1, method={"name": "deitlt", "dist_criterion": "ltkd"}, teacher=teacher, model=vit),
+        tmp_path / "deitlt_ltkd", quiet=True)
+    snn = {"name": "spikingformer", "kwargs": {"patch_size": 2, "dim": 16, "depth": 3, "heads": 2, "time_steps": 2}}
+    run = fit(tiny("ltsf", epochs=1, method={"name": "ltsf"}, teacher=teacher, model=snn,
+                   data={"sampler": "effective_number"}), tmp_path / "ltsf", quiet=True)
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["loss/loc"] > 0 and rec["loss/glo"] > 0
+
+
+def test_ltsf_class_means_and_norm_loss():
+    from taildistill.methods.ltsf import norm_guided_loss
+
+    b = torch.tensor([2.0, 3.0])
+    mapped = torch.tensor([[3.0, 4.0], [0.0, 3.0]])
+    assert norm_guided_loss(b, mapped).item() == pytest.approx((3.0 + 0.0) / 2)
+
+
+def test_ltsf_prepare_computes_teacher_class_means():
+    from taildistill.data import make_groups
+    from taildistill.data.dataset import DataInfo
+    from taildistill.methods import build_method, resolve_method_params
+    from taildistill.models import build_model
+
+    info = DataInfo(3, [2, 1, 1], make_groups("thirds", [2, 1, 1]), ["a", "b", "c"], (3, 32, 32))
+    student = build_model("spikingformer", 3, 3, 32, dim=16, depth=3, heads=2, time_steps=1)
+    teacher = build_model("convnet_small", 3, 3, 32, width=4)
+    m = build_method("ltsf", resolve_method_params("ltsf", {}), student, teacher, info)
+    feats = torch.tensor([[1.0] * 8, [3.0] * 8, [5.0] * 8, [7.0] * 8])
+    labels = torch.tensor([0, 0, 2, 1])
+    m.prepare(lambda which, key: (feats, labels))
+    assert torch.allclose(m.class_means[:, 0], torch.tensor([2.0, 7.0, 5.0]))

@@ -60,6 +60,7 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha); 0 = off
     cutmix_alpha: float = 0.0  # cutmix Beta(alpha, alpha); 0 = off
     mix_prob: float = 1.0  # probability that a batch is mixed when mixup/cutmix are on
+    mix_until_epoch: int = -1  # mixup/cutmix stop from this epoch on (DeiT-LT's DRW phase); -1 = never
     repeated: int = 1  # repeated augmentation: each sampled image appears this many times
     normalize: bool = True  # subtract the training set's channel mean, divide by its std
 

@@ -154,7 +154,7 @@ class BatchAugment:
             x = random_erasing(x, c.random_erasing, g)
         return x
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, train: bool = True) -> dict:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, train: bool = True, epoch: int = 0) -> dict:
         if self.kind != "image":
             return {"x": x, "y": y}
         if not train:
@@ -163,6 +163,8 @@ class BatchAugment:
         out = {"x": x, "y": y}
         c = self.cfg
         modes = [m for m, a in (("mixup", c.mixup_alpha), ("cutmix", c.cutmix_alpha)) if a > 0]
+        if 0 <= c.mix_until_epoch <= epoch:
+            modes = []
         if modes and float(torch.rand(1, generator=g, device=g.device)) < c.mix_prob:
             mode = modes[int(torch.randint(len(modes), (1,), generator=g, device=g.device))]
             lam = sample_lambda(c.mixup_alpha if mode == "mixup" else c.cutmix_alpha, g)

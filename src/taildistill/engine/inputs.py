@@ -103,7 +103,7 @@ class TensorInput(_Base):
         balanced = self.balanced.indices(epoch) if self.balanced is not None else None
         for step, idx in enumerate(self.index_batches(epoch)):
             idx = idx.to(self.device, non_blocking=True)
-            batch = self.augment(self.x[idx], self.y[idx], g)
+            batch = self.augment(self.x[idx], self.y[idx], g, epoch=epoch)
             bx = by = None
             if balanced is not None:
                 j = balanced[(step * self.batch_size + torch.arange(len(idx))) % len(balanced)].to(self.device)
@@ -169,7 +169,7 @@ class StreamInput(_Base):
             bidx = self.balanced.indices(epoch)
             balanced = iter(self._load([bidx[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(batches))]))
         for x, y in self._load(batches):
-            batch = self.augment(x.to(self.device, non_blocking=True), y.to(self.device), g)
+            batch = self.augment(x.to(self.device, non_blocking=True), y.to(self.device), g, epoch=epoch)
             bx = by = None
             if balanced is not None:
                 bx, by = next(balanced)

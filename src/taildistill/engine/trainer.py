@@ -101,8 +101,10 @@ def load_teacher(cfg: ExperimentConfig, info) -> torch.nn.Module | None:
 
 
 @torch.no_grad()
-def predict_split(model, split, info, augment, device, bf16=False, channels_last=False) -> dict[str, torch.Tensor]:
-    """Logits of every head on a whole split (no augmentation): {'logits': (N, C), ...} on the CPU."""
+def predict_split(model, split, info, augment, device, bf16=False, channels_last=False,
+                  features: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Logits of every head on a whole split (no augmentation): {'logits': (N, C), ...} on the CPU,
+    plus the named `features` ({'features/<name>': (N, ...)})."""
     was = model.training
     model.eval()
     outs: dict[str, list] = {}
@@ -113,6 +115,8 @@ def predict_split(model, split, info, augment, device, bf16=False, channels_last
         for k in ("logits", "logits_cls", "logits_dist"):
             if k in o:
                 outs.setdefault(k, []).append(o[k].float().cpu())
+        for f in features:
+            outs.setdefault(f"features/{f}", []).append(o["features"][f].float().cpu())
     model.train(was)
     return {k: torch.cat(v) for k, v in outs.items()}
 
@@ -253,8 +257,11 @@ class Trainer:
         return evaluate_split(self.method.student, split, self.data.info, self.inputs.augment, self.device,
                               self.bf16, self.channels_last, prefix)
 
-    def teacher_logits_on(self, which: str) -> torch.Tensor:
-        """Teacher logits over a split, for methods that estimate priors before training."""
+    def teacher_on(self, which: str, key: str = "logits") -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's `key` output ('logits' or 'features/<name>') over a whole split, with the
+        split's labels, for methods that estimate statistics before training. `which`: train,
+        val (falls back to a class-balanced resample of train when there is no val split), or
+        balanced_train."""
         teacher = self.method.teacher
         if which == "val" and self.data.val is None:
             which = "balanced_train"
@@ -265,7 +272,10 @@ class Trainer:
         else:  # a class-balanced resample of the training set (CCKD Sec. 3.2, when no val split)
             idx = EpochSampler(self.data.train.y, self.data.info.class_counts, "class_balanced", seed=self.cfg.train.seed).indices(0)
             split = self.data.train.subset(idx.numpy())
-        return self.predict_split(split, teacher)["logits"].to(self.device)
+        feats = (key.split("/", 1)[1],) if key.startswith("features/") else ()
+        out = predict_split(teacher, split, self.data.info, self.inputs.augment, self.device, self.bf16,
+                            self.channels_last, feats)
+        return out[key].to(self.device), torch.as_tensor(split.y, dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ training
     def _step(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -350,7 +360,7 @@ class Trainer:
             except ImportError:
                 self.tb = None
         if self.state.epoch == 0 and hasattr(self.method, "prepare") and self.method.teacher is not None:
-            self.method.prepare(self.teacher_logits_on)
+            self.method.prepare(self.teacher_on)
         epochs = range(self.state.epoch, cfg.train.epochs)
         show = cfg.train.progress and self.is_main and not self.quiet
         bar = tqdm(epochs, desc=f"{cfg.name or 'train'} [{cfg.method.name}]", unit="ep", disable=not show,

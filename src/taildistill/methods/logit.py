@@ -112,14 +112,15 @@ class LogitDistill(Method):
         return {"terms": terms, "logits": out["logits"]}
 
     @torch.no_grad()
-    def prepare(self, teacher_logits_on: callable) -> None:
-        """Estimate what needs the teacher over whole splits before training (CCKD's priors)."""
+    def prepare(self, teacher_on) -> None:
+        """Estimate what needs the teacher over whole splits before training (CCKD's priors).
+        `teacher_on(which, key)` -> (outputs (N, ...), labels (N,))."""
         if self.params.criterion != "cckd":
             return
         src = "val" if self.params.cckd_prior_source == "val" else "balanced_train"
-        zt = teacher_logits_on(src)  # (N, C) teacher logits on a test-distributed set
+        zt, _ = teacher_on(src)  # (N, C) teacher logits on a test-distributed set (Eq. 9)
         self.teacher_prior.copy_(torch.softmax(zt, 1).mean(0).clamp_min(1e-8))
-        zt_train = teacher_logits_on("train")
+        zt_train, _ = teacher_on("train")
         q = torch.softmax((zt_train - self.teacher_prior.log()[None, :]) / self.params.temperature, 1)
         self.student_train_prior.copy_(q.mean(0).clamp_min(1e-8))  # Eq. 4
 

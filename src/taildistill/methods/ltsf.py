@@ -1,0 +1,79 @@
+"""LT-SpikingFormer (heterogeneous CNN -> SNN distillation).
+
+L = L_ce + lambda_glo L_glo + lambda_loc L_loc   (Eq. 16), with
+- L_glo = mean_n KL(y^t_n || y^s_n)   (Eq. 10; T^2-scaled softmax(z/T), T = 1 by default),
+- L_loc = L_t + 1/L sum_l L_s^l      (Eq. 14), norm-guided local distillation:
+  p(x_n) = mean teacher feature of x_n's class over the training set (Eq. 11),
+  b_n = ||Theta(p(x_n))|| + Delta_Theta (the benchmark norm),
+  L_t = mean_n | b_n - ||Theta(T(x_n))|| |       (Eq. 12)
+  L_s^l = mean_n | b_n - ||Phi_l(F^l(x_n))|| |   (Eq. 13), b_n held fixed for the student terms,
+  with Theta, Phi_l linear maps into a shared latent space and F^l the student's exit points.
+Use with the effective-number sampler (data.sampler: effective_number) and mixup/cutmix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..losses import kd_loss
+from .logit import DistillParams, LogitDistill
+
+
+@dataclass
+class LTSFParams(DistillParams):
+    criterion: str = "kd"
+    temperature: float = 1.0
+    lambda_glo: float = 0.5
+    lambda_loc: float = 0.05
+    latent_dim: int = 128
+    delta_theta: float = 1.0  # Delta_Theta of Eq. 12-13 (the paper gives no value)
+    teacher_feature: str = "pooled"
+    student_exits: list[str] = field(default_factory=lambda: ["exit1", "exit2", "exit3"])
+
+
+def norm_guided_loss(benchmark: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
+    """mean_n | b_n - ||mapped_n|| |  (LT-SpikingFormer Eq. 12-13). benchmark (B,), mapped (B, D)."""
+    return (benchmark - mapped.float().norm(dim=1)).abs().mean()
+
+
+class LTSpikingFormer(LogitDistill):
+    Params = LTSFParams
+
+    def __init__(self, params, student, teacher, info):
+        super().__init__(params, student, teacher, info)
+        t_dim = getattr(teacher, "feature_dim", None)
+        s_dim = getattr(student, "feature_dim", None)
+        if t_dim is None or s_dim is None:
+            raise ConfigError("ltsf needs models that report `feature_dim`")
+        self.theta = nn.Linear(t_dim, params.latent_dim, bias=False)
+        self.phi = nn.ModuleDict({e: nn.Linear(s_dim, params.latent_dim, bias=False) for e in params.student_exits})
+        self.register_buffer("class_means", torch.zeros(info.num_classes, t_dim))
+
+    @torch.no_grad()
+    def prepare(self, teacher_on) -> None:
+        """Teacher class-mean features over the training set (Eq. 11)."""
+        feats, labels = teacher_on("train", f"features/{self.params.teacher_feature}")
+        sums = torch.zeros_like(self.class_means).index_add_(0, labels, feats.float())
+        counts = torch.bincount(labels, minlength=self.class_means.shape[0]).clamp_min(1)
+        self.class_means.copy_(sums / counts[:, None])
+
+    def loss_terms(self, batch: dict, epoch: int) -> dict:
+        p = self.params
+        out = self.student(batch["x"])
+        missing = [e for e in p.student_exits if e not in out["features"]]
+        if missing:
+            raise ConfigError(f"student has no feature(s) {missing}; ltsf expects a spiking transformer's exit points")
+        t_out = self.teacher_outputs(batch["x"])
+        benchmark = self.theta(self.class_means[batch["y"]]).norm(dim=1) + p.delta_theta
+        l_t = norm_guided_loss(benchmark, self.theta(t_out["features"][p.teacher_feature].float()))
+        target = benchmark.detach()
+        l_s = sum(norm_guided_loss(target, self.phi[e](out["features"][e].float())) for e in p.student_exits)
+        terms = {
+            "sup": p.sup_weight * self.supervised_loss(out["logits"], batch, epoch),
+            "glo": p.lambda_glo * kd_loss(out["logits"], t_out["logits"], p.temperature),
+            "loc": p.lambda_loc * (l_t + l_s / len(p.student_exits)),
+        }
+        return {"terms": terms, "logits": out["logits"]}

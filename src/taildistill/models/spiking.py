@@ -1,0 +1,227 @@
+"""Spiking transformer student (Spikingformer-style) for LT-SpikingFormer, in plain torch.
+
+Multi-step LIF neurons follow LT-SpikingFormer Eq. 1-3 exactly:
+
+    U[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau        (charge)
+    S[t] = H(U[t] - V_th)                                     (fire; surrogate gradient backward)
+    V[t] = U[t] (1 - S[t]) + V_reset S[t]                     (hard reset)
+
+Tensors inside the network carry time first: (T, B, ...). The input image is repeated over T
+time steps (direct encoding); logits are averaged over time. Feature taps ``exit1..3`` are the
+outputs of three equal-depth segments of the transformer blocks (the paper's exit points),
+pooled over tokens and time; ``firing_rates`` maps each LIF layer to its mean spike rate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from . import MODELS
+
+
+class _SpikeSigmoid(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(ctx.alpha * x)
+        return grad * ctx.alpha * s * (1 - s), None
+
+
+class _SpikeArctan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        a = ctx.alpha
+        return grad * (a / 2) / (1 + (math.pi / 2 * a * x) ** 2), None
+
+
+SURROGATES = {"sigmoid": (_SpikeSigmoid, 4.0), "arctan": (_SpikeArctan, 2.0)}
+
+
+def heaviside(x: torch.Tensor, surrogate: str = "sigmoid", alpha: float | None = None) -> torch.Tensor:
+    """H(x) forward (1 where x >= 0), the surrogate's derivative backward."""
+    fn, default = SURROGATES[surrogate]
+    return fn.apply(x, alpha if alpha is not None else default)
+
+
+class MultiStepLIF(nn.Module):
+    """LIF neurons over T steps (Eq. 1-3). Input (T, ...) currents -> (T, ...) spikes in {0, 1}."""
+
+    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float = 0.0,
+                 surrogate: str = "sigmoid", detach_reset: bool = True):
+        super().__init__()
+        if surrogate not in SURROGATES:
+            raise ConfigError(f"surrogate must be one of {', '.join(SURROGATES)}, got '{surrogate}'")
+        self.tau, self.v_threshold, self.v_reset = tau, v_threshold, v_reset
+        self.surrogate, self.detach_reset = surrogate, detach_reset
+        self.firing_rate = torch.zeros(())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = torch.full_like(x[0], self.v_reset)
+        spikes = []
+        for t in range(x.shape[0]):
+            u = v + (x[t] - (v - self.v_reset)) / self.tau
+            s = heaviside(u - self.v_threshold, self.surrogate)
+            s_reset = s.detach() if self.detach_reset else s
+            v = u * (1 - s_reset) + self.v_reset * s_reset
+            spikes.append(s)
+        out = torch.stack(spikes)
+        self.firing_rate = out.detach().mean()
+        return out
+
+
+def _seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-time-step module to (T, B, ...) by folding T into the batch."""
+    T, B = x.shape[:2]
+    y = module(x.flatten(0, 1))
+    return y.view(T, B, *y.shape[1:])
+
+
+class SpikingTokenizer(nn.Module):
+    """Conv-BN-LIF stages that embed (T, B, C, H, W) images into (T, B, N, D) tokens, downsampling
+    by `patch_size` (a power of two) with max-pools, plus a spiking relative position embedding."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, lif):
+        super().__init__()
+        pools = int(round(math.log2(patch_size)))
+        if 2 ** pools != patch_size:
+            raise ConfigError(f"spiking tokenizer needs a power-of-two patch size, got {patch_size}")
+        widths = [dim // 8, dim // 4, dim // 2, dim]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]))
+        self.stages = nn.ModuleList()
+        self.lifs = nn.ModuleList()
+        for i in range(3):
+            layers = [nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[i + 1])]
+            if i >= 3 - pools:
+                layers.append(nn.MaxPool2d(3, 2, 1))
+            self.lifs.append(lif())
+            self.stages.append(nn.Sequential(*layers))
+        if pools > 3:
+            raise ConfigError("spiking tokenizer supports patch sizes up to 8")
+        self.rpe_lif = lif()
+        self.rpe = nn.Sequential(nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.BatchNorm2d(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _seq(self.stem, x)
+        for lif, stage in zip(self.lifs, self.stages):
+            h = _seq(stage, lif(h))
+        h = h + _seq(self.rpe, self.rpe_lif(h))
+        return h.flatten(3).transpose(2, 3)  # (T, B, N, D)
+
+
+class SpikingSelfAttention(nn.Module):
+    """Spike-driven self-attention: Q, K, V are spikes; attention = Q K^T * scale (no softmax),
+    then spikes again and a linear projection (Spikformer/Spikingformer SSA)."""
+
+    def __init__(self, dim: int, heads: int, lif, scale: float = 0.125):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"spiking transformer dim {dim} is not divisible by heads {heads}")
+        self.heads, self.scale = heads, scale
+        self.in_lif = lif()
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.q_bn, self.k_bn, self.v_bn = (nn.BatchNorm1d(dim) for _ in range(3))
+        self.q_lif, self.k_lif, self.v_lif, self.attn_lif = lif(), lif(), lif(), lif()
+        self.proj = nn.Linear(dim, dim)
+        self.proj_bn = nn.BatchNorm1d(dim)
+
+    def _branch(self, x, lin, bn, lif):
+        T, B, N, D = x.shape
+        y = bn(lin(x).flatten(0, 1).transpose(1, 2)).transpose(1, 2).reshape(T, B, N, D)
+        return lif(y).reshape(T, B, N, self.heads, D // self.heads).transpose(2, 3)  # (T, B, h, N, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, N, D = x.shape
+        s = self.in_lif(x)
+        q = self._branch(s, self.q, self.q_bn, self.q_lif)
+        k = self._branch(s, self.k, self.k_bn, self.k_lif)
+        v = self._branch(s, self.v, self.v_bn, self.v_lif)
+        y = (q @ k.transpose(-2, -1)) @ v * self.scale  # (T, B, h, N, d)
+        y = self.attn_lif(y.transpose(2, 3).reshape(T, B, N, D))
+        return self.proj_bn(self.proj(y).flatten(0, 1).transpose(1, 2)).transpose(1, 2).reshape(T, B, N, D)
+
+
+class SpikingMLP(nn.Module):
+    """Two feed-forward layers FFL(.) = BN(Linear(SN(.)))."""
+
+    def __init__(self, dim: int, hidden: int, lif):
+        super().__init__()
+        self.lif1, self.fc1, self.bn1 = lif(), nn.Linear(dim, hidden), nn.BatchNorm1d(hidden)
+        self.lif2, self.fc2, self.bn2 = lif(), nn.Linear(hidden, dim), nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, N, _ = x.shape
+        h = self.bn1(self.fc1(self.lif1(x)).flatten(0, 1).transpose(1, 2)).transpose(1, 2).reshape(T, B, N, -1)
+        return self.bn2(self.fc2(self.lif2(h)).flatten(0, 1).transpose(1, 2)).transpose(1, 2).reshape(T, B, N, -1)
+
+
+class SpikingBlock(nn.Module):
+    """X^ = SSA(X) + X; X' = SMLP(X^) + X^ (LT-SpikingFormer Eq. 5-6)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, lif):
+        super().__init__()
+        self.attn = SpikingSelfAttention(dim, heads, lif)
+        self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), lif)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+
+
+class SpikingTransformer(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4,
+                 dim: int = 384, depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0, time_steps: int = 4,
+                 tau: float = 2.0, v_threshold: float = 1.0, v_reset: float = 0.0, surrogate: str = "sigmoid",
+                 detach_reset: bool = True):
+        super().__init__()
+        if depth < 3:
+            raise ConfigError("the spiking transformer needs depth >= 3 (three exit points)")
+
+        def lif():
+            return MultiStepLIF(tau, v_threshold, v_reset, surrogate, detach_reset)
+
+        self.time_steps = time_steps
+        self.tokenizer = SpikingTokenizer(in_channels, dim, patch_size, lif)
+        self.blocks = nn.ModuleList(SpikingBlock(dim, heads, mlp_ratio, lif) for _ in range(depth))
+        self.exits = sorted({round(depth * k / 3) - 1 for k in (1, 2, 3)})
+        self.head_lif = lif()
+        self.head = nn.Linear(dim, num_classes)
+        self.feature_dim = dim
+
+    def forward(self, x: torch.Tensor) -> dict:
+        h = self.tokenizer(x.unsqueeze(0).expand(self.time_steps, *x.shape))
+        feats = {}
+        for i, blk in enumerate(self.blocks):
+            h = blk(h)
+            if i in self.exits:
+                feats[f"exit{self.exits.index(i) + 1}"] = h.mean(dim=(0, 2))  # (B, D)
+        s = self.head_lif(h)
+        pooled = s.mean(2)  # (T, B, D) spikes averaged over tokens
+        logits = self.head(pooled).mean(0)
+        feats["pooled"] = pooled.mean(0)
+        rates = {name: m.firing_rate for name, m in self.named_modules() if isinstance(m, MultiStepLIF)}
+        return {"logits": logits, "features": feats, "firing_rates": rates}
+
+
+@MODELS.register("spikingformer")
+def spikingformer(num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4, dim: int = 384,
+                  depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0, time_steps: int = 4, tau: float = 2.0,
+                  v_threshold: float = 1.0, v_reset: float = 0.0, surrogate: str = "sigmoid", detach_reset: bool = True):
+    """Spikingformer CIFAR configuration by default: depth 4, dim 384, patch 4, T = 4."""
+    return SpikingTransformer(num_classes, in_channels, image_size, patch_size, dim, depth, heads, mlp_ratio,
+                              time_steps, tau, v_threshold, v_reset, surrogate, detach_reset)

@@ -1,0 +1,91 @@
+"""DeiT-style ViT student with a CLS token and a DIST token and two heads (DeiT-LT).
+
+Built on timm's VisionTransformerDistilled for any image/patch size. Returns ``logits_cls``,
+``logits_dist`` and ``logits`` = their mean (what prediction uses), plus features ``cls`` and
+``dist`` (the two tokens after the final norm) and ``pooled`` (their mean). Attention maps per
+block are available through :func:`attention_maps` (for the mean-attention-distance analysis).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from . import MODELS
+
+SIZES = {"ti": (192, 12, 3), "s": (384, 12, 6), "b": (768, 12, 12)}
+
+
+class DistilledViT(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4,
+                 size: str = "ti", depth: int | None = None, embed_dim: int | None = None, num_heads: int | None = None,
+                 drop_path: float = 0.1):
+        super().__init__()
+        from timm.models.deit import VisionTransformerDistilled
+
+        from ..errors import ConfigError
+
+        if size not in SIZES:
+            raise ConfigError(f"vit size must be one of {', '.join(SIZES)}, got '{size}'")
+        d, n, h = SIZES[size]
+        self.vit = VisionTransformerDistilled(
+            img_size=image_size, patch_size=patch_size, in_chans=in_channels, num_classes=num_classes,
+            embed_dim=embed_dim or d, depth=depth or n, num_heads=num_heads or h, drop_path_rate=drop_path)
+        self.feature_dim = embed_dim or d
+        self.image_size = image_size
+
+    def forward(self, x: torch.Tensor) -> dict:
+        tokens = self.vit.forward_features(x)  # (B, 2 + N, D), final norm applied
+        cls, dist = tokens[:, 0], tokens[:, 1]
+        logits_cls, logits_dist = self.vit.head(cls), self.vit.head_dist(dist)
+        return {"logits": (logits_cls + logits_dist) / 2, "logits_cls": logits_cls, "logits_dist": logits_dist,
+                "features": {"patch_tokens": tokens[:, 2:], "cls": cls, "dist": dist, "pooled": (cls + dist) / 2}}
+
+
+@torch.no_grad()
+def attention_maps(model: DistilledViT, x: torch.Tensor) -> list[torch.Tensor]:
+    """Softmax attention of every block: list of (B, heads, 2 + N, 2 + N), recomputed from each
+    block's input with its own qkv weights (timm's fused kernels do not return them)."""
+    maps: list[torch.Tensor] = []
+    hooks = []
+    for blk in model.vit.blocks:
+        def hook(mod, inp, out, blk=blk):
+            h = blk.norm1(inp[0])
+            attn = blk.attn
+            B, N, C = h.shape
+            qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
+            q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+            maps.append(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
+        hooks.append(blk.register_forward_hook(hook))
+    try:
+        model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return maps
+
+
+def mean_attention_distance(maps: list[torch.Tensor], grid: int, prefix_tokens: int = 2) -> torch.Tensor:
+    """Mean attention distance per block and head (in patches), over patch queries and keys:
+    sum_k a_qk * ||pos_q - pos_k||, averaged over queries and the batch. Returns (blocks, heads)."""
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
+    dist = torch.cdist(pos, pos)  # (N, N)
+    out = []
+    for a in maps:
+        p = a[:, :, prefix_tokens:, prefix_tokens:]
+        p = p / p.sum(-1, keepdim=True)
+        out.append((p * dist.to(p.device)).sum(-1).mean(dim=(0, 2)))
+    return torch.stack(out)
+
+
+def _vit(size: str):
+    def factory(num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4,
+                depth: int | None = None, embed_dim: int | None = None, num_heads: int | None = None,
+                drop_path: float = 0.1):
+        return DistilledViT(num_classes, in_channels, image_size, patch_size, size, depth, embed_dim, num_heads, drop_path)
+
+    return factory
+
+
+for _s in SIZES:
+    MODELS.register(f"deit_{_s}_distilled")(_vit(_s))
