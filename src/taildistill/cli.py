@@ -11,10 +11,12 @@ from .errors import TaildistillError
 
 EPILOG = """examples:
   taildistill demo                                   # digits-LT: teacher + every method, one table
-  taildistill train configs/cifar10_lt/ce_teacher.yaml data.root=~/data/cifar-10-batches-py
-  taildistill train configs/cifar10_lt/bkd.yaml teacher.run=runs/cifar10_lt_ce_teacher
-  taildistill train --resume runs/cifar10_lt_bkd     # continue a stopped run exactly
-  taildistill eval runs/cifar10_lt_bkd               # re-evaluate a finished run
+  taildistill train configs/cifar10_lt/ce_teacher.yaml            # -> runs/ce_teacher
+  taildistill train configs/cifar10_lt/bkd.yaml teacher.run=runs/ce_teacher train.epochs=100
+  taildistill train configs/cifar10_lt/ce_teacher.yaml data.source=cifar10 \
+      data.root=~/data/cifar-10-batches-py data.test_root=   # the official python batches
+  taildistill train --resume runs/bkd                # continue a stopped run exactly
+  taildistill eval runs/bkd                          # re-evaluate a finished run
   taildistill report runs/a runs/b --out reports/ab  # comparison table + plots
   taildistill data summary configs/cifar10_lt/ce_teacher.yaml --json
   torchrun --nproc_per_node 2 -m taildistill train CONFIG   # DDP
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exponential profile, ratio 10), trains a CE teacher, then one student per "
                                    "method, prints All/Many/Medium/Few accuracy and writes report.md.")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--epochs", type=int, default=30, help="epochs per run (default 30)")
+    d.add_argument("--epochs", type=int, default=60, help="epochs per run (default 60)")
     d.add_argument("--quiet", action="store_true", help="no per-run progress bars")
     d.set_defaults(func=cmd_demo)
 

@@ -18,9 +18,9 @@ DEMO_BASE = {
     "data": {"source": "digits", "profile": "exp", "ratio": 10.0, "val_per_class": 5, "group_policy": "shots",
              "test_fraction": 0.3, "seed": 0},
     "augment": {"crop_padding": 1},
-    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
     "schedule": {"name": "cosine", "warmup_epochs": 2},
-    "train": {"batch_size": 64, "device": "cpu", "eval_every": 5, "tensorboard": False, "seed": 0},
+    "train": {"batch_size": 32, "device": "cpu", "eval_every": 10, "tensorboard": False, "seed": 0},
 }
 TEACHER = {"name": "convnet_small", "kwargs": {"width": 48}}
 STUDENT = {"name": "convnet_small", "kwargs": {"width": 12}}
@@ -49,7 +49,7 @@ def demo_config(name: str, method: dict, model: dict, epochs: int, out: Path, te
     return build_config(raw)
 
 
-def run_demo(out: Path, epochs: int = 30, quiet: bool = False) -> Path:
+def run_demo(out: Path, epochs: int = 60, quiet: bool = False) -> Path:
     from tqdm import tqdm
 
     out = Path(out)
