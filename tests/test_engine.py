@@ -201,3 +201,21 @@ def test_ltsf_prepare_computes_teacher_class_means():
     labels = torch.tensor([0, 0, 2, 1])
     m.prepare(lambda which, key: (feats, labels))
     assert torch.allclose(m.class_means[:, 0], torch.tensor([2.0, 7.0, 5.0]))
+
+
+def test_text_pipeline_with_local_vectors(tmp_path):
+    rows = ['"3","Stocks up","Markets rallied today on strong earnings"', '"2","Team wins","Final score three to one"',
+            '"1","Summit","Leaders met in the capital"', '"4","New chip","Faster processors announced"']
+    csv = tmp_path / "news.csv"
+    csv.write_text("\n".join(rows * 12) + "\n")
+    vec = tmp_path / "vectors.txt"
+    vec.write_text("markets " + " ".join(["0.5"] * 8) + "\nteam " + " ".join(["-0.5"] * 8) + "\n")
+    raw = {"name": "text", "data": {"source": "ag_news", "root": str(csv), "profile": "exp", "ratio": 4,
+                                    "group_policy": "thirds", "max_len": 12, "test_fraction": 0.25},
+           "augment": {"normalize": False},
+           "model": {"name": "textcnn", "kwargs": {"embed_dim": 8, "channels": 4, "vectors": str(vec)}},
+           "schedule": {"name": "constant", "warmup_epochs": 0},
+           "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "tensorboard": False, "progress": False}}
+    run = fit(build_config(raw), tmp_path / "run", quiet=True)
+    final = json.loads((run / "final.json").read_text())
+    assert final["model"] == "textcnn" and len(final["test"]["per_class"]) == 4

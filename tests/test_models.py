@@ -7,14 +7,18 @@ from taildistill.errors import ConfigError
 
 @pytest.mark.parametrize("name,classes,expected", [
     ("resnet32", 10, 0.46e6), ("resnet8x4", 100, 1.23e6), ("resnet32x4", 100, 7.43e6), ("wrn_40_2", 100, 2.26e6),
-    ("wrn_40_1", 100, 0.57e6), ("vgg8", 100, 3.96e6), ("vgg13", 100, 9.46e6),
+    ("wrn_40_1", 100, 0.57e6), ("vgg8", 100, 3.96e6), ("vgg13", 100, 9.46e6), ("mobilenetv2", 100, 0.81e6),
+    ("resnet10", 1000, 5.42e6), ("resnet50", 1000, 25.56e6), ("mobilenetv1", 1000, 4.23e6),
 ])
 def test_parameter_counts(name, classes, expected):
     n = count_parameters(build_model(name, classes))
     assert abs(n - expected) / expected < 0.01, n
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in ("wrn_28_10", "resnet110")])
+HEAVY = ("wrn_28_10", "resnet110", "resnet152", "deit_b_distilled", "deit_s_distilled", "spikingformer")  # tested elsewhere or too slow on CPU
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in HEAVY])
 def test_forward_backward_and_features(name):
     torch.manual_seed(0)
     if name == "textcnn":
@@ -42,3 +46,27 @@ def test_bad_model_kwargs_is_config_error():
         build_model("resnet32", 10, widthh=3)
     with pytest.raises(ConfigError, match="unknown model"):
         build_model("resnet33", 10)
+
+
+def test_local_weights_only(tmp_path):
+    from safetensors.torch import save_file
+
+    src = build_model("resnet10", 5)
+    save_file({k: v.contiguous() for k, v in src.net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    # a different head size: the backbone loads, the head stays freshly initialised
+    dst = build_model("resnet10", 7, weights=str(tmp_path / "w.safetensors"))
+    assert torch.equal(dst.net.conv1.weight, src.net.conv1.weight)
+    assert dst.net.fc.weight.shape == (7, 512)
+    torch.save({"state_dict": src.net.state_dict()}, tmp_path / "w.pth")
+    dst2 = build_model("resnet10", 5, weights=str(tmp_path / "w.pth"))
+    assert torch.equal(dst2.net.fc.weight, src.net.fc.weight)
+    with pytest.raises(ConfigError, match="not found"):
+        build_model("resnet10", 5, weights=str(tmp_path / "missing.pth"))
+
+
+def test_textcnn_loads_local_vectors(tmp_path):
+    vec = tmp_path / "v.txt"
+    vec.write_text("hello 1 2 3\nworld 4 5 6\nbad 1 2\n")
+    m = build_model("textcnn", 4, vocab_size=5, embed_dim=3, vectors=str(vec), vocab={"hello": 2, "world": 3, "bad": 4})
+    w = m.embed.weight.data
+    assert w[2].tolist() == [1, 2, 3] and w[3].tolist() == [4, 5, 6] and w[0].abs().sum() == 0

@@ -49,6 +49,7 @@ class DataBundle:
     train: Split
     val: Split | None
     test: Split | None
+    vocab: dict | None = None  # text sources: token -> id (0 = padding, 1 = unknown)
 
 
 def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
@@ -102,4 +103,4 @@ def build_data(cfg) -> DataBundle:
         input_shape=shape, input_kind=src.kind, mean=mean, std=std,
         vocab_size=int(src.extra.get("vocab_size", 0)), description=f"{cfg.source}: {desc}",
     )
-    return DataBundle(info, train, val, src.test)
+    return DataBundle(info, train, val, src.test, src.extra.get("vocab"))

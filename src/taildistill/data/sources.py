@@ -415,4 +415,4 @@ def ag_news(cfg) -> SourceData:
     train = Split(train_labels, encode(train_texts, vocab, cfg.max_len))
     test = Split(test_labels, encode(test_texts, vocab, cfg.max_len))
     return SourceData(train, test, list(AG_NEWS_CLASSES), kind="tokens",
-                      extra={"vocab_size": max(vocab.values(), default=1) + 1})
+                      extra={"vocab_size": max(vocab.values(), default=1) + 1, "vocab": vocab})

@@ -60,10 +60,12 @@ def model_input_args(info) -> dict:
     return {"in_channels": info.input_shape[0], "image_size": info.input_shape[-1]}
 
 
-def build_student(cfg: ExperimentConfig, info) -> torch.nn.Module:
+def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None) -> torch.nn.Module:
     kwargs = dict(cfg.model.kwargs)
     if info.input_kind == "tokens":
         kwargs.setdefault("vocab_size", info.vocab_size)
+        if kwargs.get("vectors"):
+            kwargs["vocab"] = vocab
     return build_model(cfg.model.name, info.num_classes, **model_input_args(info), **kwargs)
 
 
@@ -167,7 +169,7 @@ class Trainer:
 
         self.data = build_data(cfg.data)
         info = self.data.info
-        student = build_student(cfg, info)
+        student = build_student(cfg, info, self.data.vocab)
         teacher = load_teacher(cfg, info)
         self.method = build_method(cfg.method.name, cfg.method.params, student, teacher, info).to(self.device)
         fmt = torch.channels_last if self.channels_last and info.input_kind == "image" else None

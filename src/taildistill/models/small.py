@@ -72,5 +72,8 @@ def load_vectors(path: str, vocab: dict[str, int], vocab_size: int, dim: int) ->
 
 @MODELS.register("textcnn")
 def textcnn(num_classes: int, in_channels: int = 0, image_size: int = 0, vocab_size: int = 20000,
-            embed_dim: int = 128, channels: int = 100, dropout: float = 0.5):
-    return TextCNN(num_classes, vocab_size, embed_dim, channels, dropout=dropout)
+            embed_dim: int = 128, channels: int = 100, dropout: float = 0.5, vectors: str = "",
+            vocab: dict | None = None):
+    """`vectors`: a local GloVe-style text file; its dimension must equal `embed_dim`."""
+    emb = load_vectors(vectors, vocab or {}, vocab_size, embed_dim) if vectors else None
+    return TextCNN(num_classes, vocab_size, embed_dim, channels, dropout=dropout, embeddings=emb)

@@ -1,0 +1,82 @@
+"""ImageNet-size ResNets (torchvision's architectures, built from scratch) with feature taps.
+Weights are only ever loaded from a local file (`weights: path`), never downloaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from . import MODELS
+
+
+def load_local_weights(model: nn.Module, path: str, strict: bool = False) -> nn.Module:
+    """Load a local .safetensors or torch checkpoint (read with weights_only=True) into `model`.
+    Keys of a differently sized head are skipped, so a checkpoint for another class count loads
+    its backbone."""
+    if not path:
+        return model
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"model weights not found: {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    except Exception as exc:
+        raise ConfigError(f"cannot read model weights {p}: {exc}") from None
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise ConfigError(f"no tensor of {p} fits the model (is it the right architecture?)")
+    model.load_state_dict(fitting, strict=strict and len(fitting) == len(own))
+    return model
+
+
+class TorchvisionResNet(nn.Module):
+    """Wraps torchvision's ResNet/ResNeXt: stem, layer1-4 as features, pooled, fc."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.feature_dim = net.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> dict:
+        n = self.net
+        h = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        feats = {}
+        for i, layer in enumerate((n.layer1, n.layer2, n.layer3, n.layer4)):
+            h = layer(h)
+            feats[f"stage{i + 1}"] = h
+        feats["pre_pool"] = h
+        pooled = torch.flatten(n.avgpool(h), 1)
+        feats["pooled"] = pooled
+        return {"logits": n.fc(pooled), "features": feats}
+
+
+def _tv(builder: str):
+    def factory(num_classes: int, in_channels: int = 3, image_size: int = 224, weights: str = ""):
+        import torchvision.models as tvm
+        from torchvision.models.resnet import BasicBlock, ResNet
+
+        if builder == "resnet10":
+            net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+        else:
+            net = getattr(tvm, builder)(weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        model = TorchvisionResNet(net)
+        if weights:
+            load_local_weights(model.net, weights)
+        return model
+
+    return factory
+
+
+for _name in ("resnet10", "resnet18", "resnet34", "resnet50", "resnext50_32x4d", "resnet152"):
+    MODELS.register(_name)(_tv(_name))
