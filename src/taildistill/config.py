@@ -120,6 +120,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (smoke tests, benchmarks)
+    calibrate: bool = False  # fit a temperature on the validation split after training (saved into cosine heads)
 
 
 @dataclass

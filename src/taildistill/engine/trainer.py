@@ -361,8 +361,10 @@ class Trainer:
                 self.tb = SummaryWriter(str(self.run_dir / "tb"))
             except ImportError:
                 self.tb = None
-        if self.state.epoch == 0 and hasattr(self.method, "prepare") and self.method.teacher is not None:
-            self.method.prepare(self.teacher_on)
+        if self.state.epoch == 0:
+            self._prepare_heads()
+            if hasattr(self.method, "prepare") and self.method.teacher is not None:
+                self.method.prepare(self.teacher_on)
         epochs = range(self.state.epoch, cfg.train.epochs)
         show = cfg.train.progress and self.is_main and not self.quiet
         bar = tqdm(epochs, desc=f"{cfg.name or 'train'} [{cfg.method.name}]", unit="ep", disable=not show,
@@ -398,13 +400,39 @@ class Trainer:
         barrier(self.dist)
         return self.run_dir
 
+    def _prepare_heads(self) -> None:
+        """Heads fitted from data before training: an NCM head's class means of training features."""
+        student = self.method.student
+        if getattr(student, "needs_class_means", False):
+            out = predict_split(student, self.data.train, self.data.info, self.inputs.augment, self.device,
+                                self.bf16, self.channels_last, ("embedding",))
+            student.set_class_means(out["features/embedding"], torch.as_tensor(self.data.train.y))
+
+    def _calibrate(self) -> float | None:
+        """Temperature scaling on the validation split; folded into a cosine head's logit scale."""
+        from ..eval.calibration import fit_temperature
+
+        if self.data.val is None:
+            raise ConfigError("train.calibrate needs a validation split (data.val_per_class > 0)")
+        logits = self.predict_split(self.data.val)["logits"]
+        temperature = fit_temperature(logits, torch.as_tensor(self.data.val.y))
+        scale = getattr(self.method.student, "logit_scale", None)
+        if isinstance(scale, torch.Tensor):
+            scale.div_(temperature)
+        return temperature
+
     def finish(self) -> dict:
         """Last-epoch test metrics (and best-on-validation ones) into final.json + the run report."""
         info = self.data.info
+        temperature = self._calibrate() if self.cfg.train.calibrate else None
+        if temperature is not None or not (self.run_dir / "checkpoints" / "last.safetensors").is_file():
+            self._save_checkpoint(max(0, self.cfg.train.epochs - 1))
         final = {"name": self.cfg.name, "method": self.cfg.method.name, "model": self.cfg.model.name,
                  "epochs": self.cfg.train.epochs, "group_policy": info.groups.policy,
                  "groups": {n: info.groups.members(i) for i, n in enumerate(info.groups.names)},
                  "class_counts": info.class_counts}
+        if temperature is not None:
+            final["calibration_temperature"] = temperature
         if self.data.test is not None:
             final["test"] = self.evaluate(self.data.test)
         if self.data.val is not None:
