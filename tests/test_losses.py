@@ -108,6 +108,15 @@ def test_ltkd_rebalancing_is_identity_when_teacher_groups_are_balanced():
     assert abs(L.ltkd_loss(s, t2, groups, rebalance=True).item() - L.ltkd_loss(s, t2, groups, rebalance=False).item()) > 1e-3
 
 
+def test_ltkd_finite_when_a_group_has_zero_teacher_mass():
+    s = torch.randn(4, 6)
+    t = torch.zeros(4, 6)
+    t[:, 0] = 1e4  # every sample: all teacher mass on class 0, groups 1 and 2 underflow to exactly 0
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = L.ltkd_loss(s, t, groups)
+    assert torch.isfinite(loss)
+
+
 def test_ltkd_ignores_unused_group_ids():
     s, t = rand_logits(seed=5)
     a = L.ltkd_loss(s, t, torch.tensor([0, 0, 0, 2, 2, 2, 2, 5, 5, 5]))

@@ -220,12 +220,42 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     m.set_defaults(func=cmd_models)
 
+    rp = sub.add_parser("reproduce", help="run a paper's table (teachers cached, several seeds) beside the paper's numbers",
+                        description="Runs every cell of a reproduction suite (configs/reproduce/NAME.yaml): "
+                                    "teachers first (trained once per cell and reused), then each student for "
+                                    "several seeds, and writes OUT/report.md with our last-epoch accuracy (mean ± "
+                                    "std), per-group accuracy, the gain over the suite's CE baseline and the "
+                                    "paper's numbers. Finished runs are reused, so an interrupted suite continues.")
+    rp.add_argument("name", nargs="?", help="suite name (see --list)")
+    rp.add_argument("--list", action="store_true", help="list the suites")
+    rp.add_argument("--out", help="output folder (default runs/reproduce/NAME)")
+    rp.add_argument("--seeds", type=int, help="student seeds (default: the suite's)")
+    rp.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (their teachers still run)")
+    rp.add_argument("--tiny", action="store_true", help="CPU smoke scale: digits data, 2 epochs of 2 steps, first grid cell only")
+    rp.add_argument("--configs", default="configs", help="the configs folder (default ./configs)")
+    _add_overrides(rp)
+    rp.set_defaults(func=cmd_reproduce)
+
     me = sub.add_parser("methods", help="list the registered methods",
                         description="Lists every method usable as `method.name` in a config with a one-line "
                                     "summary. Parameters go under `method:` beside the name; a wrong one is an "
                                     "error that lists the valid ones (see `taildistill train --help`).")
     me.set_defaults(func=cmd_methods)
     return p
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import list_suites, run_suite
+
+    if args.list or not args.name:
+        for name, desc in list_suites(args.configs):
+            print(f"{name:<20} {desc}")
+        return 0 if args.list else 2
+    out = Path(args.out or f"runs/reproduce/{args.name}")
+    report = run_suite(args.name, out, args.seeds, args.tiny, args.configs, args.only, list(args.overrides))
+    print((report).read_text())
+    print(f"report: {report}")
+    return 0
 
 
 def cmd_methods(args) -> int:

@@ -322,9 +322,18 @@ def load_raw(path: str | Path) -> dict:
     raw = expand_env(raw)
     if "base" in raw:  # `base: other.yaml` composes: this file's keys override the base's
         base_path = (path.parent / str(raw.pop("base"))).resolve()
-        base = load_raw(base_path)
-        raw = deep_merge(_method_section(base), _method_section(raw))
+        base, raw = _method_section(load_raw(base_path)), _method_section(raw)
+        same_method = "method" not in raw or raw["method"].get("name") == (base.get("method") or {}).get("name")
+        raw = deep_merge(base, raw)
+        if not same_method:  # another method: the base's method parameters do not apply to it
+            raw["method"] = _method_section({"method": load_raw_method(path)})["method"]
     return raw
+
+
+def load_raw_method(path: Path) -> dict:
+    """The `method:` section written in the file itself (without its bases)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    return expand_env(raw.get("method") or {})
 
 
 def deep_merge(base: dict, top: dict) -> dict:

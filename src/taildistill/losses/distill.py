@@ -72,12 +72,15 @@ def ltkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, class_
     zs, zt = student_logits.float() / T, teacher_logits.float() / T
     lse_s, lse_t = _group_logsumexp(zs, groups, G), _group_logsumexp(zt, groups, G)
     log_PS = lse_s - torch.logsumexp(zs, dim=1, keepdim=True)  # (B, G) log group probabilities
-    PT = torch.exp(lse_t - torch.logsumexp(zt, dim=1, keepdim=True))
+    log_PT = lse_t - torch.logsumexp(zt, dim=1, keepdim=True)
+    PT = log_PT.exp()
     if rebalance:
-        S = PT.sum(0)  # (G,)
-        scale = S.mean() / S
-        PT_hat = PT * scale[None, :]
-        PT_hat = PT_hat / PT_hat.sum(1, keepdim=True)
+        # Eq. 9-11 in log space: log s_G = log mean_G(S) - log S_G; a group with no teacher mass
+        # in the whole batch (S_G = 0 after underflow) keeps zero mass (its scale is irrelevant)
+        log_S = torch.logsumexp(log_PT, dim=0)  # (G,)
+        log_mean = torch.logsumexp(log_S, dim=0) - torch.log(torch.tensor(float(G), device=log_S.device))
+        shift = torch.where(torch.isfinite(log_S), log_mean - log_S, torch.zeros_like(log_S))
+        PT_hat = torch.softmax(log_PT + shift[None, :], dim=1)
     else:
         PT_hat = PT
     cross = kl_rows(PT_hat, log_PS)
