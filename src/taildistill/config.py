@@ -242,11 +242,11 @@ def _method_section(raw: dict) -> dict:
     if not isinstance(section, dict):
         raise ConfigError(f"config section 'method' must be a mapping, got {section!r}")
     section = dict(section)
-    name = section.pop("name", "ce")
+    name = section.pop("name", None)
     params = dict(section.pop("params", {}) or {})
     params.update(section)
     out = dict(raw)
-    out["method"] = {"name": name, "params": params}
+    out["method"] = {"params": params} if name is None else {"name": name, "params": params}
     return out
 
 
@@ -323,7 +323,8 @@ def load_raw(path: str | Path) -> dict:
     if "base" in raw:  # `base: other.yaml` composes: this file's keys override the base's
         base_path = (path.parent / str(raw.pop("base"))).resolve()
         base, raw = _method_section(load_raw(base_path)), _method_section(raw)
-        same_method = "method" not in raw or raw["method"].get("name") == (base.get("method") or {}).get("name")
+        new_name = (raw.get("method") or {}).get("name")
+        same_method = new_name is None or new_name == (base.get("method") or {}).get("name", "ce")
         raw = deep_merge(base, raw)
         if not same_method:  # another method: the base's method parameters do not apply to it
             raw["method"] = _method_section({"method": load_raw_method(path)})["method"]
