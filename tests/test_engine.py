@@ -219,3 +219,38 @@ def test_text_pipeline_with_local_vectors(tmp_path):
     run = fit(build_config(raw), tmp_path / "run", quiet=True)
     final = json.loads((run / "final.json").read_text())
     assert final["model"] == "textcnn" and len(final["test"]["per_class"]) == 4
+
+
+def test_analyses_from_the_papers():
+    from taildistill.eval.analysis import feature_deviation, feature_rank, feature_separability
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(3, 16, generator=g)
+    low = torch.randn(200, 3, generator=g) @ basis  # rank-3 features
+    assert feature_rank(low, low[:50]) <= 3
+    full = torch.randn(200, 16, generator=g)
+    assert feature_rank(full, full[:50]) > 10
+    y = torch.arange(200) % 4
+    dev = feature_deviation(low, y, low, y, 4)
+    assert all(abs(d) < 1e-6 for d in dev)
+    sep_tight = feature_separability(torch.eye(4)[y] * 10 + 0.01 * torch.randn(200, 4, generator=g), y, 4)
+    assert all(s < 0.1 for s in sep_tight)
+
+
+def test_eval_cli_analyses(tmp_path, capsys):
+    from taildistill.cli import main
+
+    snn = {"name": "spikingformer", "kwargs": {"patch_size": 2, "dim": 16, "depth": 3, "heads": 2, "time_steps": 1}}
+    run = fit(tiny("snn", epochs=1, model=snn), tmp_path / "snn", quiet=True)
+    assert main(["eval", str(run), "--analysis", "rank", "deviation", "firing"]) == 0
+    res = json.loads((run / "eval_test.json").read_text())["analysis"]
+    assert res["rank"]["tail_group"] == "few" and res["rank"]["pooled"] >= 1
+    assert len(res["deviation"]["per_class"]) == 10 and len(res["firing"]) > 10
+    vit = {"name": "deit_ti_distilled", "kwargs": {"patch_size": 2, "depth": 2, "embed_dim": 16, "num_heads": 2}}
+    run = fit(tiny("vit", epochs=1, model=vit), tmp_path / "vit", quiet=True)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--analysis", "attention", "rank"]) == 0
+    res = json.loads((run / "eval_test.json").read_text())["analysis"]
+    assert len(res["attention"]["mean_distance_per_block"]) == 2 and set(res["rank"]) >= {"cls", "dist"}
+    assert main(["eval", str(run), "--analysis", "firing"]) == 2
+    assert "spiking model" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def _print_final(final: dict) -> None:
 def cmd_eval(args) -> int:
     from .eval.runner import evaluate_target
 
-    result = evaluate_target(Path(args.target), args.config, list(args.overrides), args.data_split)
+    result = evaluate_target(Path(args.target), args.config, list(args.overrides), args.data_split, args.analysis)
     print(json.dumps(result["summary"], indent=1))
     if result.get("written"):
         print(f"wrote {result['written']}")
@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="run directory or .safetensors checkpoint")
     e.add_argument("--config", help="config for a bare checkpoint (model + data)")
     e.add_argument("--split", dest="data_split", default="test", choices=["test", "val", "train"])
+    e.add_argument("--analysis", nargs="+", metavar="NAME", default=[],
+                   help="analyses from the papers: rank (feature rank of tail-class features), deviation "
+                        "(per-class train/test feature deviation and separability), attention (mean attention "
+                        "distance per ViT block), firing (firing rate per LIF layer)")
     _add_overrides(e)
     e.set_defaults(func=cmd_eval)
 

@@ -9,7 +9,8 @@ from ..errors import ConfigError
 from .metrics import summary
 
 
-def evaluate_target(target: Path, config: str | None, overrides: list[str], split_name: str = "test") -> dict:
+def evaluate_target(target: Path, config: str | None, overrides: list[str], split_name: str = "test",
+                    analyses: list[str] | None = None) -> dict:
     """Rebuild the data and model of a run (or a checkpoint + config) and evaluate one split."""
     from ..engine import checkpoint as ckpt
 
@@ -46,7 +47,68 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
     with torch.no_grad():
         metrics = evaluate_split(student, split, info, augment, device, bf16)
     result = {"summary": summary(metrics, info.groups), "metrics": metrics}
+    if analyses:
+        from .analysis import ANALYSES
+
+        bad = [a for a in analyses if a not in ANALYSES]
+        if bad:
+            raise ConfigError(f"unknown analysis {bad}; choose from {', '.join(ANALYSES)}")
+        metrics["analysis"] = run_analyses(student, data, split, augment, device, analyses)
+        result["summary"]["analysis"] = metrics["analysis"]
     if out_file is not None:
         out_file.write_text(json.dumps(metrics, indent=1))
         result["written"] = str(out_file)
     return result
+
+
+def run_analyses(model, data, split, augment, device, analyses: list[str]) -> dict:
+    """The requested analyses on `split` (the training split too, for the feature deviation)."""
+    import torch
+
+    from ..engine.trainer import predict_split
+    from .analysis import feature_deviation, feature_rank, feature_separability
+
+    info = data.info
+    out: dict = {}
+    probe = model.eval()(augment(_first_batch(split, info, device), None, None, train=False)["x"])
+    names = [n for n in ("cls", "dist", "pooled") if n in probe["features"]]
+    if {"rank", "deviation"} & set(analyses):
+        feats = predict_split(model, split, info, augment, device, features=tuple(names))
+        y = torch.as_tensor(split.y, dtype=torch.long)
+        tail = [c for c, g in enumerate(info.groups.class_to_group) if g == max(info.groups.class_to_group)]
+        tail_mask = torch.isin(y, torch.tensor(tail))
+        if "rank" in analyses:
+            out["rank"] = {"tail_group": info.groups.names[max(info.groups.class_to_group)]}
+            for n in names:
+                f = feats[f"features/{n}"]
+                out["rank"][n] = feature_rank(f, f[tail_mask]) if tail_mask.any() else None
+        if "deviation" in analyses:
+            n = names[-1]
+            train = predict_split(model, data.train, info, augment, device, features=(n,))
+            ty = torch.as_tensor(data.train.y, dtype=torch.long)
+            out["deviation"] = {"feature": n, "per_class": feature_deviation(train[f"features/{n}"], ty, feats[f"features/{n}"], y, info.num_classes),
+                                "separability": feature_separability(feats[f"features/{n}"], y, info.num_classes)}
+    if "attention" in analyses:
+        from ..models.vit import DistilledViT, attention_maps, mean_attention_distance
+
+        if not isinstance(model, DistilledViT):
+            raise ConfigError("the attention analysis needs a ViT student (deit_*_distilled)")
+        x = augment(_first_batch(split, info, device, 256), None, None, train=False)["x"]
+        maps = attention_maps(model, x)
+        grid = int(round((maps[0].shape[-1] - 2) ** 0.5))
+        out["attention"] = {"mean_distance_per_block": mean_attention_distance(maps, grid).mean(1).tolist()}
+    if "firing" in analyses:
+        if "firing_rates" not in probe:
+            raise ConfigError("the firing analysis needs a spiking model")
+        from .analysis import mean_firing_rates
+
+        out["firing"] = mean_firing_rates(model, split, info, augment, device)
+    return out
+
+
+def _first_batch(split, info, device, n: int = 64):
+    import numpy as np
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(split.x[:n]))
+    return (x.permute(0, 3, 1, 2) if info.input_kind == "image" else x).to(device)
