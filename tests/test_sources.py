@@ -243,3 +243,28 @@ def test_real_cifar10_jpeg_test_tar():
     x, y, names = read_image_folder(SHARED_DATA / "cifar10-jpeg-test.tar.gz", 0, "cifar10 jpeg test")
     assert x.shape == (10000, 32, 32, 3)
     assert names[:3] == ["airplane", "automobile", "bird"] and np.bincount(y).tolist() == [1000] * 10
+
+
+def test_download_is_skipped_when_present_and_needs_a_root(tmp_path, monkeypatch):
+    write_cifar(tmp_path)
+    import torchvision.datasets as tvd
+
+    def boom(*a, **k):
+        raise AssertionError("must not download when the data is present")
+
+    monkeypatch.setattr(tvd, "CIFAR10", boom)
+    data = build_data(DataConfig(source="cifar10", root=str(tmp_path), download=True, profile="none"))
+    assert len(data.train) == 120
+    with pytest.raises(DataError, match="needs data.root"):
+        build_data(DataConfig(source="cifar10", root="", download=True))
+
+
+def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(*a, **k):
+        raise RuntimeError("network unreachable")
+
+    monkeypatch.setattr(tvd, "CIFAR100", offline)
+    with pytest.raises(DataError, match="cannot download cifar-100-python.*network unreachable"):
+        build_data(DataConfig(source="cifar100", root=str(tmp_path), download=True))

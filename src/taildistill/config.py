@@ -29,6 +29,7 @@ class DataConfig:
     root: str = ""  # file or folder the source reads; empty for sources that ship with a package
     test_root: str = ""  # separate test file/folder where the source needs one (imagefolder)
     lists: dict[str, str] = field(default_factory=dict)  # listfile: {train, val, test} list files
+    download: bool = False  # cifar10/cifar100: fetch the official archive into `root` with torchvision (online only)
     profile: str = "exp"  # long-tail profile: exp, step, pareto, ltkd, none
     ratio: float = 100.0  # imbalance ratio n_max / n_min
     n_max: int = 0  # images of the largest class; 0 = the smallest class's full count

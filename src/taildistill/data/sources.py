@@ -133,6 +133,8 @@ def _cifar(cfg, folder: str, train_files: list[str], test_files: list[str], labe
     from .cache import cache_root
 
     what = folder
+    if getattr(cfg, "download", False):
+        download_cifar(cfg.root, folder)
     root = _cifar_dir(_require(cfg.root, what), folder, cache_root(cfg.cache_dir))
 
     def read(files: list[str]) -> Split:
@@ -163,6 +165,21 @@ def _cifar(cfg, folder: str, train_files: list[str], test_files: list[str], labe
         if got is not None:
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in got]
     return SourceData(read(train_files), read(test_files), names)
+
+
+def download_cifar(root: str, folder: str) -> None:
+    """Only when asked (data.download: true): torchvision fetches and checks the official archive."""
+    if not root:
+        raise DataError("data.download needs data.root: the folder to download into")
+    if (Path(root).expanduser() / folder).is_dir():
+        return
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if folder.startswith("cifar-10-") else datasets.CIFAR100
+    try:
+        cls(str(Path(root).expanduser()), train=True, download=True)
+    except Exception as exc:  # offline, or the archive failed its checksum
+        raise DataError(f"cannot download {folder} into {root}: {exc}") from None
 
 
 @SOURCES.register("cifar10")
