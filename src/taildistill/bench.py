@@ -41,41 +41,42 @@ def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
 def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int = 50, warmup: int = 10) -> dict:
     """Throughput of teacher training (CE on the config's model) and of distillation (the config's
     method, or KD, with a same-architecture teacher: random weights unless teacher.run is set)."""
-    from .engine.provenance import provenance
-
-    cfg = load_config(config, overrides + ["train.tensorboard=false", "train.progress=false"])
+    import copy
+    import shutil
     import tempfile
     from pathlib import Path
 
-    trainer = Trainer(cfg, run_dir=Path(tempfile.mkdtemp(prefix="taildistill-bench-")) / "run", quiet=True)
+    from .config import MethodConfig, TeacherConfig
+    from .engine.provenance import provenance
+    from .engine.trainer import load_teacher
+
+    cfg = load_config(config, overrides + ["train.tensorboard=false", "train.progress=false"])
+    base = copy.deepcopy(cfg)  # the engine around the measured step: CE, no teacher
+    base.method = MethodConfig("ce", resolve_method_params("ce", {}))
+    base.teacher = TeacherConfig()
+    trainer = Trainer(base, run_dir=Path(tempfile.mkdtemp(prefix="taildistill-bench-")) / "run", quiet=True)
     result = {"config": config, "overrides": overrides, "model": cfg.model.name, "batch_size": cfg.train.batch_size,
               "precision": "bf16" if trainer.bf16 else "fp32", "compile": cfg.train.compile,
               "train_images": len(trainer.data.train), **provenance(trainer.device)}
     info = trainer.data.info
-    student_method = trainer.method
     try:
         if mode in ("teacher", "both"):
-            trainer.method = build_method("ce", resolve_method_params("ce", {}), student_method.student, None, info).to(trainer.device)
-            trainer.model = trainer.method
             result["teacher"] = _measure(trainer, steps, warmup)
         if mode in ("distill", "both"):
-            method = student_method
-            if method.teacher is None:
-                teacher = build_student(cfg, info)
-                name = cfg.method.name if cfg.method.name != "ce" else "kd"
-                params = cfg.method.params if name == cfg.method.name else resolve_method_params("kd", {})
-                method = build_method(name, params, build_student(cfg, info), teacher, info).to(trainer.device)
-                method.teacher_to(trainer.device)
-                result["distill_method"] = name
-            else:
-                result["distill_method"] = cfg.method.name
+            name = cfg.method.name if cfg.method.name != "ce" else "kd"
+            params = cfg.method.params if name == cfg.method.name else resolve_method_params("kd", {})
+            teacher = load_teacher(cfg, info) or build_student(cfg, info)
+            method = build_method(name, params, build_student(cfg, info), teacher, info).to(trainer.device)
+            method.teacher_to(trainer.device, torch.channels_last if trainer.channels_last else None)
+            if trainer.channels_last:
+                method.student.to(memory_format=torch.channels_last)
+            result["distill_method"] = name
             trainer.method = trainer.model = method
+            trainer.inputs.set_views(method.batch_views)
             trainer.optimizer = torch.optim.SGD(method.parameters(), lr=cfg.optim.lr, momentum=0.9)
             trainer.sam = None
             result["distill"] = _measure(trainer, steps, warmup)
     finally:
         cleanup(trainer.dist)
-        import shutil
-
         shutil.rmtree(trainer.run_dir.parent, ignore_errors=True)
     return result

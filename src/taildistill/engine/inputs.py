@@ -51,15 +51,19 @@ class _Base:
         self.batch_size = batch_size
         self.dist = dist
         self.seed = seed
-        self.views = views
         self.repeated = aug_cfg.repeated
         self.channels_last = channels_last
         self.augment = BatchAugment(aug_cfg, info.mean, info.std, info.num_classes, info.input_kind)
         self.labels = torch.as_tensor(train_labels, dtype=torch.long)
         self.sampler = EpochSampler(train_labels, info.class_counts, sampler_kind, sampler_beta, seed)
-        self.balanced = EpochSampler(train_labels, info.class_counts, "class_balanced", seed=seed + 1) \
-            if "balanced_mix" in views else None
         self.mix_alpha = 0.5
+        self.set_views(views)
+
+    def set_views(self, views: tuple[str, ...]) -> None:
+        """The extra batch views a method asks for ("balanced_mix": ACCKD's balanced synthetic batch)."""
+        self.views = views
+        self.balanced = EpochSampler(self.labels.numpy(), self.info.class_counts, "class_balanced", seed=self.seed + 1) \
+            if "balanced_mix" in views else None
 
     def generator(self, epoch: int) -> torch.Generator:
         g = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")

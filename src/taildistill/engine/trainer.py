@@ -192,6 +192,7 @@ class Trainer:
         self.inputs = input_cls(split, info, cfg.augment, self.device, tc.batch_size, self.dist, tc.seed,
                                 self.method.batch_views, cfg.data.sampler, cfg.data.sampler_beta,
                                 self.channels_last and info.input_kind == "image", **kwargs)
+        self.inputs.mix_alpha = getattr(self.method.params, "mix_alpha", self.inputs.mix_alpha)  # ACCKD's Beta(a, a)
         self.steps = self.inputs.steps_per_epoch()
         if tc.max_steps_per_epoch > 0:
             self.steps = min(self.steps, tc.max_steps_per_epoch)
