@@ -1,8 +1,6 @@
-import gzip
 import io
 import pickle
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """Losses: pure functions of tensors (no state, no config objects)."""
 from .classification import (
-    balanced_softmax_loss, class_balanced_weights, cross_entropy, drw_weights, focal_loss,
+    balanced_softmax_loss, class_balanced_weights, cross_entropy, focal_loss,
     inverse_frequency_weights, ldam_loss, ldam_margins, logit_adjusted_loss, posthoc_logit_adjustment,
     soft_cross_entropy,
 )
@@ -10,7 +10,7 @@ from .distill import (
 )
 
 __all__ = [
-    "balanced_softmax_loss", "class_balanced_weights", "cross_entropy", "drw_weights", "focal_loss",
+    "balanced_softmax_loss", "class_balanced_weights", "cross_entropy", "focal_loss",
     "inverse_frequency_weights", "ldam_loss", "ldam_margins", "logit_adjusted_loss",
     "posthoc_logit_adjustment", "soft_cross_entropy", "bkd_loss", "cckd_loss", "cosine_imitation_loss",
     "dist_loss", "dive_loss", "dkd_loss", "kd_loss", "kl_rows", "ltkd_loss", "pair_supervised_loss",

@@ -93,9 +93,3 @@ def balanced_softmax_loss(logits: torch.Tensor, target: torch.Tensor, class_coun
     """Balanced softmax (Ren et al. 2020): CE(z + log n_c). Hard or soft targets."""
     log_n = torch.log(_as_tensor(class_counts, logits))
     return cross_entropy(logits.float() + log_n[None, :], target)
-
-
-def drw_weights(class_counts: Sequence[int], epoch: int, start_epoch: int, beta: float = 0.9999) -> torch.Tensor | None:
-    """Deferred re-weighting (Cao et al. 2019): None (unweighted) before `start_epoch`, the
-    effective-number weights from then on."""
-    return None if epoch < start_epoch else class_balanced_weights(class_counts, beta)

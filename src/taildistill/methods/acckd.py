@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
 from ..losses import cckd_loss, cosine_imitation_loss, pair_supervised_loss

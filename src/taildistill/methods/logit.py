@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ConfigError
 from ..losses import (
-    bkd_loss, cckd_loss, class_balanced_weights, dist_loss, dive_loss, dkd_loss, inverse_frequency_weights,
+    bkd_loss, cckd_loss, dist_loss, dive_loss, dkd_loss, inverse_frequency_weights,
     kd_loss, ltkd_loss, weighted_kd_loss,
 )
 from ..registry import Registry
@@ -144,8 +143,3 @@ def distill_params(criterion: str, **defaults):
     from dataclasses import make_dataclass
 
     return make_dataclass(f"{criterion.upper()}Params", [(k, t, f) for k, (t, f) in fields.items()], bases=(DistillParams,))
-
-
-def check_criterion(params) -> None:
-    if params.criterion not in CRITERIA:
-        raise ConfigError(f"unknown distillation criterion '{params.criterion}'; available: {', '.join(CRITERIA.names())}")
