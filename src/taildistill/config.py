@@ -112,7 +112,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA) | fp32 | bf16
     channels_last: bool = True  # used on CUDA only
-    compile: bool = False  # torch.compile the student's training step
+    compile: bool = False  # torch.compile the student (and the teacher)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs; training shapes are static) | max-autotune
     deterministic: bool = False
     seed: int = 0
     eval_every: int = 1  # evaluate on the validation split every N epochs (0 = only at the end)

@@ -177,7 +177,11 @@ class Trainer:
             self.method.student.to(memory_format=fmt)
         self.method.teacher_to(self.device, fmt)
         if tc.compile:
-            self.method.student.compile()
+            if tc.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+                raise ConfigError(f"train.compile_mode must be default, reduce-overhead or max-autotune, got '{tc.compile_mode}'")
+            self.method.student.compile(mode=tc.compile_mode)
+            if self.method.teacher is not None:
+                self.method.teacher.compile(mode=tc.compile_mode)
         self.optimizer = build_optimizer(cfg.optim, self.method, self.device.type)
         self.sam = SAM(self.optimizer, cfg.optim.sam_rho) if cfg.optim.sam_rho > 0 else None
         self.model = self.method

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import MODELS
+from .common import pooled_head, run_stages
 
 
 class CosineLinear(nn.Module):
@@ -72,16 +73,9 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x: torch.Tensor) -> dict:
-        feats = {}
         h = self.stem(x)
-        feats["stem"] = h
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            feats[f"stage{i + 1}"] = h
-        feats["pre_pool"] = h
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        feats["pooled"] = pooled
-        return {"logits": self.fc(pooled), "features": feats}
+        feats = {"stem": h}
+        return pooled_head(run_stages(h, self.stages, feats), self.fc, feats)
 
 
 def _cifar_resnet(depth: int, widths, shortcut: str):

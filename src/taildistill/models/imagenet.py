@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from . import MODELS
+from .common import pooled_head, run_stages
 
 
 def load_local_weights(model: nn.Module, path: str, strict: bool = False) -> nn.Module:
@@ -48,15 +49,9 @@ class TorchvisionResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict:
         n = self.net
-        h = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        feats = {}
-        for i, layer in enumerate((n.layer1, n.layer2, n.layer3, n.layer4)):
-            h = layer(h)
-            feats[f"stage{i + 1}"] = h
-        feats["pre_pool"] = h
-        pooled = torch.flatten(n.avgpool(h), 1)
-        feats["pooled"] = pooled
-        return {"logits": n.fc(pooled), "features": feats}
+        feats: dict = {}
+        h = run_stages(n.maxpool(n.relu(n.bn1(n.conv1(x)))), (n.layer1, n.layer2, n.layer3, n.layer4), feats)
+        return pooled_head(h, n.fc, feats)
 
 
 def _tv(builder: str):

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import MODELS
+from .common import pooled_head, run_stages
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -51,16 +52,9 @@ class MobileNetV2(nn.Module):
         self.feature_dim = 1280
 
     def forward(self, x: torch.Tensor) -> dict:
-        feats = {}
-        h = self.stem(x)
-        for i, st in enumerate(self.stages):
-            h = st(h)
-            feats[f"stage{i + 1}"] = h
-        h = self.last(h)
-        feats["pre_pool"] = h
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        feats["pooled"] = pooled
-        return {"logits": self.fc(pooled), "features": feats}
+        feats: dict = {}
+        h = run_stages(self.stem(x), self.stages, feats)
+        return pooled_head(self.last(h), self.fc, feats)
 
 
 @MODELS.register("mobilenetv2")
@@ -111,15 +105,8 @@ class ShuffleNetV1(nn.Module):
         self.feature_dim = cin
 
     def forward(self, x: torch.Tensor) -> dict:
-        feats = {}
-        h = self.stem(x)
-        for i, st in enumerate(self.stages):
-            h = st(h)
-            feats[f"stage{i + 1}"] = h
-        feats["pre_pool"] = h
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        feats["pooled"] = pooled
-        return {"logits": self.fc(pooled), "features": feats}
+        feats: dict = {}
+        return pooled_head(run_stages(self.stem(x), self.stages, feats), self.fc, feats)
 
 
 @MODELS.register("shufflenetv1")
@@ -145,9 +132,7 @@ class MobileNetV1(nn.Module):
         self.feature_dim = cin
 
     def forward(self, x: torch.Tensor) -> dict:
-        h = self.body(x)
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        return {"logits": self.fc(pooled), "features": {"pre_pool": h, "pooled": pooled}}
+        return pooled_head(self.body(x), self.fc, {})
 
 
 @MODELS.register("mobilenetv1")

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import MODELS
+from .common import pooled_head, run_stages
 
 
 class ConvNetSmall(nn.Module):
@@ -21,10 +22,8 @@ class ConvNetSmall(nn.Module):
         self.feature_dim = 2 * width
 
     def forward(self, x: torch.Tensor) -> dict:
-        f1 = self.stage1(x)
-        f2 = self.stage2(f1)
-        pooled = F.adaptive_avg_pool2d(f2, 1).flatten(1)
-        return {"logits": self.fc(pooled), "features": {"stage1": f1, "stage2": f2, "pre_pool": f2, "pooled": pooled}}
+        feats: dict = {}
+        return pooled_head(run_stages(x, (self.stage1, self.stage2), feats), self.fc, feats)
 
 
 @MODELS.register("convnet_small")

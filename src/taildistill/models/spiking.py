@@ -22,41 +22,37 @@ from ..errors import ConfigError
 from . import MODELS
 
 
-class _SpikeSigmoid(torch.autograd.Function):
+def _sigmoid_grad(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    s = torch.sigmoid(alpha * x)
+    return alpha * s * (1 - s)
+
+
+def _arctan_grad(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
+
+
+class _Spike(torch.autograd.Function):
+    """Heaviside forward; the chosen surrogate's derivative backward."""
+
     @staticmethod
-    def forward(ctx, x, alpha):
+    def forward(ctx, x, alpha, grad_fn):
         ctx.save_for_backward(x)
-        ctx.alpha = alpha
+        ctx.alpha, ctx.grad_fn = alpha, grad_fn
         return (x >= 0).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        s = torch.sigmoid(ctx.alpha * x)
-        return grad * ctx.alpha * s * (1 - s), None
+        return grad * ctx.grad_fn(x, ctx.alpha), None, None
 
 
-class _SpikeArctan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha):
-        ctx.save_for_backward(x)
-        ctx.alpha = alpha
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        a = ctx.alpha
-        return grad * (a / 2) / (1 + (math.pi / 2 * a * x) ** 2), None
-
-
-SURROGATES = {"sigmoid": (_SpikeSigmoid, 4.0), "arctan": (_SpikeArctan, 2.0)}
+SURROGATES = {"sigmoid": (_sigmoid_grad, 4.0), "arctan": (_arctan_grad, 2.0)}
 
 
 def heaviside(x: torch.Tensor, surrogate: str = "sigmoid", alpha: float | None = None) -> torch.Tensor:
     """H(x) forward (1 where x >= 0), the surrogate's derivative backward."""
-    fn, default = SURROGATES[surrogate]
-    return fn.apply(x, alpha if alpha is not None else default)
+    grad_fn, default = SURROGATES[surrogate]
+    return _Spike.apply(x, alpha if alpha is not None else default, grad_fn)
 
 
 class MultiStepLIF(nn.Module):

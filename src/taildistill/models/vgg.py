@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import MODELS
+from .common import pooled_head
 
 _CFG = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -36,10 +37,7 @@ class VGG(nn.Module):
             feats[f"stage{i + 1}"] = h
             if i < len(self.blocks) - 1 and h.shape[-1] > 1:
                 h = F.max_pool2d(h, 2)
-        feats["pre_pool"] = h
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        feats["pooled"] = pooled
-        return {"logits": self.fc(pooled), "features": feats}
+        return pooled_head(h, self.fc, feats)
 
 
 def _vgg(name: str):

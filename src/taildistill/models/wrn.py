@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import MODELS
+from .common import pooled_head, run_stages
 
 
 class WideBlock(nn.Module):
@@ -43,16 +44,9 @@ class WideResNet(nn.Module):
         self.feature_dim = cin
 
     def forward(self, x: torch.Tensor) -> dict:
-        feats = {}
-        h = self.stem(x)
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            feats[f"stage{i + 1}"] = h
-        h = F.relu(self.bn(h))
-        feats["pre_pool"] = h
-        pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
-        feats["pooled"] = pooled
-        return {"logits": self.fc(pooled), "features": feats}
+        feats: dict = {}
+        h = run_stages(self.stem(x), self.stages, feats)
+        return pooled_head(F.relu(self.bn(h)), self.fc, feats)
 
 
 def _wrn(depth: int, widen: int):
