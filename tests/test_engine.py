@@ -254,3 +254,11 @@ def test_eval_cli_analyses(tmp_path, capsys):
     assert len(res["attention"]["mean_distance_per_block"]) == 2 and set(res["rank"]) >= {"cls", "dist"}
     assert main(["eval", str(run), "--analysis", "firing"]) == 2
     assert "spiking model" in capsys.readouterr().err
+
+
+def test_compiled_student_trains(tmp_path):
+    run = fit(tiny("compiled", epochs=1, train={"compile": True}), tmp_path / "c", quiet=True)
+    final = json.loads((run / "final.json").read_text())
+    assert 0 <= final["test"]["top1"] <= 100
+    w = load_file(run / "checkpoints/last.safetensors")
+    assert not any(k.startswith("_orig_mod") for k in w)  # compiled in place: the same weight names
