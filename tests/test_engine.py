@@ -262,3 +262,18 @@ def test_compiled_student_trains(tmp_path):
     assert 0 <= final["test"]["top1"] <= 100
     w = load_file(run / "checkpoints/last.safetensors")
     assert not any(k.startswith("_orig_mod") for k in w)  # compiled in place: the same weight names
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    run = fit(tiny(epochs=1), tmp_path / "a", quiet=True)
+    import yaml
+
+    conf = yaml.safe_load((run / "config.yaml").read_text())
+    conf["model"]["kwargs"]["width"] = 12
+    conf["train"]["epochs"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(conf))
+    with pytest.raises(TrainingError, match="does not fit"):
+        resume(run, quiet=True)
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        (run / "checkpoints" / "last_state.pt").unlink()
+        resume(run, quiet=True)

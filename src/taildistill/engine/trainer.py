@@ -226,21 +226,26 @@ class Trainer:
         (d / "env.json").write_text(json.dumps(env, indent=1))
 
     def _save_checkpoint(self, epoch: int) -> None:
+        """last_state.pt holds everything resume needs in one atomically written file (the method's
+        trainable state, optimizer, epoch), so a crash between two writes can never pair weights
+        of one epoch with an optimizer of another; last.safetensors is the student for users."""
         d = self.run_dir / "checkpoints"
-        meta = {"epoch": str(epoch), "model": self.cfg.model.name}
-        ckpt.save_weights(self.method.state_dict(), d / "last_method.safetensors", meta)
-        ckpt.save_weights(ckpt.student_state(self.method), d / "last.safetensors", meta)
-        ckpt.save_state({"epoch": epoch, "optimizer": self.optimizer.state_dict(), "best_val": self.state.best_val,
+        ckpt.save_state({"epoch": epoch, "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+                         "optimizer": self.optimizer.state_dict(), "best_val": self.state.best_val,
                          "best_epoch": self.state.best_epoch}, d / "last_state.pt")
+        ckpt.save_weights(ckpt.student_state(self.method), d / "last.safetensors",
+                          {"epoch": str(epoch), "model": self.cfg.model.name})
 
     def _load_checkpoint(self) -> None:
         d = self.run_dir / "checkpoints"
         if not (d / "last_state.pt").is_file():
             raise TrainingError(f"{self.run_dir} has no checkpoint to resume from (checkpoints/last_state.pt)")
         state = ckpt.load_state(d / "last_state.pt")
-        weights = ckpt.load_weights(d / "last_method.safetensors")
-        self.method.load_state_dict(weights, strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise TrainingError(f"checkpoint {d / 'last_state.pt'} does not fit this run's model and method: {exc}") from None
         self.state = RunState(int(state["epoch"]) + 1, float(state["best_val"]), int(state["best_epoch"]))
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.is_file():  # drop epochs logged after the checkpoint we resume from
