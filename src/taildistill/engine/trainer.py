@@ -210,6 +210,12 @@ class Trainer:
         else:
             base = Path(run_dir) if run_dir else Path(cfg.out_dir) / (cfg.name or "run")
             self.run_dir = _unique_dir(base) if self.dist.is_main else base
+            if self.dist.enabled:  # every rank names the directory rank 0 chose
+                import torch.distributed as tdist
+
+                chosen = [str(self.run_dir)]
+                tdist.broadcast_object_list(chosen, src=0)
+                self.run_dir = Path(chosen[0])
         self.is_main = self.dist.is_main
         if self.is_main:
             self._write_header()
