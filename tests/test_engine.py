@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from taildistill.config import build_config
 from taildistill.engine.optim import SAM, lr_factor
 from taildistill.engine.trainer import fit, resume
-from taildistill.errors import TrainingError
+from taildistill.errors import ConfigError, TrainingError
 from taildistill.methods import register_method
 from taildistill.methods.logit import Supervised
 
@@ -277,3 +277,19 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     with pytest.raises(TrainingError, match="no checkpoint"):
         (run / "checkpoints" / "last_state.pt").unlink()
         resume(run, quiet=True)
+
+
+def test_ltkd_groups_default_to_thirds_whatever_the_reporting_policy():
+    from taildistill.data import make_groups
+    from taildistill.data.dataset import DataInfo
+    from taildistill.methods import build_method, resolve_method_params
+    from taildistill.models import build_model
+
+    counts = [100, 80, 60, 40, 30, 20, 10, 8, 5, 2]
+    info = DataInfo(10, counts, make_groups("shots", counts), [str(i) for i in range(10)], (1, 8, 8))
+    mk = lambda **p: build_method("ltkd", resolve_method_params("ltkd", p), build_model("convnet_small", 10, 1, 8),  # noqa: E731
+                                  build_model("convnet_small", 10, 1, 8), info)
+    assert mk().class_groups.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+    assert mk(ltkd_groups="data").class_groups.tolist() == list(info.groups.class_to_group)
+    with pytest.raises(ConfigError):
+        mk(ltkd_groups="cuts")

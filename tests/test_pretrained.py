@@ -97,7 +97,8 @@ def test_pretrained_teacher_teaches_through_cckd(tmp_path):
 
 TEACHER_RECIPES = ["cifar10_lt/ce_teacher", "cifar10_lt/ldam_drw_teacher", "cifar10_lt/ldam_drw_sam_teacher",
                    "cifar10_lt/ce_sam_teacher", "cifar10_lt/la_teacher", "cifar10_lt/cb_focal_teacher",
-                   "imagenet_lt/ce_teacher", "imagenet_lt/ldam_drw_sam_teacher"]
+                   "imagenet_lt/ce_teacher", "imagenet_lt/ldam_drw_teacher", "imagenet_lt/ldam_drw_sam_teacher",
+                   "imagenet_lt/ce_sam_teacher", "imagenet_lt/la_teacher", "imagenet_lt/cb_focal_teacher"]
 
 
 @pytest.mark.parametrize("recipe", TEACHER_RECIPES)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import ConfigError
 from ..losses import (
     bkd_loss, cckd_loss, dist_loss, dive_loss, dkd_loss, inverse_frequency_weights,
     kd_loss, ltkd_loss, weighted_kd_loss,
@@ -78,6 +79,7 @@ class DistillParams(SupervisedParams):
     bkd_start_epoch: int = 0  # BKD: epoch from which the class-balanced weights switch on
     ltkd_alpha: float = 1.0
     ltkd_beta: float = 1.0
+    ltkd_groups: str = "thirds"  # LTKD's class groups: a group policy (thirds, shots, cuts) or "data" (the reporting policy)
     cckd_prior_source: str = "val"  # cckd: estimate p^t(y) on the validation split, or 'balanced_train'
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
@@ -97,7 +99,14 @@ class LogitDistill(Method):
         super().__init__(params, student, teacher, info)
         CRITERIA.get(params.criterion)
         self.register_buffer("inv_freq_weights", inverse_frequency_weights(info.class_counts), persistent=False)
-        self.register_buffer("class_groups", torch.tensor(info.groups.class_to_group, dtype=torch.long), persistent=False)
+        groups = info.groups
+        if params.ltkd_groups not in ("thirds", "shots", "data"):
+            raise ConfigError("method.ltkd_groups must be thirds, shots or data (the data's group policy, e.g. cuts)")
+        if params.ltkd_groups != "data":
+            from ..data.groups import make_groups
+
+            groups = make_groups(params.ltkd_groups, info.class_counts)
+        self.register_buffer("class_groups", torch.tensor(groups.class_to_group, dtype=torch.long), persistent=False)
         # CCKD priors (Eq. 4 and 9) are estimated by the engine through `prepare` before training.
         self.register_buffer("teacher_prior", self.class_prior.clone(), persistent=True)
         self.register_buffer("student_train_prior", self.class_prior.clone(), persistent=True)

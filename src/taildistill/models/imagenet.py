@@ -55,7 +55,8 @@ class TorchvisionResNet(nn.Module):
 
 
 def _tv(builder: str):
-    def factory(num_classes: int, in_channels: int = 3, image_size: int = 224, weights: str = ""):
+    def factory(num_classes: int, in_channels: int = 3, image_size: int = 224, weights: str = "",
+                cosine_head: bool = False):
         import torchvision.models as tvm
         from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -68,6 +69,10 @@ def _tv(builder: str):
         model = TorchvisionResNet(net)
         if weights:
             load_local_weights(model.net, weights)
+        if cosine_head:  # LDAM's normalised classifier
+            from .cifar_resnet import CosineLinear
+
+            net.fc = CosineLinear(net.fc.in_features, num_classes)
         return model
 
     return factory
