@@ -109,6 +109,7 @@ class BatchAugment:
         self.num_classes = num_classes
         self.mean = torch.tensor(mean or [0.0]).view(1, -1, 1, 1)
         self.std = torch.tensor(std or [1.0]).view(1, -1, 1, 1)
+        self._stats: dict = {}  # device -> (mean, std), so no copy to the device per batch
         self._policy = None
         if input_kind == "image" and (cfg.autoaugment != "none" or cfg.randaugment_n > 0):
             self._policy = self._build_policy(cfg)
@@ -131,7 +132,10 @@ class BatchAugment:
             x = x.float().div_(255.0)
         if not self.cfg.normalize:
             return x
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if x.device not in self._stats:
+            self._stats[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._stats[x.device]
+        return (x - mean) / std
 
     def geometric(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Per-sample crop/flip/policy/jitter/erasing on a uint8 batch; returns normalised float."""
