@@ -66,10 +66,7 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             name = cfg.method.name if cfg.method.name != "ce" else "kd"
             params = cfg.method.params if name == cfg.method.name else resolve_method_params("kd", {})
             teacher = load_teacher(cfg, info) or build_student(cfg, info)
-            method = build_method(name, params, build_student(cfg, info), teacher, info).to(trainer.device)
-            method.teacher_to(trainer.device, torch.channels_last if trainer.channels_last else None)
-            if trainer.channels_last:
-                method.student.to(memory_format=torch.channels_last)
+            method = trainer.place(build_method(name, params, build_student(cfg, info), teacher, info))
             result["distill_method"] = name
             trainer.method = trainer.model = method
             trainer.inputs.set_views(method.batch_views)

@@ -10,8 +10,8 @@ A suite is a YAML file `configs/reproduce/NAME.yaml`:
     runs:                       # in order; `teacher` names an earlier run of the same cell
       - {name: ce_teacher, config: cifar10_lt/ce_teacher.yaml, teacher_run: true}
       - {name: bkd, config: cifar10_lt/bkd.yaml, teacher: ce_teacher, overrides: [...]}
-    paper: {"100": {ce: 70.4, bkd: 82.5}}   # the paper's overall accuracy per cell and run
-    tiny: [model.name=resnet8, ...]         # extra overrides for --tiny (CPU smoke runs)
+    paper: {ratio100: {ce: 70.4, bkd: 82.5}}   # the paper's overall accuracy per cell label and run
+    tiny: [...]                 # extra overrides for --tiny (CPU smoke runs); a run may add its own `tiny`
 
 Every run writes its normal run directory under OUT/<cell>/<run>/seed<k>; a run whose final.json
 exists is reused, so an interrupted suite continues where it stopped.
@@ -22,7 +22,6 @@ import itertools
 import json
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from .config import load_config
@@ -105,7 +104,7 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
         run_dir = out / label / run["name"] / f"seed{seed}"
         if (run_dir / "final.json").is_file():
             continue  # cached: a finished teacher or student is reused
-        overrides = cell_over + list(run.get("overrides", [])) + [f"train.seed={seed}", f"data.seed={0}"]
+        overrides = cell_over + list(run.get("overrides", [])) + [f"train.seed={seed}", "data.seed=0"]
         if run.get("teacher"):
             overrides.append(f"teacher.run={out / label / run['teacher'] / 'seed0'}")
         if tiny:
@@ -123,7 +122,7 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
 
 
 def _cell_rows(suite: dict, out: Path, label: str) -> tuple[list[str], list[list[str]], str]:
-    from .report import read_run
+    from .report import group_keys, read_run, seed_cells
 
     paper = (suite.get("paper") or {}).get(label) or {}
     runs = {}
@@ -133,27 +132,15 @@ def _cell_rows(suite: dict, out: Path, label: str) -> tuple[list[str], list[list
         if finals:
             runs[run["name"]] = finals
             policy = finals[0].get("group_policy", policy)
-    gcols: list[str] = []
-    for finals in runs.values():
-        for k in finals[0].get("test", {}):
-            if k.startswith("group/") and k not in gcols:
-                gcols.append(k)
+    gcols = group_keys([f for finals in runs.values() for f in finals])
     base = runs.get(suite["baseline"])
-    base_all = float(np.mean([f["test"]["top1"] for f in base])) if base else None
+    base_all = seed_cells(base, [])[1] if base else None
     paper_base = paper.get(suite["baseline"])
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
              [f"gain vs {suite['baseline']}", "paper All", "paper gain"]
     rows = []
     for name, finals in runs.items():
-        def stat(key):
-            vals = [f["test"].get(key) for f in finals if f["test"].get(key) is not None]
-            if not vals:
-                return "–", None
-            m = float(np.mean(vals))
-            return (f"{m:.2f} ± {np.std(vals):.2f}" if len(vals) > 1 else f"{m:.2f}"), m
-
-        all_s, all_m = stat("top1")
-        cells = [all_s] + [stat(g)[0] for g in gcols]
+        cells, all_m = seed_cells(finals, gcols)
         gain = f"{all_m - base_all:+.2f}" if base_all is not None and all_m is not None else "–"
         p = paper.get(name)
         pgain = f"{p - paper_base:+.1f}" if p is not None and paper_base is not None else "–"

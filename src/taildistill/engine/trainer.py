@@ -44,6 +44,13 @@ def resolve_device(name: str, dist: DistInfo | None = None) -> torch.device:
     return torch.device(name)
 
 
+def use_bf16(train_cfg, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or `auto` on CUDA."""
+    if train_cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got '{train_cfg.precision}'")
+    return train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
@@ -162,20 +169,14 @@ class Trainer:
         self.device = resolve_device(tc.device, self.dist)
         seed_everything(tc.seed, tc.deterministic)
         cuda = self.device.type == "cuda"
-        self.bf16 = tc.precision == "bf16" or (tc.precision == "auto" and cuda)
-        if tc.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"train.precision must be auto, fp32 or bf16, got '{tc.precision}'")
+        self.bf16 = use_bf16(tc, self.device)
         self.channels_last = cuda and tc.channels_last
 
         self.data = build_data(cfg.data)
         info = self.data.info
         student = build_student(cfg, info, self.data.vocab)
         teacher = load_teacher(cfg, info)
-        self.method = build_method(cfg.method.name, cfg.method.params, student, teacher, info).to(self.device)
-        fmt = torch.channels_last if self.channels_last and info.input_kind == "image" else None
-        if fmt is not None:
-            self.method.student.to(memory_format=fmt)
-        self.method.teacher_to(self.device, fmt)
+        self.method = self.place(build_method(cfg.method.name, cfg.method.params, student, teacher, info))
         if tc.compile:
             if tc.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
                 raise ConfigError(f"train.compile_mode must be default, reduce-overhead or max-autotune, got '{tc.compile_mode}'")
@@ -220,6 +221,15 @@ class Trainer:
         if self.is_main:
             self._write_header()
         self.tb = None
+
+    def place(self, method):
+        """Move a method (student, its modules, the frozen teacher) to the device and memory format."""
+        method = method.to(self.device)
+        fmt = torch.channels_last if self.channels_last and self.data.info.input_kind == "image" else None
+        if fmt is not None:
+            method.student.to(memory_format=fmt)
+        method.teacher_to(self.device, fmt)
+        return method
 
     # ------------------------------------------------------------------ files
     def _write_header(self) -> None:

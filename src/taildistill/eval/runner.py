@@ -13,7 +13,11 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
                     analyses: list[str] | None = None) -> dict:
     """Rebuild the data and model of a run (or a checkpoint + config) and evaluate one split."""
     from ..engine import checkpoint as ckpt
+    from .analysis import ANALYSES
 
+    bad = [a for a in analyses or [] if a not in ANALYSES]
+    if bad:  # checked before the data and the model are built
+        raise ConfigError(f"unknown analysis {bad}; choose from {', '.join(ANALYSES)}")
     if target.is_dir():
         conf = target / "config.yaml"
         if not conf.is_file():
@@ -31,28 +35,26 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
 
     from ..data import build_data
     from ..data.augment import BatchAugment
-    from ..engine.trainer import build_student, evaluate_split, resolve_device
+    from ..engine.trainer import build_student, evaluate_split, resolve_device, use_bf16
 
     device = resolve_device(cfg.train.device)
     data = build_data(cfg.data)
     info = data.info
     student = build_student(cfg, info)
-    student.load_state_dict(ckpt.load_weights(weights))
+    try:
+        student.load_state_dict(ckpt.load_weights(weights))
+    except RuntimeError as exc:
+        raise ConfigError(f"checkpoint {weights} does not fit model '{cfg.model.name}': {exc}") from None
     student.to(device)
     split = {"test": data.test, "val": data.val, "train": data.train}[split_name]
     if split is None:
         raise ConfigError(f"the data has no '{split_name}' split")
     augment = BatchAugment(cfg.augment, info.mean, info.std, info.num_classes, info.input_kind)
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    bf16 = use_bf16(cfg.train, device)
     with torch.no_grad():
         metrics = evaluate_split(student, split, info, augment, device, bf16)
     result = {"summary": summary(metrics, info.groups), "metrics": metrics}
     if analyses:
-        from .analysis import ANALYSES
-
-        bad = [a for a in analyses if a not in ANALYSES]
-        if bad:
-            raise ConfigError(f"unknown analysis {bad}; choose from {', '.join(ANALYSES)}")
         metrics["analysis"] = run_analyses(student, data, split, augment, device, analyses)
         result["summary"]["analysis"] = metrics["analysis"]
     if out_file is not None:
@@ -108,7 +110,7 @@ def run_analyses(model, data, split, augment, device, analyses: list[str]) -> di
 
 def _first_batch(split, info, device, n: int = 64):
     import numpy as np
-    import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(split.x[:n]))
-    return (x.permute(0, 3, 1, 2) if info.input_kind == "image" else x).to(device)
+    from ..engine.inputs import to_device_tensor
+
+    return to_device_tensor(split.subset(np.arange(min(n, len(split)))), info, device)

@@ -139,34 +139,39 @@ def write_run_report(run_dir: Path) -> Path:
     return out
 
 
+def group_keys(runs: list[dict]) -> list[str]:
+    """The `group/<name>` metric keys of the runs' test results, in first-seen order."""
+    keys: list[str] = []
+    for r in runs:
+        for c in group_columns(r.get("test", {})):
+            if c not in keys:
+                keys.append(c)
+    return keys
+
+
+def mean_std(vals: list) -> tuple[str, float | None]:
+    """'mean ± std' over the non-missing values ('mean' for one, '–' for none) and the mean."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–", None
+    m = float(np.mean(vals))
+    return (f"{m:.2f} ± {np.std(vals):.2f}" if len(vals) > 1 else f"{m:.2f}"), m
+
+
+def seed_cells(runs: list[dict], keys: list[str]) -> tuple[list[str], float | None]:
+    """Table cells (mean ± std over the runs, i.e. seeds) for top-1 and `keys`, and the top-1 mean."""
+    cells = [mean_std([r["test"].get(k) for r in runs if "test" in r]) for k in ["top1"] + keys]
+    return [c for c, _ in cells], cells[0][1]
+
+
 def comparison_rows(runs: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
-    """Group runs by name (seeds of one config share it) -> mean ± std rows, and gains over `ce`."""
+    """Group runs by name (seeds of one config share it) -> header, mean ± std rows, group policies."""
     by: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
         by[r["name"]].append(r)
-    gcols: list[str] = []
-    for r in runs:
-        for c in group_columns(r.get("test", {})):
-            if c not in gcols:
-                gcols.append(c)
+    gcols = group_keys(runs)
     header = ["run", "method", "seeds", "All"] + [c.split("/", 1)[1].capitalize() for c in gcols]
-
-    def stat(vals):
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            return "–", None
-        m = float(np.mean(vals))
-        return (f"{m:.2f} ± {np.std(vals):.2f}" if len(vals) > 1 else f"{m:.2f}"), m
-
-    rows, means = [], {}
-    for name, rs in by.items():
-        cells, ms = [], []
-        for key in ["top1"] + gcols:
-            s, m = stat([r["test"].get(key) for r in rs if "test" in r])
-            cells.append(s)
-            ms.append(m)
-        means[name] = ms
-        rows.append([name, rs[0]["method"], str(len(rs))] + cells)
+    rows = [[name, rs[0]["method"], str(len(rs))] + seed_cells(rs, gcols)[0] for name, rs in by.items()]
     policy = sorted({r.get("group_policy", "") for r in runs})
     return header, rows, policy
 
