@@ -79,3 +79,18 @@ def test_autoaugment_policy_runs_on_batches():
     x = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
     out = aug(x, torch.zeros(6, dtype=torch.long), gen(0))
     assert out["x"].shape == (6, 3, 32, 32) and torch.isfinite(out["x"]).all()
+
+
+def test_batch_scalars_come_from_the_host_generator():
+    # the per-sample stream (crop, flip, mix permutation) depends on g only; whether/how to mix
+    # and lambda depend on the CPU generator `host` only, so they never read the device
+    cfg = AugmentConfig(crop_padding=2, flip=True, mixup_alpha=1.0, normalize=False)
+    aug = BatchAugment(cfg, [0.0] * 3, [1.0] * 3, 4)
+    x = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(16) % 4
+    a = aug(x, y, gen(1), host=gen(7))
+    b = aug(x, y, gen(1), host=gen(7))
+    c = aug(x, y, gen(1), host=gen(8))
+    assert torch.equal(a["x"], b["x"]) and float(a["mix_lam"]) == float(b["mix_lam"])
+    assert float(a["mix_lam"]) != float(c["mix_lam"]) and torch.equal(a["mix_perm"], c["mix_perm"])
+    assert sorted(a["mix_perm"].tolist()) == list(range(16))

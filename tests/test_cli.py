@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,24 @@ def test_bench_writes_json(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["teacher"]["images_per_s"] > 0 and res["distill"]["images_per_s"] > 0
     assert res["distill_method"] == "kd" and "commit" in res and "hardware" in res
+
+
+def test_bench_recipe_times_teacher_then_student(tmp_path, capsys):
+    out = tmp_path / "recipe.json"
+    quick = ["train.epochs=2", "train.max_steps_per_epoch=3", "train.progress=false", "train.tensorboard=false"]
+    assert main(["bench", "configs/digits/bkd.yaml", "--recipe", "configs/digits/ce_teacher.yaml", *quick,
+                 "method.temperature=3", "--keep", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["teacher"]["method"] == "ce" and res["student"]["method"] == "bkd"
+    assert res["total_seconds"] >= res["teacher"]["seconds"] + res["student"]["seconds"] - 1e-6
+    assert all(0 <= res[p]["test"]["top1"] <= 100 and res[p]["epochs"] == 2 for p in ("teacher", "student"))
+    assert "temperature: 3.0" in (Path(res["student"]["run"]) / "config.yaml").read_text()  # method.* -> student only
+    student_cfg = (Path(res["student"]["run"]) / "config.yaml").read_text()
+    assert str(Path(res["teacher"]["run"])) in student_cfg  # distilled from the teacher it just trained
+    # a bad key in the student config is reported before the teacher trains
+    assert main(["bench", "configs/digits/bkd.yaml", "--recipe", "configs/digits/ce_teacher.yaml", "method.nope=1",
+                 "--keep", str(tmp_path / "bad")]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_models_and_methods_listing(capsys):

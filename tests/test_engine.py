@@ -290,6 +290,43 @@ def test_ltkd_groups_default_to_thirds_whatever_the_reporting_policy():
     mk = lambda **p: build_method("ltkd", resolve_method_params("ltkd", p), build_model("convnet_small", 10, 1, 8),  # noqa: E731
                                   build_model("convnet_small", 10, 1, 8), info)
     assert mk().class_groups.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
-    assert mk(ltkd_groups="data").class_groups.tolist() == list(info.groups.class_to_group)
+    data_groups = info.groups.class_to_group  # shots: no class has > 100 images, group 0 is empty
+    assert min(data_groups) == 1 and mk(ltkd_groups="data").class_groups.tolist() == [g - 1 for g in data_groups]
+    assert mk(ltkd_groups="data").num_groups == 2 and mk().num_groups == 3
     with pytest.raises(ConfigError):
         mk(ltkd_groups="cuts")
+
+
+def test_bf16_autocast_runs_the_network_in_bf16_and_the_losses_in_fp32(tmp_path):
+    from taildistill.engine.trainer import Trainer
+
+    teacher = fit(tiny("t16", epochs=1, train={"precision": "bf16"}), tmp_path / "t16", quiet=True)
+    cfg = tiny("ltkd16", epochs=1, method={"name": "ltkd"}, teacher=teacher, train={"precision": "bf16"})
+    trainer = Trainer(cfg, tmp_path / "ltkd16", quiet=True)
+    assert trainer.bf16
+    batch = next(iter(trainer.inputs.epoch(0)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert trainer.method.student(batch["x"])["logits"].dtype == torch.bfloat16
+        out = trainer.method(batch, 0)
+    assert out["logits"].dtype == torch.float32
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out["terms"].values())
+    run = trainer.run()
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["loss/ltkd"] > 0 and json.loads((run / "final.json").read_text())["test"]["top1"] >= 0
+
+
+def test_optimizers_are_fused_without_decay_on_1d_parameters():
+    from taildistill.config import OptimConfig
+    from taildistill.engine.optim import build_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    for name in ("sgd", "adamw"):
+        opt = build_optimizer(OptimConfig(name=name, nesterov=True, weight_decay=0.1), net, "cpu")
+        assert opt.defaults["fused"] is True
+        assert [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups] == [(1, 0.1), (3, 0.0)]
+        net(torch.randn(5, 3)).square().sum().backward()
+        before = net[0].weight.detach().clone()
+        opt.step()
+        assert not torch.equal(before, net[0].weight)
+    frozen = torch.nn.Linear(3, 4).requires_grad_(False)  # nothing to train (an NCM head): one empty group
+    assert [len(g["params"]) for g in build_optimizer(OptimConfig(), frozen, "cpu").param_groups] == [0]

@@ -83,6 +83,11 @@ def test_ltkd_loss_direct(T, alpha, beta):
     groups = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
     got = L.ltkd_loss(s, t, torch.tensor(groups), alpha, beta, T).item()
     assert got == pytest.approx(ltkd_direct(s, t, groups, alpha, beta, T), rel=1e-4)
+    # ids known to be 0..G-1 (the method's buffer) skip the compaction and give the same value;
+    # sparse ids (a group no class uses) are compacted by the pure function
+    assert L.ltkd_loss(s, t, torch.tensor(groups), alpha, beta, T, num_groups=3).item() == pytest.approx(got, rel=1e-6)
+    sparse = torch.tensor([{0: 0, 1: 5, 2: 9}[g] for g in groups])
+    assert L.ltkd_loss(s, t, sparse, alpha, beta, T).item() == pytest.approx(got, rel=1e-6)
 
 
 def test_ltkd_equals_kd_without_rebalancing_and_teacher_weights():

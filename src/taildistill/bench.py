@@ -1,4 +1,5 @@
-"""`taildistill bench`: steady-state training throughput (images/s) of the real training step."""
+"""`taildistill bench`: steady-state training throughput (images/s) of the real training step, and
+the wall time of a whole recipe (teacher training + distillation + evaluation)."""
 from __future__ import annotations
 
 import time
@@ -76,4 +77,47 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
     finally:
         cleanup(trainer.dist)
         shutil.rmtree(trainer.run_dir.parent, ignore_errors=True)
+    return result
+
+
+def run_recipe(student_config: str, teacher_config: str, overrides: list[str], out_dir: str | None = None,
+               quiet: bool = False) -> dict:
+    """Wall time of a whole recipe, as a user runs it: the teacher trained from `teacher_config`,
+    then the student of `student_config` distilled from that teacher, each phase including data
+    loading, training and the final evaluation. `overrides` apply to both configs, except
+    `method.*` and `teacher.*` ones, which are the student's. The two run directories are kept
+    under `out_dir` when given (else trained in a temporary folder)."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .engine.provenance import provenance
+    from .engine.trainer import fit, resolve_device
+
+    student_only = [o for o in overrides if o.startswith(("method.", "teacher."))]
+    tcfg = load_config(teacher_config, [o for o in overrides if o not in student_only])
+    load_config(student_config, list(overrides) + ["teacher.run="])  # a bad student config fails before the teacher trains
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="taildistill-recipe-"))
+    result: dict = {"student_config": student_config, "teacher_config": teacher_config, "overrides": list(overrides),
+                    **provenance(resolve_device(tcfg.train.device))}
+    try:
+        t0 = time.perf_counter()
+        teacher_run = fit(tcfg, out / "teacher", quiet=quiet)
+        t1 = time.perf_counter()
+        student_run = fit(load_config(student_config, list(overrides) + [f"teacher.run={teacher_run}"]), out / "student", quiet=quiet)
+        t2 = time.perf_counter()
+        for phase, run, seconds in (("teacher", teacher_run, t1 - t0), ("student", student_run, t2 - t1)):
+            final = json.loads((run / "final.json").read_text())
+            records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
+            rates = sorted(r["images_per_s"] for r in records)
+            result[phase] = {"method": final["method"], "model": final["model"], "epochs": final["epochs"],
+                             "seconds": seconds, "train_seconds": sum(r["epoch_s"] for r in records),
+                             "median_images_per_s": rates[len(rates) // 2] if rates else None,
+                             "test": {k: v for k, v in final.get("test", {}).items() if not isinstance(v, (list, dict))},
+                             **({"run": str(run)} if out_dir else {})}
+        result["total_seconds"] = t2 - t0
+    finally:
+        if not out_dir:
+            shutil.rmtree(out, ignore_errors=True)
     return result

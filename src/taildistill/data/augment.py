@@ -1,6 +1,10 @@
 """Batch augmentation on the training device: every op takes a whole batch and draws its own
 random numbers per sample from one torch.Generator, so no per-image Python loop runs.
 
+Per-sample draws come from the device generator `g`; the few per-batch scalars (whether to mix,
+mixup or cutmix, lambda, the cutmix box) come from a CPU generator `host`, so that deciding them
+never waits for the device (a `.item()` on a CUDA tensor would stall the queue every step).
+
 Input: uint8 images (B, C, H, W) on any device. Output: float images, normalised.
 """
 from __future__ import annotations
@@ -67,30 +71,37 @@ def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, area=(0.02, 0.
     return x.masked_fill(mask, 0.0)
 
 
-def sample_lambda(alpha: float, g: torch.Generator) -> float:
-    """One Beta(alpha, alpha) draw from the generator (via two Gamma draws)."""
+def sample_lambda(alpha: float, host: torch.Generator) -> float:
+    """One Beta(alpha, alpha) draw (via two Gamma draws) from a CPU generator."""
     a = torch.tensor([alpha, alpha], dtype=torch.float64)
-    gam = torch._standard_gamma(a.to(g.device), generator=g) if g.device.type != "cpu" else torch._standard_gamma(a, generator=g)
-    gam = gam.cpu()
+    gam = torch._standard_gamma(a, generator=_on_cpu(host))
     return float(gam[0] / gam.sum())
 
 
-def cutmix_box(H: int, W: int, lam: float, g: torch.Generator) -> tuple[int, int, int, int, float]:
-    """A box of area (1 - lam) * H * W at a random centre; returns (y0, y1, x0, x1, exact lam)."""
+def _on_cpu(host: torch.Generator) -> torch.Generator:
+    if host.device.type != "cpu":
+        raise ValueError("per-batch scalars are drawn from a CPU generator (drawing them on the device would stall it)")
+    return host
+
+
+def cutmix_box(H: int, W: int, lam: float, host: torch.Generator) -> tuple[int, int, int, int, float]:
+    """A box of area (1 - lam) * H * W at a random centre (CPU generator `host`); returns
+    (y0, y1, x0, x1, exact lam)."""
     cut = (1.0 - lam) ** 0.5
     ch, cw = int(H * cut), int(W * cut)
-    cy = int(torch.randint(H, (1,), generator=g, device=g.device).item())
-    cx = int(torch.randint(W, (1,), generator=g, device=g.device).item())
+    cy = int(torch.randint(H, (1,), generator=_on_cpu(host)))
+    cx = int(torch.randint(W, (1,), generator=host))
     y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, H)
     x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, W)
     return y0, y1, x0, x1, 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
 
 
-def mix_pair(xa: torch.Tensor, xb: torch.Tensor, lam: float, mode: str, g: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Mix two batches: mixup (lam xa + (1-lam) xb) or cutmix (xb's box pasted into xa)."""
+def mix_pair(xa: torch.Tensor, xb: torch.Tensor, lam: float, mode: str, host: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Mix two batches (B, C, H, W): mixup (lam xa + (1-lam) xb) or cutmix (xb's box pasted into
+    xa, box drawn from the CPU generator `host`); returns the mixed batch and the exact lambda."""
     if mode == "mixup":
         return lam * xa + (1 - lam) * xb, lam
-    y0, y1, x0, x1, lam = cutmix_box(xa.shape[2], xa.shape[3], lam, g)
+    y0, y1, x0, x1, lam = cutmix_box(xa.shape[2], xa.shape[3], lam, host)
     out = xa.clone()
     out[:, :, y0:y1, x0:x1] = xb[:, :, y0:y1, x0:x1]
     return out, lam
@@ -99,8 +110,10 @@ def mix_pair(xa: torch.Tensor, xb: torch.Tensor, lam: float, mode: str, g: torch
 class BatchAugment:
     """The configured augmentation pipeline for one input kind.
 
-    `__call__(x_uint8, y, g, train=True)` returns a dict with `x` (float, normalised) and, when
-    mixup/cutmix fired, `y_soft` (B, C) mixed one-hot targets plus `mix_lam`/`mix_perm`.
+    `__call__(x_uint8, y, g, train=True, epoch=0, host=None)` returns a dict with `x` (float,
+    normalised) and, when mixup/cutmix fired, `y_soft` (B, C) mixed one-hot targets plus
+    `mix_lam`/`mix_perm`. `g` draws per-sample numbers on x's device; `host` (a CPU generator,
+    default `g` when that is on the CPU) draws the per-batch scalars.
     """
 
     def __init__(self, cfg, mean: list[float], std: list[float], num_classes: int, input_kind: str = "image"):
@@ -158,7 +171,8 @@ class BatchAugment:
             x = random_erasing(x, c.random_erasing, g)
         return x
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, train: bool = True, epoch: int = 0) -> dict:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, train: bool = True, epoch: int = 0,
+                 host: torch.Generator | None = None) -> dict:
         if self.kind != "image":
             return {"x": x, "y": y}
         if not train:
@@ -169,11 +183,12 @@ class BatchAugment:
         modes = [m for m, a in (("mixup", c.mixup_alpha), ("cutmix", c.cutmix_alpha)) if a > 0]
         if 0 <= c.mix_until_epoch <= epoch:
             modes = []
-        if modes and float(torch.rand(1, generator=g, device=g.device)) < c.mix_prob:
-            mode = modes[int(torch.randint(len(modes), (1,), generator=g, device=g.device))]
-            lam = sample_lambda(c.mixup_alpha if mode == "mixup" else c.cutmix_alpha, g)
-            perm = torch.randperm(x.shape[0], generator=g, device=g.device).to(x.device)
-            out["x"], lam = mix_pair(x, x[perm], lam, mode, g)
+        host = host if host is not None else g
+        if modes and float(torch.rand(1, generator=_on_cpu(host))) < c.mix_prob:
+            mode = modes[int(torch.randint(len(modes), (1,), generator=host))]
+            lam = sample_lambda(c.mixup_alpha if mode == "mixup" else c.cutmix_alpha, host)
+            perm = torch.rand(x.shape[0], generator=g, device=g.device).argsort().to(x.device)  # a device-side permutation
+            out["x"], lam = mix_pair(x, x[perm], lam, mode, host)
             onehot = F.one_hot(y, self.num_classes).float()
             out["y_soft"] = lam * onehot + (1 - lam) * onehot[perm]
             out["mix_lam"] = torch.tensor(lam)

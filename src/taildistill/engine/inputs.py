@@ -65,10 +65,14 @@ class _Base:
         self.balanced = EpochSampler(self.labels.numpy(), self.info.class_counts, "class_balanced", seed=self.seed + 1) \
             if "balanced_mix" in views else None
 
-    def generator(self, epoch: int) -> torch.Generator:
+    def generators(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+        """This epoch's (device generator for per-sample draws, CPU generator for per-batch
+        scalars), seeded from (seed, epoch, rank) so that a resumed run draws the same numbers."""
         g = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
         g.manual_seed(_seed(self.seed, epoch, self.dist.rank, 17))
-        return g
+        host = torch.Generator()
+        host.manual_seed(_seed(self.seed, epoch, self.dist.rank, 29))
+        return g, host
 
     def index_batches(self, epoch: int) -> list[torch.Tensor]:
         idx = self.sampler.indices(epoch)
@@ -77,13 +81,14 @@ class _Base:
     def steps_per_epoch(self) -> int:
         return len(self.index_batches(0))
 
-    def _finish(self, batch: dict, g: torch.Generator, balanced_x: torch.Tensor | None, balanced_y) -> dict:
+    def _finish(self, batch: dict, g: torch.Generator, host: torch.Generator, balanced_x: torch.Tensor | None,
+                balanced_y) -> dict:
         if balanced_x is not None:  # ACCKD D_mix: balanced x' mixed into x, lambda >= 0.5 (Alg. 1)
-            lam = sample_lambda(self.mix_alpha, g)
+            lam = sample_lambda(self.mix_alpha, host)
             lam = max(lam, 1 - lam)
-            mode = "mixup" if float(torch.rand(1, generator=g, device=g.device)) > 0.5 else "cutmix"
+            mode = "mixup" if float(torch.rand(1, generator=host)) > 0.5 else "cutmix"
             xb = self.augment.geometric(balanced_x, g)
-            batch["x_mix"], _ = mix_pair(xb, batch["x"], lam, mode, g)
+            batch["x_mix"], _ = mix_pair(xb, batch["x"], lam, mode, host)
             batch["y_a"], batch["y_b"] = balanced_y, batch["y"]
         if self.channels_last and batch["x"].dim() == 4:
             for k in ("x", "x_mix"):
@@ -103,16 +108,30 @@ class TensorInput(_Base):
         self.y = self.labels.to(device)
 
     def epoch(self, epoch: int):
-        g = self.generator(epoch)
-        balanced = self.balanced.indices(epoch) if self.balanced is not None else None
-        for step, idx in enumerate(self.index_batches(epoch)):
-            idx = idx.to(self.device, non_blocking=True)
-            batch = self.augment(self.x[idx], self.y[idx], g, epoch=epoch)
-            bx = by = None
-            if balanced is not None:
-                j = balanced[(step * self.batch_size + torch.arange(len(idx))) % len(balanced)].to(self.device)
-                bx, by = self.x[j], self.y[j]
-            yield self._finish(batch, g, bx, by)
+        g, host = self.generators(epoch)
+        batches = self.index_batches(epoch)
+        if not batches:
+            return
+        sizes = [len(b) for b in batches]
+        # one host-to-device copy of the epoch's order, then views: no per-step transfer
+        order = _upload(torch.cat(batches), self.device).split(sizes)
+        paired = [None] * len(batches)
+        if self.balanced is not None:
+            balanced = self.balanced.indices(epoch)
+            j = torch.cat([(s * self.batch_size + torch.arange(n)) % len(balanced) for s, n in enumerate(sizes)])
+            paired = _upload(balanced[j], self.device).split(sizes)
+        for idx, j in zip(order, paired):
+            batch = self.augment(self.x[idx], self.y[idx], g, epoch=epoch, host=host)
+            bx, by = (self.x[j], self.y[j]) if j is not None else (None, None)
+            yield self._finish(batch, g, host, bx, by)
+
+
+def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to `device` without making the host wait for the device's queue
+    (pinned staging on CUDA)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def to_device_tensor(split, info, device) -> torch.Tensor:
@@ -166,19 +185,20 @@ class StreamInput(_Base):
                                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
     def epoch(self, epoch: int):
-        g = self.generator(epoch)
+        g, host = self.generators(epoch)
         batches = self.index_batches(epoch)
         balanced = None
         if self.balanced is not None:
             bidx = self.balanced.indices(epoch)
             balanced = iter(self._load([bidx[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(batches))]))
         for x, y in self._load(batches):
-            batch = self.augment(x.to(self.device, non_blocking=True), y.to(self.device), g, epoch=epoch)
+            batch = self.augment(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), g,
+                                 epoch=epoch, host=host)
             bx = by = None
             if balanced is not None:
                 bx, by = next(balanced)
-                bx, by = bx.to(self.device), by.to(self.device)
-            yield self._finish(batch, g, bx, by)
+                bx, by = bx.to(self.device, non_blocking=True), by.to(self.device, non_blocking=True)
+            yield self._finish(batch, g, host, bx, by)
 
 
 def eval_batches(split, info, augment: BatchAugment, device, batch_size: int = 512, channels_last: bool = False):

@@ -19,12 +19,16 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(cfg, module: torch.nn.Module, device_type: str) -> torch.optim.Optimizer:
-    groups = param_groups(module, cfg.weight_decay)
-    fast = {"foreach": True} if device_type == "cuda" else {}
+    """SGD or AdamW over `module`'s trainable parameters. On CUDA and CPU the fused implementation
+    (one multi-tensor kernel per step instead of a launch per parameter): the same code path the
+    CPU tests run is the one a GPU run takes."""
+    # empty groups dropped; a model with nothing to train (an NCM head, 0 epochs) keeps one
+    groups = [g for g in param_groups(module, cfg.weight_decay) if g["params"]] or [{"params": []}]
+    fast = {"fused": True} if device_type in ("cuda", "cpu") else {}
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **fast)
     elif cfg.name == "adamw":
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **({"fused": True} if device_type == "cuda" else {}))
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **fast)
     else:
         raise ConfigError(f"optim.name must be sgd or adamw, got '{cfg.name}'")
     return opt

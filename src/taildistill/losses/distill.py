@@ -6,6 +6,8 @@ a constant target (callers pass teacher logits computed without gradient).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -53,7 +55,8 @@ def _group_logsumexp(z: torch.Tensor, groups: torch.Tensor, num_groups: int) -> 
 
 def ltkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, class_groups: torch.Tensor,
               alpha: float = 1.0, beta: float = 1.0, temperature: float = 1.0, *,
-              rebalance: bool = True, teacher_weighted_within: bool = False) -> torch.Tensor:
+              rebalance: bool = True, teacher_weighted_within: bool = False,
+              num_groups: int | None = None) -> torch.Tensor:
     """Long-tailed KD (LTKD Eq. 9-14).
 
     With p = softmax(z/T) and group probabilities P_G = sum_{i in G} p_i (Eq. 3):
@@ -62,13 +65,18 @@ def ltkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, class_
     cross = KL(P^_b || P^S_b); within = sum_G KL(p~^T_{b,G} || p~^S_{b,G}) with p~_G the softmax
     restricted to G (Eq. 4, 13). Returns T^2 * mean_b(alpha * cross + beta * within) (Eq. 14).
 
-    `class_groups` (C,) holds group ids; ids that no class uses are ignored. With
+    `class_groups` (C,) holds group ids; ids that no class uses are ignored. Callers that know
+    their ids are exactly 0..num_groups-1 pass `num_groups`, which skips the compaction (a
+    data-dependent `unique` that would make the host wait for the device every step). With
     ``rebalance=False, teacher_weighted_within=True`` (each within term weighted by P^T_G instead
     of beta) and alpha = 1 this is exactly KD (Eq. 8).
     """
     T = temperature
-    groups = torch.unique(class_groups.to(student_logits.device), return_inverse=True)[1]
-    G = int(groups.max()) + 1
+    if num_groups is None:
+        groups = torch.unique(class_groups.to(student_logits.device), return_inverse=True)[1]
+        G = int(groups.max()) + 1
+    else:
+        groups, G = class_groups.to(student_logits.device), num_groups
     zs, zt = student_logits.float() / T, teacher_logits.float() / T
     lse_s, lse_t = _group_logsumexp(zs, groups, G), _group_logsumexp(zt, groups, G)
     log_PS = lse_s - torch.logsumexp(zs, dim=1, keepdim=True)  # (B, G) log group probabilities
@@ -78,7 +86,7 @@ def ltkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, class_
         # Eq. 9-11 in log space: log s_G = log mean_G(S) - log S_G; a group with no teacher mass
         # in the whole batch (S_G = 0 after underflow) keeps zero mass (its scale is irrelevant)
         log_S = torch.logsumexp(log_PT, dim=0)  # (G,)
-        log_mean = torch.logsumexp(log_S, dim=0) - torch.log(torch.tensor(float(G), device=log_S.device))
+        log_mean = torch.logsumexp(log_S, dim=0) - math.log(G)
         shift = torch.where(torch.isfinite(log_S), log_mean - log_S, torch.zeros_like(log_S))
         PT_hat = torch.softmax(log_PT + shift[None, :], dim=1)
     else:

@@ -48,9 +48,9 @@ class ACCKD(LogitDistill):
     def loss_terms(self, batch: dict, epoch: int) -> dict:
         p = self.params
         f = p.feature
-        out = self.student(batch["x"])
+        out = self.student_outputs(batch["x"])
         t_out = self.teacher_outputs(batch["x"])
-        out_mix = self.student(batch["x_mix"])
+        out_mix = self.student_outputs(batch["x_mix"])
         t_mix = self.teacher_outputs(batch["x_mix"])
         log_prior = self.class_prior.log()
         terms = {

@@ -79,9 +79,12 @@ class Method(nn.Module):
     @torch.no_grad()
     def teacher_outputs(self, x: torch.Tensor) -> dict:
         """The frozen teacher's outputs (no graph is built); logits are float32."""
-        out = self.teacher(x)
-        out["logits"] = out["logits"].float()
-        return out
+        return _float_logits(self.teacher(x))
+
+    def student_outputs(self, x: torch.Tensor) -> dict:
+        """The student's outputs with every logit head in float32: under bf16 autocast the network
+        runs in bf16, but temperatures, softmaxes and KL terms are computed in full precision."""
+        return _float_logits(self.student(x))
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -113,6 +116,16 @@ class Method(nn.Module):
     def forward(self, batch: dict, epoch: int) -> dict:
         """Returns {"terms": loss terms, "logits": student logits on batch["x"]} (DDP calls this)."""
         return self.loss_terms(batch, epoch)
+
+
+LOGIT_HEADS = ("logits", "logits_cls", "logits_dist")
+
+
+def _float_logits(out: dict) -> dict:
+    for k in LOGIT_HEADS:
+        if k in out:
+            out[k] = out[k].float()
+    return out
 
 
 def _mixed(loss_fn, batch: dict) -> torch.Tensor:

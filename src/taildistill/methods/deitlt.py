@@ -48,7 +48,7 @@ class DeiTLT(LogitDistill):
 
     def loss_terms(self, batch: dict, epoch: int) -> dict:
         p = self.params
-        out = self.student(batch["x"])
+        out = self.student_outputs(batch["x"])
         if "logits_dist" not in out:
             raise ConfigError("deitlt needs a two-head student (model.name: deit_ti_distilled / deit_s_distilled / ...)")
         t = self.teacher_outputs(self.teacher_view(batch["x"]))["logits"]

@@ -43,7 +43,7 @@ def _bkd(m, s, t, batch, epoch):
 @CRITERIA.register("ltkd")
 def _ltkd(m, s, t, batch, epoch):
     p = m.params
-    return ltkd_loss(s, t, m.class_groups, p.ltkd_alpha, p.ltkd_beta, p.temperature)
+    return ltkd_loss(s, t, m.class_groups, p.ltkd_alpha, p.ltkd_beta, p.temperature, num_groups=m.num_groups)
 
 
 @CRITERIA.register("cckd")
@@ -106,14 +106,18 @@ class LogitDistill(Method):
             from ..data.groups import make_groups
 
             groups = make_groups(params.ltkd_groups, info.class_counts)
-        self.register_buffer("class_groups", torch.tensor(groups.class_to_group, dtype=torch.long), persistent=False)
+        # group ids compacted to 0..G-1 here, once, so the loss never has to find them on the device
+        used = sorted(set(groups.class_to_group))
+        self.num_groups = len(used)
+        self.register_buffer("class_groups", torch.tensor([used.index(g) for g in groups.class_to_group], dtype=torch.long),
+                             persistent=False)
         # CCKD priors (Eq. 4 and 9) are estimated by the engine through `prepare` before training.
         self.register_buffer("teacher_prior", self.class_prior.clone(), persistent=True)
         self.register_buffer("student_train_prior", self.class_prior.clone(), persistent=True)
 
     def loss_terms(self, batch: dict, epoch: int) -> dict:
         p = self.params
-        out = self.student(batch["x"])
+        out = self.student_outputs(batch["x"])
         t = self.teacher_outputs(batch.get("x_teacher", batch["x"]))["logits"]
         terms = {"sup": p.sup_weight * self.supervised_loss(out["logits"], batch, epoch)}
         terms[p.criterion] = p.kd_weight * CRITERIA.get(p.criterion)(self, out["logits"], t, batch, epoch)
@@ -139,7 +143,7 @@ class Supervised(Method):
     Params = SupervisedParams
 
     def loss_terms(self, batch: dict, epoch: int) -> dict:
-        out = self.student(batch["x"])
+        out = self.student_outputs(batch["x"])
         return {"terms": {"sup": self.params.sup_weight * self.supervised_loss(out["logits"], batch, epoch)},
                 "logits": out["logits"]}
 

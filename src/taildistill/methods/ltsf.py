@@ -62,7 +62,7 @@ class LTSpikingFormer(LogitDistill):
 
     def loss_terms(self, batch: dict, epoch: int) -> dict:
         p = self.params
-        out = self.student(batch["x"])
+        out = self.student_outputs(batch["x"])
         missing = [e for e in p.student_exits if e not in out["features"]]
         if missing:
             raise ConfigError(f"student has no feature(s) {missing}; ltsf expects a spiking transformer's exit points")
