@@ -330,3 +330,50 @@ def test_optimizers_are_fused_without_decay_on_1d_parameters():
         assert not torch.equal(before, net[0].weight)
     frozen = torch.nn.Linear(3, 4).requires_grad_(False)  # nothing to train (an NCM head): one empty group
     assert [len(g["params"]) for g in build_optimizer(OptimConfig(), frozen, "cpu").param_groups] == [0]
+
+
+def test_reviewkd_and_catkd_train_end_to_end(tmp_path):
+    teacher = fit(tiny("teacher", epochs=1, model={"kwargs": {"width": 16}}), tmp_path / "teacher", quiet=True)
+    methods = {"reviewkd": {"name": "reviewkd", "student_features": ["stage1", "stage2", "pooled"],
+                            "teacher_features": ["stage1", "stage2", "pooled"], "mid_channels": 8, "warmup_epochs": 2},
+               "catkd": {"name": "catkd", "cam_resolution": 1}}
+    for name, method in methods.items():
+        run = fit(tiny(name, epochs=2, method=method, teacher=teacher), tmp_path / name, quiet=True)
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        term = "loss/review" if name == "reviewkd" else "loss/cat"
+        assert all(r[term] > 0 and r["loss/sup"] > 0 for r in recs), name
+        assert 0 <= json.loads((run / "final.json").read_text())["test"]["top1"] <= 100
+        state = torch.load(run / "checkpoints/last_state.pt", weights_only=True)
+        if name == "reviewkd":  # the ABF modules train with the student and are checkpointed for resume
+            assert any(k.startswith("abfs.") for k in state["method"])
+
+
+def test_reviewkd_maps_student_features_to_the_teachers_shapes():
+    from taildistill.data import make_groups
+    from taildistill.data.dataset import DataInfo
+    from taildistill.methods import build_method, resolve_method_params
+    from taildistill.models import build_model
+
+    counts = [50, 30, 20, 10, 5, 5, 4, 3, 2, 2]
+    info = DataInfo(10, counts, make_groups("thirds", counts), [str(i) for i in range(10)], (3, 32, 32))
+    student, teacher = build_model("resnet8x4", 10, 3, 32), build_model("resnet32", 10, 3, 32)
+    method = build_method("reviewkd", resolve_method_params("reviewkd", {"mid_channels": 16}), student, teacher, info)
+    x = torch.randn(4, 3, 32, 32)
+    s_feats = student(x)["features"]
+    mapped = method.review([s_feats[f] for f in ("stage1", "stage2", "stage3", "pooled")])
+    t_feats = teacher(x)["features"]
+    assert [tuple(m.shape) for m in mapped] == [tuple(t_feats[f].shape) for f in ("stage1", "stage2", "stage3")] + [(4, 64, 1, 1)]
+    # deeper levels reach shallower ones through the fused residual: the stage1 output depends on the pooled feature
+    pooled = s_feats["pooled"].detach().requires_grad_(True)
+    out = method.review([s_feats["stage1"].detach(), s_feats["stage2"].detach(), s_feats["stage3"].detach(), pooled])
+    out[0].sum().backward()
+    assert pooled.grad is not None and pooled.grad.abs().sum() > 0
+    # the first epochs ramp the review term up
+    batch = {"x": x, "y": torch.tensor([0, 1, 2, 3])}
+    early, late = method(batch, 0)["terms"]["review"], method(batch, 40)["terms"]["review"]
+    assert early.item() == pytest.approx(late.item() / 20, rel=1e-4)
+    with pytest.raises(ConfigError, match="no feature"):
+        build_method("reviewkd", resolve_method_params("reviewkd", {"student_features": ["stage1", "stage9", "stage3", "pooled"]}),
+                     student, teacher, info)
+    with pytest.raises(ConfigError, match="linear layer"):
+        build_method("catkd", resolve_method_params("catkd", {}), build_model("resnet32", 10, 3, 32, cosine_head=True), teacher, info)

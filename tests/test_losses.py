@@ -250,3 +250,59 @@ def test_gradients_finite_even_for_extreme_logits(name):
     loss = fn()
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_class_activation_maps_average_to_the_logits():
+    g = torch.Generator().manual_seed(4)
+    fmap, head = torch.randn(3, 5, 4, 4, generator=g), torch.nn.Linear(5, 7)
+    cams = L.class_activation_maps(fmap, head.weight, head.bias)
+    assert cams.shape == (3, 7, 4, 4)
+    assert torch.allclose(cams.mean(dim=(2, 3)), head(fmap.mean(dim=(2, 3))), atol=1e-5)
+    b, k, y, x = 1, 2, 3, 0  # one position by hand
+    assert cams[b, k, y, x].item() == pytest.approx((head.weight[k] @ fmap[b, :, y, x] + head.bias[k]).item(), abs=1e-5)
+
+
+def test_cat_loss_direct():
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 8, 8, generator=g)  # different sizes
+
+    def pooled(m, r):  # average over equal blocks, by loops
+        B, K, H, W = m.shape
+        out = np.zeros((B, K, r * r))
+        for i in range(r):
+            for j in range(r):
+                out[:, :, i * r + j] = m[:, :, i * H // r:(i + 1) * H // r, j * W // r:(j + 1) * W // r].mean(dim=(2, 3)).numpy()
+        return out
+
+    for normalize in (True, False):
+        ps, pt = pooled(s, 2), pooled(t, 2)
+        if normalize:
+            ps = ps / np.linalg.norm(ps, axis=2, keepdims=True)
+            pt = pt / np.linalg.norm(pt, axis=2, keepdims=True)
+        want = float(((ps - pt) ** 2).mean())
+        assert L.cat_loss(s, t, 2, normalize).item() == pytest.approx(want, rel=1e-5)
+    assert L.cat_loss(t, t).item() == pytest.approx(0.0, abs=1e-10)
+    # normalised: only where a class attends matters, not how strongly
+    assert L.cat_loss(3.0 * t, t).item() == pytest.approx(0.0, abs=1e-10)
+    assert L.cat_loss(3.0 * t, t, normalize=False).item() > 0
+
+
+def test_hcl_loss_direct():
+    g = torch.Generator().manual_seed(6)
+    a8, b8 = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    a1, b1 = torch.randn(2, 5, 1, 1, generator=g), torch.randn(2, 5, 1, 1, generator=g)
+
+    def mse(x, y):
+        return float(((x - y) ** 2).mean())
+
+    def pool(x, r):
+        return F.avg_pool2d(x, x.shape[-1] // r)
+
+    # 8x8: full resolution (1) + levels 4 (1/2), 2 (1/4), 1 (1/8), divided by 1 + 1/2 + 1/4 + 1/8
+    want8 = (mse(a8, b8) + mse(pool(a8, 4), pool(b8, 4)) / 2 + mse(pool(a8, 2), pool(b8, 2)) / 4
+             + mse(pool(a8, 1), pool(b8, 1)) / 8) / 1.875
+    want1 = mse(a1, b1)  # a 1x1 map: no level below its size
+    assert L.hcl_loss([a8, a1], [b8, b1]).item() == pytest.approx(want8 + want1, rel=1e-5)
+    assert L.hcl_loss([a8], [a8]).item() == 0.0
+    with pytest.raises(ValueError):
+        L.hcl_loss([a8, a1], [b8])

@@ -31,7 +31,7 @@ register_method("dkd", LogitDistill, distill_params("dkd", temperature=4.0), "DK
 register_method("dist", LogitDistill, distill_params("dist", temperature=1.0), "DIST: inter- and intra-class Pearson relation distillation")
 register_method("dive", LogitDistill, distill_params("dive", temperature=3.0, sup_loss="bsce"), "DiVE: balanced-softmax CE + KL to a power-flattened teacher")
 
-from . import acckd, deitlt, ltsf  # noqa: E402
+from . import acckd, deitlt, feature, ltsf  # noqa: E402
 
 
 def method_entry(name: str):
@@ -58,4 +58,6 @@ __all__ = ["METHODS", "Method", "SupervisedParams", "DistillParams", "build_meth
 
 register_method("acckd", acckd.ACCKD, acckd.ACCKDParams, "ACCKD: CCKD + balanced mixup/cutmix synthetic batch + cosine feature imitation (CCKD Eq. 12-17)")
 register_method("deitlt", deitlt.DeiTLT, deitlt.DeiTLTParams, "DeiT-LT: ViT CLS head on CE + DIST head on the teacher's hard labels for strongly augmented inputs, DRW on DIST")
+register_method("reviewkd", feature.ReviewKD, feature.ReviewKDParams, "ReviewKD: supervised + hierarchical context loss on student features fused deepest-first by ABF modules")
+register_method("catkd", feature.CATKD, feature.CATKDParams, "CAT-KD: supervised + transfer of pooled, normalised class activation maps")
 register_method("ltsf", ltsf.LTSpikingFormer, ltsf.LTSFParams, "LT-SpikingFormer: CE + logit KL + norm-guided local distillation into a spiking transformer (Eq. 10-16)")
