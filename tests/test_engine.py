@@ -145,6 +145,12 @@ def test_ddp_two_processes_identical_parameters(tmp_path):
         rank = int(os.environ["RANK"])
         torch.save({{k: v.detach().clone() for k, v in t.method.student.state_dict().items()}},
                    {str(tmp_path)!r} + f"/rank{{rank}}.pt")
+        from taildistill.errors import ConfigError
+        try:  # SyncBatchNorm has no CPU kernels: refused with a message, not ignored
+            Trainer(tiny("sbn", epochs=1, train={{"sync_bn": True}}), {str(tmp_path / 'sbn')!r}, quiet=True)
+            raise SystemExit("train.sync_bn accepted on CPU")
+        except ConfigError as exc:
+            assert "sync_bn" in str(exc)
         import torch.distributed as dist
         dist.destroy_process_group()
     """))

@@ -114,6 +114,7 @@ class TrainConfig:
     channels_last: bool = True  # used on CUDA only
     compile: bool = False  # torch.compile the student (and the teacher)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs; training shapes are static) | max-autotune
+    sync_bn: bool = False  # DDP on CUDA: the student's BatchNorm statistics over the global batch (SyncBatchNorm)
     deterministic: bool = False
     seed: int = 0
     eval_every: int = 1  # evaluate on the validation split every N epochs (0 = only at the end)

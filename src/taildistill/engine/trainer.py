@@ -177,6 +177,10 @@ class Trainer:
         info = self.data.info
         student = build_student(cfg, info, self.data.vocab)
         teacher = load_teacher(cfg, info)
+        if tc.sync_bn and self.dist.enabled:
+            if not cuda:  # SyncBatchNorm has no CPU kernels; say so instead of training per-rank BN silently
+                raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU implementation)")
+            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.method = self.place(build_method(cfg.method.name, cfg.method.params, student, teacher, info))
         # CUDA graphs (reduce-overhead) replay into the same output buffers: each step is marked
         # so that a graph never overwrites outputs the previous step may still hold
