@@ -7,7 +7,7 @@ from taildistill.errors import ConfigError
 
 @pytest.mark.parametrize("name,classes,expected", [
     ("resnet32", 10, 0.46e6), ("resnet8x4", 100, 1.23e6), ("resnet32x4", 100, 7.43e6), ("wrn_40_2", 100, 2.26e6),
-    ("wrn_40_1", 100, 0.57e6), ("vgg8", 100, 3.96e6), ("vgg13", 100, 9.46e6), ("mobilenetv2", 100, 0.81e6),
+    ("wrn_40_1", 100, 0.57e6), ("vgg8", 100, 3.96e6), ("vgg13", 100, 9.46e6), ("mobilenetv2", 100, 0.81e6), ("shufflenetv1", 100, 0.95e6),
     ("resnet10", 1000, 5.42e6), ("resnet50", 1000, 25.56e6), ("mobilenetv1", 1000, 4.23e6),
 ])
 def test_parameter_counts(name, classes, expected):

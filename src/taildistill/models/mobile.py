@@ -71,12 +71,13 @@ class ShuffleUnit(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, groups: int):
         super().__init__()
         self.stride = stride
-        mid = cout // 4
+        branch = cout - cin if stride == 2 else cout  # a stride-2 unit concatenates its pooled input
+        mid = branch // 4  # the bottleneck is a quarter of what the branch itself outputs
         g = 1 if cin == 24 else groups  # the first unit's input has too few channels to group
         self.conv1 = _conv_bn(cin, mid, 1, 1, groups=g)
         self.groups = g
         self.conv2 = _conv_bn(mid, mid, 3, stride, groups=mid, act=False)
-        self.conv3 = _conv_bn(mid, cout - cin if stride == 2 else cout, 1, 1, groups=groups, act=False)
+        self.conv3 = _conv_bn(mid, branch, 1, 1, groups=groups, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv3(self.conv2(_shuffle(self.conv1(x), self.groups)))
