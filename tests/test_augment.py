@@ -79,6 +79,15 @@ def test_autoaugment_policy_runs_on_batches():
     x = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
     out = aug(x, torch.zeros(6, dtype=torch.long), gen(0))
     assert out["x"].shape == (6, 3, 32, 32) and torch.isfinite(out["x"]).all()
+    # the policy's draws come from the host generator, whatever the global RNG holds, which it leaves alone
+    torch.manual_seed(1)
+    a = aug(x, None, gen(0), host=gen(3))["x"]
+    after = torch.rand(1)
+    torch.manual_seed(2)
+    b = aug(x, None, gen(0), host=gen(3))["x"]
+    torch.manual_seed(1)
+    assert torch.equal(a, b) and torch.equal(after, torch.rand(1))
+    assert not torch.equal(a, aug(x, None, gen(0), host=gen(4))["x"])
 
 
 def test_batch_scalars_come_from_the_host_generator():

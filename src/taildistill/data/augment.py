@@ -139,6 +139,19 @@ class BatchAugment:
             return AutoAugment(policy=cfg.autoaugment)
         return RandAugment(n=cfg.randaugment_n, m=cfg.randaugment_m)
 
+    def _apply_policy(self, x: torch.Tensor, host: torch.Generator) -> torch.Tensor:
+        """AutoAugment / RandAugment (kornia, which draws from the global RNG), run on a forked global
+        RNG seeded from the CPU generator: the policy's choices depend on (seed, epoch, batch) only,
+        never on what else (dropout, other code) consumed the global RNG, which is left untouched."""
+        seed = int(torch.randint(2**62, (1,), generator=_on_cpu(host)))
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            if x.shape[1] == 1:
+                x = self._policy(x.expand(-1, 3, -1, -1))[:, :1]
+            else:
+                x = self._policy(x)
+        return x.clamp(0, 1)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0,1] float) images -> normalised float32."""
         if x.dtype == torch.uint8:
@@ -150,7 +163,7 @@ class BatchAugment:
         mean, std = self._stats[x.device]
         return (x - mean) / std
 
-    def geometric(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def geometric(self, x: torch.Tensor, g: torch.Generator, host: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample crop/flip/policy/jitter/erasing on a uint8 batch; returns normalised float."""
         c = self.cfg
         if c.crop_padding > 0:
@@ -159,11 +172,7 @@ class BatchAugment:
             x = random_flip(x, g)
         x = x.float().div_(255.0)
         if self._policy is not None:
-            if x.shape[1] == 1:
-                x = self._policy(x.expand(-1, 3, -1, -1))[:, :1]
-            else:
-                x = self._policy(x)
-            x = x.clamp(0, 1)
+            x = self._apply_policy(x, host if host is not None else g)
         if c.color_jitter > 0:
             x = color_jitter(x, c.color_jitter, g)
         x = self.normalize(x)
@@ -177,7 +186,7 @@ class BatchAugment:
             return {"x": x, "y": y}
         if not train:
             return {"x": self.normalize(x), "y": y}
-        x = self.geometric(x, g)
+        x = self.geometric(x, g, host)
         out = {"x": x, "y": y}
         c = self.cfg
         modes = [m for m, a in (("mixup", c.mixup_alpha), ("cutmix", c.cutmix_alpha)) if a > 0]

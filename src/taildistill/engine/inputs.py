@@ -87,7 +87,7 @@ class _Base:
             lam = sample_lambda(self.mix_alpha, host)
             lam = max(lam, 1 - lam)
             mode = "mixup" if float(torch.rand(1, generator=host)) > 0.5 else "cutmix"
-            xb = self.augment.geometric(balanced_x, g)
+            xb = self.augment.geometric(balanced_x, g, host)
             batch["x_mix"], _ = mix_pair(xb, batch["x"], lam, mode, host)
             batch["y_a"], batch["y_b"] = balanced_y, batch["y"]
         if self.channels_last and batch["x"].dim() == 4:
