@@ -25,6 +25,11 @@ def _atomic(path: Path, write) -> None:
             tmp.unlink()
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file (final.json) so that readers see the old file or the whole new one."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
 def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))

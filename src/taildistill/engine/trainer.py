@@ -484,7 +484,8 @@ class Trainer:
             final["best_on_val"] = {"epoch": self.state.best_epoch, "val_top1": self.state.best_val,
                                     "test": summary(self.evaluate(self.data.test), info.groups)}
             self.method.student.load_state_dict(current)
-        (self.run_dir / "final.json").write_text(json.dumps(final, indent=1))
+        # final.json marks a finished run (reproduction suites skip those): never half-written
+        ckpt.write_text_atomic(self.run_dir / "final.json", json.dumps(final, indent=1))
         from ..report import write_run_report
 
         write_run_report(self.run_dir)
