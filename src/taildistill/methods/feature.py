@@ -4,7 +4,8 @@
   attention-based fusion (ABF) modules that fuse each level with the residual of the level below
   it and map it to the teacher's channels; the hierarchical context loss compares each result
   with the teacher's feature of the same level. L = L_sup + w(epoch) * sum_l HCL(Y_l, T_l), with
-  w ramping linearly to `review_weight` over `warmup_epochs`.
+  w ramping linearly to `review_weight` over `warmup_epochs`. Both models' features are the stage
+  outputs every model here exposes (after the stage's last activation), and `pooled` the embedding.
 - CAT-KD (Guo et al., CVPR 2023): the classifier applied at every position of the last feature
   map gives class activation maps; the student's are pulled towards the teacher's after pooling
   to a small resolution and normalising. L = L_sup + cat_weight * L_CAT.
