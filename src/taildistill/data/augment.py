@@ -186,13 +186,13 @@ class BatchAugment:
             return {"x": x, "y": y}
         if not train:
             return {"x": self.normalize(x), "y": y}
+        host = host if host is not None else g
         x = self.geometric(x, g, host)
         out = {"x": x, "y": y}
         c = self.cfg
         modes = [m for m, a in (("mixup", c.mixup_alpha), ("cutmix", c.cutmix_alpha)) if a > 0]
         if 0 <= c.mix_until_epoch <= epoch:
             modes = []
-        host = host if host is not None else g
         if modes and float(torch.rand(1, generator=_on_cpu(host))) < c.mix_prob:
             mode = modes[int(torch.randint(len(modes), (1,), generator=host))]
             lam = sample_lambda(c.mixup_alpha if mode == "mixup" else c.cutmix_alpha, host)
