@@ -60,3 +60,21 @@ def write_image_folder(root: Path, classes=("a", "b", "c"), per_class=(6, 4, 2),
         for i in range(n):
             Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(base / c / f"{i:04d}.png")
     return root
+
+
+def finished(run, test_size: int | None = None) -> dict:
+    """A finished run's final.json, checked for internal consistency: the last-epoch top-1 is the
+    accuracy the confusion matrix holds, and each class's accuracy its row's diagonal share."""
+    import json
+
+    final = json.loads((Path(run) / "final.json").read_text())
+    cm = np.asarray(final["test"]["confusion"])
+    if test_size is not None:
+        assert cm.sum() == test_size
+    assert final["test"]["top1"] == pytest.approx(100.0 * np.trace(cm) / cm.sum())
+    rows = cm.sum(1)
+    for c, acc in enumerate(final["test"]["per_class"]):
+        assert (acc is None) == (rows[c] == 0)
+        if acc is not None:
+            assert acc == pytest.approx(100.0 * cm[c, c] / rows[c])
+    return final

@@ -7,6 +7,7 @@ import torch
 
 from taildistill.engine.trainer import Trainer, fit
 
+from conftest import finished
 from test_engine import tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -21,12 +22,11 @@ def test_cuda_run_in_bf16_channels_last_with_cuda_graphs(tmp_path):
     teacher = fit(cuda_cfg("teacher"), tmp_path / "teacher", quiet=True)
     cfg = cuda_cfg("bkd", teacher=teacher, method={"name": "bkd"}, compile=True, compile_mode="reduce-overhead")
     trainer = Trainer(cfg, tmp_path / "bkd", quiet=True)
-    assert trainer.bf16 and trainer.channels_last and trainer.cudagraphs
+    assert trainer.bf16 and trainer.channels_last and trainer.step.cudagraphs
     conv = next(m for m in trainer.method.student.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     run = trainer.run()
-    final = json.loads((run / "final.json").read_text())
-    assert 0 <= final["test"]["top1"] <= 100
+    finished(run)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss/bkd"] > 0 and r["loss"] == r["loss"] for r in records)
     assert json.loads((run / "env.json").read_text())["hardware"] == torch.cuda.get_device_name()
@@ -39,19 +39,19 @@ def test_cuda_training_step_never_waits_for_the_device(tmp_path):
     trainer = Trainer(cuda_cfg("kd", teacher=teacher, method={"name": "bkd"}), tmp_path / "kd", quiet=True)
     trainer.method.train()
     for batch in trainer.inputs.epoch(0):  # warm-up (cuDNN autotuning, lazy initialisation)
-        trainer._step(batch, 0)
+        trainer.step(batch, 0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for batch in trainer.inputs.epoch(1):
-            trainer._step(batch, 1)
+            trainer.step(batch, 1)
     finally:
         torch.cuda.set_sync_debug_mode(0)
 
 
 def test_cuda_and_cpu_give_the_same_fp32_predictions(tmp_path):
     run = fit(cuda_cfg("fp32", precision="fp32"), tmp_path / "fp32", quiet=True)
-    from taildistill.eval.runner import evaluate_target
+    from taildistill.evaluate import evaluate_target
 
     gpu = json.loads((run / "final.json").read_text())["test"]["top1"]
     cpu = evaluate_target(run, None, ["train.device=cpu"])["summary"]["top1"]

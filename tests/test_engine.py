@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import subprocess
@@ -9,12 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from taildistill.config import build_config
-from taildistill.engine.optim import SAM, lr_factor
+from taildistill.experiment import build_config
+from taildistill.engine.optim import SAM, lr_factor, set_lr
 from taildistill.engine.trainer import fit, resume
 from taildistill.errors import ConfigError, TrainingError
 from taildistill.methods import register_method
 from taildistill.methods.logit import Supervised
+
+from conftest import finished
 
 
 def tiny(name="t", epochs=3, method=None, teacher=None, **sections):
@@ -36,18 +39,24 @@ def tiny(name="t", epochs=3, method=None, teacher=None, **sections):
 
 
 def test_run_directory_contents(tmp_path):
+    from taildistill.report import write_run_report
+
     run = fit(tiny(), tmp_path / "run", quiet=True)
-    for f in ("config.yaml", "data.json", "env.json", "metrics.jsonl", "final.json", "report.md",
-              "checkpoints/last.safetensors", "checkpoints/last_state.pt", "checkpoints/best.safetensors",
-              "plots/per_class.png", "plots/curves.png"):
+    for f in ("config.yaml", "data.json", "env.json", "metrics.jsonl", "final.json",
+              "checkpoints/last.safetensors", "checkpoints/last_state.pt", "checkpoints/best.safetensors"):
         assert (run / f).is_file(), f
+    assert not (run / "report.md").exists()  # reports are the caller's (CLI, suites), not the trainer's
+    write_run_report(run)
+    assert all((run / f).is_file() for f in ("report.md", "plots/per_class.png", "plots/curves.png"))
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1, 2]
     assert all("loss/sup" in r and r["images_per_s"] > 0 for r in lines)
     final = json.loads((run / "final.json").read_text())
-    assert final["group_policy"] == "shots" and 0 <= final["test"]["top1"] <= 100
+    cm = torch.tensor(final["test"]["confusion"])
+    assert cm.sum() == 539 and final["test"]["top1"] == pytest.approx(100 * cm.trace().item() / cm.sum().item())
+    assert final["group_policy"] == "shots"
     assert set(k for k in final["test"] if k.startswith("group/")) == {"group/many", "group/medium", "group/few"}
-    assert len(final["test"]["per_class"]) == 10 and "best_on_val" in final
+    assert len(final["test"]["per_class"]) == 10 and final["best_on_val"]["epoch"] in (0, 1, 2)
     env = json.loads((run / "env.json").read_text())
     assert env["versions"]["torch"] == torch.__version__
 
@@ -72,14 +81,16 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 
 class _NaNAfterFirstEpoch(Supervised):
+    """Test only: the supervised term turns NaN from epoch 1."""
+
     def loss_terms(self, batch, epoch):
         out = super().loss_terms(batch, epoch)
         if epoch >= 1:
-            out["terms"]["sup"] = out["terms"]["sup"] * float("nan")
+            out.terms["sup"] = out.terms["sup"] * float("nan")
         return out
 
 
-register_method("_test_nan", _NaNAfterFirstEpoch, doc="test only")
+register_method("_test_nan", _NaNAfterFirstEpoch)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -127,16 +138,47 @@ def test_sam_uses_gradient_at_perturbed_point():
     assert torch.allclose(w.detach(), expect, atol=1e-6)
 
 
-def test_sam_trains_through_the_engine(tmp_path):
-    run = fit(tiny(epochs=1, optim={"sam_rho": 0.05}), tmp_path / "sam", quiet=True)
-    assert (run / "final.json").is_file()
+def test_sam_changes_the_engines_update_exactly_as_sam_prescribes(tmp_path):
+    """optim.sam_rho reaches the training step: the update is the base optimizer's step with the
+    gradient taken at w + rho g/|g| (computed here directly), not the plain one."""
+    from taildistill.engine.trainer import Trainer
+
+    cfg = lambda rho, name: tiny(name, epochs=1, optim={"sam_rho": rho, "weight_decay": 0.0, "momentum": 0.0},  # noqa: E731
+                                 augment={"crop_padding": 0})
+    plain, sam = Trainer(cfg(0.0, "p"), tmp_path / "p", quiet=True), Trainer(cfg(0.5, "s"), tmp_path / "s", quiet=True)
+    reference = copy.deepcopy(plain.method)  # the same initial weights (same seed)
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), sam.method.parameters()))
+    batch = next(iter(plain.inputs.epoch(0)))
+    for tr in (plain, sam):
+        tr.method.train()
+        set_lr(tr.optimizer, 0.05, 1.0)
+        tr.step(batch, 0)
+    # SAM by hand on the reference copy
+    reference.train()
+    params = [p for p in reference.parameters() if p.requires_grad]
+    sum(reference(batch, 0).terms.values()).backward()
+    grads = [p.grad.clone() for p in params]
+    norm = torch.norm(torch.stack([g.norm() for g in grads]))
+    eps = [0.5 * g / (norm + 1e-12) for g in grads]
+    with torch.no_grad():
+        for p, e in zip(params, eps):
+            p.add_(e)
+            p.grad = None
+    sum(reference(batch, 0).terms.values()).backward()
+    with torch.no_grad():
+        expect = [p - e - 0.05 * p.grad for p, e in zip(params, eps)]
+    got = [p for p in sam.method.parameters() if p.requires_grad]
+    moved_plain = [p for p in plain.method.parameters() if p.requires_grad]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expect))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, moved_plain))
+    finished(sam.run())
 
 
 def test_ddp_two_processes_identical_parameters(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(f"""
         import os, torch
-        from taildistill.config import build_config
+        from taildistill.experiment import build_config
         from taildistill.engine.trainer import Trainer
         from test_engine import tiny
         cfg = tiny("ddp", epochs=2)
@@ -161,7 +203,7 @@ def test_ddp_two_processes_identical_parameters(tmp_path):
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "run" / "final.json").is_file()
+    finished(tmp_path / "run", test_size=539)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
 
@@ -169,7 +211,7 @@ def test_ddp_two_processes_identical_parameters(tmp_path):
 def test_deitlt_and_ltsf_train_end_to_end(tmp_path):
     teacher = fit(tiny("teacher", epochs=1, model={"kwargs": {"width": 16}}), tmp_path / "teacher", quiet=True)
     vit = {"name": "deit_ti_distilled", "kwargs": {"patch_size": 2, "depth": 1, "embed_dim": 16, "num_heads": 2}}
-    run = fit(tiny("deitlt", epochs=2, method={"name": "deitlt", "dist_drw_epoch": 1}, teacher=teacher, model=vit,
+    run = fit(tiny("deitlt", epochs=2, method={"name": "deitlt", "dist": {"drw_epoch": 1}}, teacher=teacher, model=vit,
                    augment={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_until_epoch": 1}), tmp_path / "deitlt", quiet=True)
     final = json.loads((run / "final.json").read_text())
     assert "cls/top1" in final["test"] and "dist/group/few" in final["test"]
@@ -196,16 +238,16 @@ def test_ltsf_class_means_and_norm_loss():
 def test_ltsf_prepare_computes_teacher_class_means():
     from taildistill.data import make_groups
     from taildistill.data.dataset import DataInfo
-    from taildistill.methods import build_method, resolve_method_params
+    from taildistill.methods import build_method, resolve_params
     from taildistill.models import build_model
 
     info = DataInfo(3, [2, 1, 1], make_groups("thirds", [2, 1, 1]), ["a", "b", "c"], (3, 32, 32))
     student = build_model("spikingformer", 3, 3, 32, dim=16, depth=3, heads=2, time_steps=1)
     teacher = build_model("convnet_small", 3, 3, 32, width=4)
-    m = build_method("ltsf", resolve_method_params("ltsf", {}), student, teacher, info)
+    m = build_method("ltsf", resolve_params("ltsf", {}), student, teacher, info)
     feats = torch.tensor([[1.0] * 8, [3.0] * 8, [5.0] * 8, [7.0] * 8])
     labels = torch.tensor([0, 0, 2, 1])
-    m.prepare(lambda which, key: (feats, labels))
+    m.prepare(lambda which, key, view=None: (feats, labels))
     assert torch.allclose(m.class_means[:, 0], torch.tensor([2.0, 7.0, 5.0]))
 
 
@@ -264,8 +306,7 @@ def test_eval_cli_analyses(tmp_path, capsys):
 
 def test_compiled_student_trains(tmp_path):
     run = fit(tiny("compiled", epochs=1, train={"compile": True}), tmp_path / "c", quiet=True)
-    final = json.loads((run / "final.json").read_text())
-    assert 0 <= final["test"]["top1"] <= 100
+    finished(run)
     w = load_file(run / "checkpoints/last.safetensors")
     assert not any(k.startswith("_orig_mod") for k in w)  # compiled in place: the same weight names
 
@@ -288,17 +329,17 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
 def test_ltkd_groups_default_to_thirds_whatever_the_reporting_policy():
     from taildistill.data import make_groups
     from taildistill.data.dataset import DataInfo
-    from taildistill.methods import build_method, resolve_method_params
+    from taildistill.methods import build_method, resolve_params
     from taildistill.models import build_model
 
     counts = [100, 80, 60, 40, 30, 20, 10, 8, 5, 2]
     info = DataInfo(10, counts, make_groups("shots", counts), [str(i) for i in range(10)], (1, 8, 8))
-    mk = lambda **p: build_method("ltkd", resolve_method_params("ltkd", p), build_model("convnet_small", 10, 1, 8),  # noqa: E731
+    mk = lambda **p: build_method("ltkd", resolve_params("ltkd", p), build_model("convnet_small", 10, 1, 8),  # noqa: E731
                                   build_model("convnet_small", 10, 1, 8), info)
-    assert mk().class_groups.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+    assert mk().criterion.class_groups.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
     data_groups = info.groups.class_to_group  # shots: no class has > 100 images, group 0 is empty
-    assert min(data_groups) == 1 and mk(ltkd_groups="data").class_groups.tolist() == [g - 1 for g in data_groups]
-    assert mk(ltkd_groups="data").num_groups == 2 and mk().num_groups == 3
+    assert min(data_groups) == 1 and mk(ltkd_groups="data").criterion.class_groups.tolist() == [g - 1 for g in data_groups]
+    assert mk(ltkd_groups="data").criterion.num_groups == 2 and mk().criterion.num_groups == 3
     with pytest.raises(ConfigError):
         mk(ltkd_groups="cuts")
 
@@ -314,11 +355,12 @@ def test_bf16_autocast_runs_the_network_in_bf16_and_the_losses_in_fp32(tmp_path)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert trainer.method.student(batch["x"])["logits"].dtype == torch.bfloat16
         out = trainer.method(batch, 0)
-    assert out["logits"].dtype == torch.float32
-    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out["terms"].values())
+    assert out.logits.dtype == torch.float32
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.terms.values())
     run = trainer.run()
     rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
-    assert rec["loss/ltkd"] > 0 and json.loads((run / "final.json").read_text())["test"]["top1"] >= 0
+    assert rec["loss/ltkd"] > 0
+    finished(run)
 
 
 def test_optimizers_are_fused_without_decay_on_1d_parameters():
@@ -348,7 +390,7 @@ def test_reviewkd_and_catkd_train_end_to_end(tmp_path):
         recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         term = "loss/review" if name == "reviewkd" else "loss/cat"
         assert all(r[term] > 0 and r["loss/sup"] > 0 for r in recs), name
-        assert 0 <= json.loads((run / "final.json").read_text())["test"]["top1"] <= 100
+        finished(run)
         state = torch.load(run / "checkpoints/last_state.pt", weights_only=True)
         if name == "reviewkd":  # the ABF modules train with the student and are checkpointed for resume
             assert any(k.startswith("abfs.") for k in state["method"])
@@ -357,13 +399,13 @@ def test_reviewkd_and_catkd_train_end_to_end(tmp_path):
 def test_reviewkd_maps_student_features_to_the_teachers_shapes():
     from taildistill.data import make_groups
     from taildistill.data.dataset import DataInfo
-    from taildistill.methods import build_method, resolve_method_params
+    from taildistill.methods import build_method, resolve_params
     from taildistill.models import build_model
 
     counts = [50, 30, 20, 10, 5, 5, 4, 3, 2, 2]
     info = DataInfo(10, counts, make_groups("thirds", counts), [str(i) for i in range(10)], (3, 32, 32))
     student, teacher = build_model("resnet8x4", 10, 3, 32), build_model("resnet32", 10, 3, 32)
-    method = build_method("reviewkd", resolve_method_params("reviewkd", {"mid_channels": 16}), student, teacher, info)
+    method = build_method("reviewkd", resolve_params("reviewkd", {"mid_channels": 16}), student, teacher, info)
     x = torch.randn(4, 3, 32, 32)
     s_feats = student(x)["features"]
     mapped = method.review([s_feats[f] for f in ("stage1", "stage2", "stage3", "pooled")])
@@ -376,10 +418,10 @@ def test_reviewkd_maps_student_features_to_the_teachers_shapes():
     assert pooled.grad is not None and pooled.grad.abs().sum() > 0
     # the first epochs ramp the review term up
     batch = {"x": x, "y": torch.tensor([0, 1, 2, 3])}
-    early, late = method(batch, 0)["terms"]["review"], method(batch, 40)["terms"]["review"]
+    early, late = method(batch, 0).terms["review"], method(batch, 40).terms["review"]
     assert early.item() == pytest.approx(late.item() / 20, rel=1e-4)
     with pytest.raises(ConfigError, match="no feature"):
-        build_method("reviewkd", resolve_method_params("reviewkd", {"student_features": ["stage1", "stage9", "stage3", "pooled"]}),
+        build_method("reviewkd", resolve_params("reviewkd", {"student_features": ["stage1", "stage9", "stage3", "pooled"]}),
                      student, teacher, info)
     with pytest.raises(ConfigError, match="linear layer"):
-        build_method("catkd", resolve_method_params("catkd", {}), build_model("resnet32", 10, 3, 32, cosine_head=True), teacher, info)
+        build_method("catkd", resolve_params("catkd", {}), build_model("resnet32", 10, 3, 32, cosine_head=True), teacher, info)

@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from taildistill.config import build_config
+from taildistill.experiment import build_config
 from taildistill.engine.trainer import fit
 from taildistill.errors import ConfigError
 from taildistill.eval.calibration import fit_temperature
 from taildistill.models import build_model
+
+from conftest import finished
 
 
 def digits_cfg(name, model, method=None, epochs=0, **train):
@@ -92,7 +94,7 @@ def test_pretrained_teacher_teaches_through_cckd(tmp_path):
     cfg = digits_cfg("s", student, method={"name": "cckd"}, epochs=1)
     cfg.teacher.run = str(teacher)
     run = fit(cfg, tmp_path / "s", quiet=True)
-    assert (run / "final.json").is_file()
+    assert finished(run)["method"] == "cckd"
 
 
 TEACHER_RECIPES = ["cifar10_lt/ce_teacher", "cifar10_lt/ldam_drw_teacher", "cifar10_lt/ldam_drw_sam_teacher",
@@ -106,7 +108,7 @@ def test_teacher_recipes_train_at_tiny_size(recipe, tmp_path):
     """Each recipe's method, optimizer and schedule, on digits-LT at tiny size (same model family)."""
     from pathlib import Path
 
-    from taildistill.config import load_config
+    from taildistill.experiment import load_config
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
     small = "resnet20" if "cifar" in recipe else "resnet10"

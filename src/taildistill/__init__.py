@@ -1,2 +1,2 @@
 """taildistill: knowledge distillation on long-tailed (class-imbalanced) data."""
-__version__ = "0.1.0"
+from .version import __version__

@@ -2,16 +2,26 @@
 the wall time of a whole recipe (teacher training + distillation + evaluation)."""
 from __future__ import annotations
 
+import copy
+import json
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from .config import load_config
-from .engine.trainer import Trainer, build_student, cleanup
-from .methods import build_method, resolve_method_params
+from .config import MethodConfig, TeacherConfig
+from .data import build_data
+from .engine.provenance import provenance
+from .engine.trainer import Trainer, cleanup, fit, resolve_device
+from .experiment import assemble, build_student, load_config, load_teacher
+from .methods import resolve_params
+from .rundir import RunDir
 
 
 def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
+    """Steady-state images/s of the trainer's own training step over `steps` steps after `warmup`."""
     epoch = 0
     it = iter(())
     done = 0
@@ -29,7 +39,7 @@ def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
         if done == warmup:
             sync()
             t0 = time.perf_counter()
-        trainer._step(batch, 0)
+        trainer.step(batch, 0)
         if done >= warmup:
             images += len(batch["y"])
         done += 1
@@ -42,41 +52,43 @@ def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
 def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int = 50, warmup: int = 10) -> dict:
     """Throughput of teacher training (CE on the config's model) and of distillation (the config's
     method, or KD, with a same-architecture teacher: random weights unless teacher.run is set)."""
-    import copy
-    import shutil
-    import tempfile
-    from pathlib import Path
+    if steps < 1 or warmup < 0:
+        from .errors import ConfigError
 
-    from .config import MethodConfig, TeacherConfig
-    from .engine.provenance import provenance
-    from .engine.trainer import load_teacher
-
+        raise ConfigError(f"bench needs --steps >= 1 and --warmup >= 0, got {steps} and {warmup}")
     cfg = load_config(config, overrides + ["train.tensorboard=false", "train.progress=false"])
-    base = copy.deepcopy(cfg)  # the engine around the measured step: CE, no teacher
-    base.method = MethodConfig("ce", resolve_method_params("ce", {}))
-    base.teacher = TeacherConfig()
-    trainer = Trainer(base, run_dir=Path(tempfile.mkdtemp(prefix="taildistill-bench-")) / "run", quiet=True)
-    result = {"config": config, "overrides": overrides, "model": cfg.model.name, "batch_size": cfg.train.batch_size,
-              "precision": "bf16" if trainer.bf16 else "fp32", "compile": cfg.train.compile,
-              "train_images": len(trainer.data.train), **provenance(trainer.device)}
-    info = trainer.data.info
+    tmp = Path(tempfile.mkdtemp(prefix="taildistill-bench-"))
+    result: dict = {"config": config, "overrides": overrides, "model": cfg.model.name, "batch_size": cfg.train.batch_size,
+                    "compile": cfg.train.compile}
+    trainers = []
     try:
         if mode in ("teacher", "both"):
+            base = copy.deepcopy(cfg)  # the engine around the measured step: CE, no teacher
+            base.method = MethodConfig("ce", resolve_params("ce", {}))
+            base.teacher = TeacherConfig()
+            trainer = Trainer(base, run_dir=tmp / "teacher", quiet=True)
+            trainers.append(trainer)
             result["teacher"] = _measure(trainer, steps, warmup)
         if mode in ("distill", "both"):
-            name = cfg.method.name if cfg.method.name != "ce" else "kd"
-            params = cfg.method.params if name == cfg.method.name else resolve_method_params("kd", {})
-            teacher = load_teacher(cfg, info) or build_student(cfg, info)
-            method = trainer.place(build_method(name, params, build_student(cfg, info), teacher, info))
-            result["distill_method"] = name
-            trainer.method = trainer.model = method
-            trainer.inputs.set_views(method.batch_views)
-            trainer.optimizer = torch.optim.SGD(method.parameters(), lr=cfg.optim.lr, momentum=0.9)
-            trainer.sam = None
+            dcfg = copy.deepcopy(cfg)
+            if dcfg.method.name == "ce":
+                dcfg.method = MethodConfig("kd", resolve_params("kd", {}))
+            data = build_data(dcfg.data)
+            given = dcfg.teacher.checkpoint or (dcfg.teacher.run and RunDir(dcfg.teacher.run).is_run())
+            # without a trained teacher, a same-architecture stand-in with random weights (speed only)
+            teacher = load_teacher(dcfg, data.info) if given else build_student(dcfg, data.info)
+            exp = assemble(dcfg, data=data, teacher=teacher)
+            trainer = Trainer(dcfg, run_dir=tmp / "distill", quiet=True, experiment=exp)
+            trainers.append(trainer)
+            result["distill_method"] = dcfg.method.name
             result["distill"] = _measure(trainer, steps, warmup)
+        result["precision"] = "bf16" if trainers[0].bf16 else "fp32"
+        result["train_images"] = len(trainers[0].data.train)
+        result.update(provenance(trainers[0].device))
     finally:
-        cleanup(trainer.dist)
-        shutil.rmtree(trainer.run_dir.parent, ignore_errors=True)
+        for t in trainers:
+            cleanup(t.dist)
+        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
@@ -87,14 +99,6 @@ def run_recipe(student_config: str, teacher_config: str, overrides: list[str], o
     loading, training and the final evaluation. `overrides` apply to both configs, except
     `method.*` and `teacher.*` ones, which are the student's. The two run directories are kept
     under `out_dir` when given (else trained in a temporary folder)."""
-    import json
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from .engine.provenance import provenance
-    from .engine.trainer import fit, resolve_device
-
     student_only = [o for o in overrides if o.startswith(("method.", "teacher."))]
     tcfg = load_config(teacher_config, [o for o in overrides if o not in student_only])
     load_config(student_config, list(overrides) + ["teacher.run="])  # a bad student config fails before the teacher trains
@@ -108,8 +112,8 @@ def run_recipe(student_config: str, teacher_config: str, overrides: list[str], o
         student_run = fit(load_config(student_config, list(overrides) + [f"teacher.run={teacher_run}"]), out / "student", quiet=quiet)
         t2 = time.perf_counter()
         for phase, run, seconds in (("teacher", teacher_run, t1 - t0), ("student", student_run, t2 - t1)):
-            final = json.loads((run / "final.json").read_text())
-            records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
+            final = RunDir(run).final()
+            records = RunDir(run).metrics()
             rates = sorted(r["images_per_s"] for r in records)
             result[phase] = {"method": final["method"], "model": final["model"], "epochs": final["epochs"],
                              "seconds": seconds, "train_seconds": sum(r["epoch_s"] for r in records),

@@ -1,4 +1,4 @@
-"""Command line: `taildistill {demo,train,eval,report,bench,data,models}`."""
+"""Command line: `taildistill {demo,train,eval,report,bench,data,models,methods,reproduce}`."""
 from __future__ import annotations
 
 import argparse
@@ -11,15 +11,19 @@ from .errors import TaildistillError
 
 EPILOG = """examples:
   taildistill demo                                   # digits-LT: teacher + every method, one table
-  taildistill train configs/cifar10_lt/ce_teacher.yaml            # -> runs/ce_teacher
-  taildistill train configs/cifar10_lt/bkd.yaml teacher.run=runs/ce_teacher train.epochs=100
-  taildistill train configs/cifar10_lt/ce_teacher.yaml data.source=cifar10 \
+  taildistill train cifar10_lt/ce_teacher            # -> runs/cifar10_lt/ce_teacher
+  taildistill train cifar10_lt/bkd train.epochs=100  # distils from runs/cifar10_lt/ce_teacher
+  taildistill train cifar10_lt/_base methods/ltkd name=ltkd   # a benchmark + a method, composed
+  taildistill train cifar10_lt/ce_teacher data.source=cifar10 \
       data.root=~/data/cifar-10-batches-py data.test_root=   # the official python batches
-  taildistill train --resume runs/bkd                # continue a stopped run exactly
-  taildistill eval runs/bkd                          # re-evaluate a finished run
+  taildistill train --resume runs/cifar10_lt/bkd     # continue a stopped run exactly
+  taildistill eval runs/cifar10_lt/bkd               # re-evaluate a finished run
   taildistill report runs/a runs/b --out reports/ab  # comparison table + plots
-  taildistill data summary configs/cifar10_lt/ce_teacher.yaml --json
+  taildistill data summary cifar10_lt/ce_teacher --json
   torchrun --nproc_per_node 2 -m taildistill train CONFIG   # DDP
+
+Configs are named relative to the package's configs/ folder (or $TAILDISTILL_CONFIG_PATH, searched
+first) or given as paths; `taildistill methods` lists the methods.
 """
 
 
@@ -28,23 +32,44 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="dotted config overrides, e.g. train.epochs=5 method.temperature=2 data.ratio=50")
 
 
+def _add_configs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("configs", nargs="*", metavar="CONFIG.yaml | KEY=VALUE",
+                   help="one experiment YAML or several composed left to right (e.g. a benchmark's _base.yaml then "
+                        "methods/kd.yaml), followed by dotted overrides such as train.epochs=5 method.temperature=2")
+
+
+def split_configs(items: list[str], what: str, required: bool = True) -> tuple[list[str], list[str]]:
+    """Command-line items -> (config files, KEY=VALUE overrides); files come first."""
+    files, overrides = [], []
+    for item in items:
+        if "=" in item and not Path(item).exists():
+            overrides.append(item)
+        elif overrides:
+            raise TaildistillError(f"config file '{item}' after an override: give the config files first, then KEY=VALUE")
+        else:
+            files.append(item)
+    if required and not files:
+        raise TaildistillError(f"{what} needs a CONFIG.yaml")
+    return files, overrides
+
+
 def cmd_train(args) -> int:
-    from .config import load_config
     from .engine.trainer import fit, resume
+    from .experiment import load_config
+    from .report import write_run_report
+    from .rundir import RunDir
 
     if args.resume:
-        if args.config or args.overrides:
+        if args.configs:
             raise TaildistillError("--resume continues a run with its saved config; give no CONFIG or overrides")
         run = resume(Path(args.resume), quiet=args.quiet)
     else:
-        if not args.config:
-            raise TaildistillError("train needs a CONFIG.yaml (or --resume RUN_DIR)")
-        overrides = list(args.overrides)
-        if args.config and "=" in args.config and not Path(args.config).exists():
-            raise TaildistillError(f"the first argument must be a config file, got '{args.config}'")
-        cfg = load_config(args.config, overrides)
+        files, overrides = split_configs(args.configs, "train (or --resume RUN_DIR)")
+        cfg = load_config(files, overrides)
         run = fit(cfg, Path(args.out) if args.out else None, quiet=args.quiet)
-    final = json.loads((run / "final.json").read_text()) if (run / "final.json").is_file() else {}
+    rundir = RunDir(run)
+    write_run_report(run)
+    final = rundir.final()
     if final.get("test"):
         _print_final(final)
     print(f"run directory: {run}")
@@ -59,7 +84,7 @@ def _print_final(final: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .eval.runner import evaluate_target
+    from .evaluate import evaluate_target
 
     result = evaluate_target(Path(args.target), args.config, list(args.overrides), args.data_split, args.analysis)
     print(json.dumps(result["summary"], indent=1))
@@ -70,10 +95,11 @@ def cmd_eval(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_comparison, write_run_report
+    from .rundir import RunDir
 
     dirs = [Path(d) for d in args.runs]
     for d in dirs:
-        if not (d / "final.json").is_file():
+        if not RunDir(d).is_finished():
             raise TaildistillError(f"{d} is not a finished run directory (no final.json)")
     if len(dirs) == 1 and not args.out:
         print(f"report: {write_run_report(dirs[0])}")
@@ -86,10 +112,12 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench, run_recipe
 
+    files, overrides = split_configs(args.configs, "bench")
+    config = files if len(files) > 1 else files[0]
     if args.recipe:
-        result = run_recipe(args.config, args.recipe, list(args.overrides), args.keep)
+        result = run_recipe(config, args.recipe, overrides, args.keep)
     else:
-        result = run_bench(args.config, list(args.overrides), args.mode, args.steps, args.warmup)
+        result = run_bench(config, overrides, args.mode, args.steps, args.warmup)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -99,10 +127,11 @@ def cmd_bench(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .config import load_config
     from .data import build_data
+    from .experiment import load_config
 
-    cfg = load_config(args.config, list(args.overrides))
+    files, overrides = split_configs(args.configs, "data summary")
+    cfg = load_config(files, overrides)
     data = build_data(cfg.data)
     info = data.info
     if args.json:
@@ -144,7 +173,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     p = argparse.ArgumentParser(
         prog="taildistill",
@@ -169,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Writes a run directory: config.yaml, metrics.jsonl, final.json, checkpoints/, "
                                    "report.md. Unknown or mistyped keys are errors that list the valid keys.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    t.add_argument("config", nargs="?", help="experiment YAML (see configs/)")
-    _add_overrides(t)
+    _add_configs(t)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default OUT_DIR/NAME from the config)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -212,8 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  taildistill bench configs/cifar10_lt/bkd.yaml --recipe configs/cifar10_lt/ce_teacher.yaml \\\n"
                               "      train.compile=true --out results/recipe.json              # the full BKD recipe",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("config")
-    _add_overrides(b)
+    _add_configs(b)
     b.add_argument("--mode", choices=["teacher", "distill", "both"], default="both")
     b.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
     b.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps (default 10)")
@@ -228,8 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "prints per-class counts, the imbalance ratio and the group of every class.")
     dsub = da.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     s = dsub.add_parser("summary", help="per-class counts, imbalance ratio and groups of the training set")
-    s.add_argument("config")
-    _add_overrides(s)
+    _add_configs(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_data)
 
@@ -252,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seeds", type=int, help="student seeds (default: the suite's)")
     rp.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (their teachers still run)")
     rp.add_argument("--tiny", action="store_true", help="CPU smoke scale: digits data, 2 epochs of 2 steps, first grid cell only")
-    rp.add_argument("--configs", default="configs", help="the configs folder (default ./configs)")
+    rp.add_argument("--configs", dest="configs_dir", default=None, help="a configs folder holding reproduce/ (default: the package's)")
     _add_overrides(rp)
     rp.set_defaults(func=cmd_reproduce)
 
@@ -268,11 +294,11 @@ def cmd_reproduce(args) -> int:
     from .reproduce import list_suites, run_suite
 
     if args.list or not args.name:
-        for name, desc in list_suites(args.configs):
+        for name, desc in list_suites(args.configs_dir):
             print(f"{name:<20} {desc}")
         return 0 if args.list else 2
     out = Path(args.out or f"runs/reproduce/{args.name}")
-    report = run_suite(args.name, out, args.seeds, args.tiny, args.configs, args.only, list(args.overrides))
+    report = run_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only, list(args.overrides))
     print((report).read_text())
     print(f"report: {report}")
     return 0
@@ -282,7 +308,7 @@ def cmd_methods(args) -> int:
     from .methods import METHODS
 
     for name in METHODS.names():
-        print(f"{name:<8} {METHODS.get(name)[2]}")
+        print(f"{name:<8} {METHODS.get(name).summary()}")
     return 0
 
 
@@ -291,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides given after options land here
-        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides = list(args.overrides) + extra
+        if all("=" in e and not e.startswith("-") for e in extra) and (hasattr(args, "overrides") or hasattr(args, "configs")):
+            if hasattr(args, "configs"):
+                args.configs = list(args.configs) + extra
+            else:
+                args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):

@@ -1,24 +1,50 @@
 """Typed experiment configuration: defaults as dataclasses, YAML in, validated, resolved YAML out.
 
-An experiment is one YAML file (see ``configs/``). Every key is checked against the dataclasses
-below: an unknown key or a value of the wrong type is a :class:`ConfigError` naming the key and
-listing the valid ones. Method-specific keys live under ``method:`` and are validated against the
-chosen method's own parameter dataclass (see ``taildistill.methods``).
+An experiment is one YAML file (see ``configs/``) or several composed left to right. Every key
+is checked against the dataclasses below (:mod:`taildistill.typed`): an unknown key or a value of
+the wrong type is a :class:`ConfigError` naming the key and listing the valid ones, and every
+enum-like value is a ``Literal`` whose choices the error lists. Method-specific keys live under
+``method:``; this module keeps them as a mapping, and :func:`taildistill.experiment.load_config`
+validates them against the chosen method's own parameter dataclass (this module knows no method).
+
+Composition: ``base: other.yaml`` or ``base: [dataset.yaml, ../methods/kd.yaml]`` merges the
+bases in order, then the file itself on top; ``${VAR:-default}`` reads the environment.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import ConfigError
+from .typed import from_dict, to_dict
+
+Profile = Literal["exp", "step", "pareto", "ltkd", "none"]
+GroupPolicy = Literal["shots", "thirds", "cuts"]
+SamplerKind = Literal["instance", "class_balanced", "sqrt", "effective_number"]
+AutoAugmentPolicy = Literal["none", "cifar10", "imagenet", "svhn"]
+OptimizerName = Literal["sgd", "adamw"]
+ScheduleName = Literal["ldam_step", "cosine", "multistep", "constant"]
+Precision = Literal["auto", "fp32", "bf16"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def _positive(prefix: str, **values) -> None:
+    for key, v in values.items():
+        if not v > 0:
+            raise ConfigError(f"config key '{prefix}.{key}' must be > 0, got {v}")
+
+
+def _non_negative(prefix: str, **values) -> None:
+    for key, v in values.items():
+        if v < 0:
+            raise ConfigError(f"config key '{prefix}.{key}' must be >= 0, got {v}")
 
 
 @dataclass
@@ -30,14 +56,14 @@ class DataConfig:
     test_root: str = ""  # separate test file/folder where the source needs one (imagefolder)
     lists: dict[str, str] = field(default_factory=dict)  # listfile: {train, val, test} list files
     download: bool = False  # cifar10/cifar100: fetch the official archive into `root` with torchvision (online only)
-    profile: str = "exp"  # long-tail profile: exp, step, pareto, ltkd, none
+    profile: Profile = "exp"  # long-tail profile
     ratio: float = 100.0  # imbalance ratio n_max / n_min
     n_max: int = 0  # images of the largest class; 0 = the smallest class's full count
     seed: int = 0  # seed of the long-tail subset and the validation split
     val_per_class: int = 0  # balanced validation images per class carved out before sub-sampling
-    group_policy: str = "shots"  # shots | thirds | cuts
+    group_policy: GroupPolicy = "shots"
     group_cuts: list[int] = field(default_factory=list)  # class-index cuts for the `cuts` policy
-    sampler: str = "instance"  # instance | class_balanced | sqrt | effective_number
+    sampler: SamplerKind = "instance"
     sampler_beta: float = 0.9999  # beta of the effective-number sampler
     image_size: int = 0  # resize images to this size (0 = native)
     cache_dir: str = ""  # where decoded uint8 tensors are cached ("" = ~/.cache/taildistill)
@@ -46,6 +72,16 @@ class DataConfig:
     vocab_size: int = 20000  # text: vocabulary size
     test_fraction: float = 0.3  # sources without an official test split: stratified held-out share
 
+    def validate(self, prefix: str) -> None:
+        if self.ratio < 1:
+            raise ConfigError(f"config key '{prefix}.ratio' must be >= 1 (n_max / n_min), got {self.ratio}")
+        _non_negative(prefix, n_max=self.n_max, val_per_class=self.val_per_class, image_size=self.image_size,
+                      num_workers=self.num_workers)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"config key '{prefix}.test_fraction' must be in (0, 1), got {self.test_fraction}")
+        if not 0 < self.sampler_beta < 1:
+            raise ConfigError(f"config key '{prefix}.sampler_beta' must be in (0, 1), got {self.sampler_beta}")
+
 
 @dataclass
 class AugmentConfig:
@@ -53,7 +89,7 @@ class AugmentConfig:
 
     crop_padding: int = 0  # pad-and-random-crop padding (4 for CIFAR), 0 = off
     flip: bool = False  # random horizontal flip
-    autoaugment: str = "none"  # none | cifar10 (AutoAugment CIFAR-10 policy)
+    autoaugment: AutoAugmentPolicy = "none"  # AutoAugment policy (cifar10 for CIFAR)
     randaugment_n: int = 0  # RandAugment operations per image (0 = off)
     randaugment_m: int = 9  # RandAugment magnitude (0-30)
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
@@ -64,6 +100,15 @@ class AugmentConfig:
     mix_until_epoch: int = -1  # mixup/cutmix stop from this epoch on (DeiT-LT's DRW phase); -1 = never
     repeated: int = 1  # repeated augmentation: each sampled image appears this many times
     normalize: bool = True  # subtract the training set's channel mean, divide by its std
+
+    def validate(self, prefix: str) -> None:
+        _non_negative(prefix, crop_padding=self.crop_padding, randaugment_n=self.randaugment_n,
+                      color_jitter=self.color_jitter, mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha)
+        for key in ("random_erasing", "mix_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"config key '{prefix}.{key}' is a probability in [0, 1], got {getattr(self, key)}")
+        if self.repeated < 1:
+            raise ConfigError(f"config key '{prefix}.repeated' must be >= 1, got {self.repeated}")
 
 
 @dataclass
@@ -86,7 +131,7 @@ class TeacherConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: OptimizerName = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -94,26 +139,37 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     sam_rho: float = 0.0  # > 0 wraps the optimizer in sharpness-aware minimisation
 
+    def validate(self, prefix: str) -> None:
+        _positive(prefix, lr=self.lr)
+        _non_negative(prefix, momentum=self.momentum, weight_decay=self.weight_decay, sam_rho=self.sam_rho)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"config key '{prefix}.betas' must be two numbers in [0, 1), got {self.betas}")
+
 
 @dataclass
 class ScheduleConfig:
-    name: str = "ldam_step"  # ldam_step | cosine | multistep | constant
+    name: ScheduleName = "ldam_step"
     warmup_epochs: int = 5
     milestones: list[int] = field(default_factory=lambda: [160, 180])
     gamma: float = 0.1  # multistep decay factor
     step_factors: list[float] = field(default_factory=lambda: [0.01, 0.0001])  # ldam_step
     min_lr: float = 0.0  # cosine floor
 
+    def validate(self, prefix: str) -> None:
+        _non_negative(prefix, warmup_epochs=self.warmup_epochs, min_lr=self.min_lr)
+        if sorted(self.milestones) != list(self.milestones):
+            raise ConfigError(f"config key '{prefix}.milestones' must be increasing, got {self.milestones}")
+
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    epochs: int = 200  # 0 only for a model with nothing to train (an NCM head)
     batch_size: int = 128
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA) | fp32 | bf16
+    precision: Precision = "auto"  # auto = bf16 on CUDA
     channels_last: bool = True  # used on CUDA only
     compile: bool = False  # torch.compile the student (and the teacher)
-    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs; training shapes are static) | max-autotune
+    compile_mode: CompileMode = "default"  # reduce-overhead = CUDA graphs (training shapes are static)
     sync_bn: bool = False  # DDP on CUDA: the student's BatchNorm statistics over the global batch (SyncBatchNorm)
     deterministic: bool = False
     seed: int = 0
@@ -125,18 +181,26 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (smoke tests, benchmarks)
     calibrate: bool = False  # fit a temperature on the validation split after training (saved into cosine heads)
 
+    def validate(self, prefix: str) -> None:
+        _positive(prefix, batch_size=self.batch_size)
+        _non_negative(prefix, epochs=self.epochs, eval_every=self.eval_every, checkpoint_every=self.checkpoint_every,
+                      grad_clip=self.grad_clip, max_steps_per_epoch=self.max_steps_per_epoch)
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"config key '{prefix}.device' must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+
 
 @dataclass
 class MethodConfig:
-    """`name` picks a registered method; every other key is that method's own parameter."""
+    """`name` picks a registered method; every other key is that method's own parameter. `params`
+    is a mapping here and the method's own dataclass once the experiment is resolved."""
 
     name: str = "ce"
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=dict)
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = ""  # run name; default: the config file's stem
+    name: str = ""  # run name; default: the (last) config file's stem
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -148,91 +212,34 @@ class ExperimentConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
 
 
-# ----------------------------------------------------------------------------- validation
+# ----------------------------------------------------------------------------- files
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def config_dirs() -> list[Path]:
+    """Where config names are looked up: the folders of $TAILDISTILL_CONFIG_PATH (a user's own,
+    searched first; ':'-separated), then the configs that ship with the package."""
+    user = [Path(p).expanduser() for p in os.environ.get("TAILDISTILL_CONFIG_PATH", "").split(os.pathsep) if p]
+    return [*user, PACKAGE_CONFIGS]
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-2` as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
-    raise ConfigError(f"config key '{key}' has an unsupported type {_type_name(tp)}")
+def find_config(name: str | Path) -> Path:
+    """A config given as a path (absolute or relative to the current folder) or as a name relative
+    to a config folder, with or without `.yaml` (`cifar10_lt/bkd`, `configs/cifar10_lt/bkd.yaml`)."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    parts = p.parts[1:] if p.parts and p.parts[0] == "configs" else p.parts
+    rel = Path(*parts) if parts else p
+    for folder in config_dirs():
+        for cand in (folder / rel, folder / rel.with_name(rel.name + ".yaml")):
+            if cand.is_file():
+                return cand
+    return p  # not found: the reader names it
 
 
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrongly typed values."""
-    where = f"'{prefix}'" if prefix else "the top level"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section {where} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(
-                f"unknown config key '{full}'; valid keys in {where}: {', '.join(names)}"
-            )
-        kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+# ----------------------------------------------------------------------------- raw YAML
 
 
 def _method_section(raw: dict) -> dict:
@@ -246,7 +253,10 @@ def _method_section(raw: dict) -> dict:
         raise ConfigError(f"config section 'method' must be a mapping, got {section!r}")
     section = dict(section)
     name = section.pop("name", None)
-    params = dict(section.pop("params", {}) or {})
+    params = section.pop("params", {}) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"config section 'method.params' must be a mapping, got {params!r}")
+    params = dict(params)
     params.update(section)
     out = dict(raw)
     out["method"] = {"params": params} if name is None else {"name": name, "params": params}
@@ -268,11 +278,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Dotted overrides on a raw mapping. `method.name=X` and `model.name=Y` are applied first,
+    whatever their position: naming another method (model) drops the previous one's parameters
+    (kwargs), and the other `method.*` (`model.kwargs.*`) overrides then set X's (Y's)."""
     raw = _method_section(dict(raw))
-    for text in overrides:
-        parts, value = parse_override(text)
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    for text, parts, value in sorted(parsed, key=lambda p: p[1] not in (["method", "name"], ["model", "name"])):
         if parts[0] == "method" and len(parts) >= 2 and parts[1] not in ("name", "params"):
             parts = ["method", "params", *parts[1:]]
+        if parts == ["method", "name"]:
+            section = raw.get("method") or {}
+            if section.get("name", "ce") != value:
+                raw["method"] = {"name": value, "params": {}}
+            continue
+        if parts == ["model", "name"]:
+            section = raw.get("model") or {}
+            if isinstance(section, dict) and section.get("name") != value:
+                raw["model"] = {"name": value}  # the previous architecture's kwargs do not apply
+            continue
         node = raw
         for part in parts[:-1]:
             child = node.get(part)
@@ -288,12 +311,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+_REF = re.compile(r"\$\{([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*)\}")
 
 
 def expand_env(value: Any) -> Any:
-    """`${VAR}` / `${VAR:-default}` in string values come from the environment (paths to data
-    differ per machine; configs never hard-code them)."""
+    """`${VAR}` / `${VAR:-default}` (upper-case names) in string values come from the environment
+    (paths to data differ per machine; configs never hard-code them)."""
     if isinstance(value, str):
         def sub(m):
             if m.group(1) in os.environ:
@@ -310,34 +334,66 @@ def expand_env(value: Any) -> Any:
     return value
 
 
-def load_raw(path: str | Path) -> dict:
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    raw = expand_env(raw)
-    if "base" in raw:  # `base: other.yaml` composes: this file's keys override the base's
-        base_path = (path.parent / str(raw.pop("base"))).resolve()
-        base, raw = _method_section(load_raw(base_path)), _method_section(raw)
-        new_name = (raw.get("method") or {}).get("name")
-        same_method = new_name is None or new_name == (base.get("method") or {}).get("name", "ce")
-        raw = deep_merge(base, raw)
-        if not same_method:  # another method: the base's method parameters do not apply to it
-            raw["method"] = _method_section({"method": load_raw_method(path)})["method"]
     return raw
 
 
-def load_raw_method(path: Path) -> dict:
-    """The `method:` section written in the file itself (without its bases)."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    return expand_env(raw.get("method") or {})
+def merge(base: dict, top: dict) -> dict:
+    """`top` over `base` (both raw, method sections folded): mappings merge key by key; when `top`
+    names another method (model), the base's method parameters (model.kwargs) are dropped: they
+    belong to the other one."""
+    base, top = _method_section(base), _method_section(top)
+    out = deep_merge(base, {k: v for k, v in top.items() if k != "method"})
+    new_model, old_model = top.get("model"), base.get("model")
+    if isinstance(new_model, dict) and isinstance(old_model, dict) and "name" in new_model \
+            and new_model["name"] != old_model.get("name"):
+        out["model"] = new_model  # another architecture: the base's model.kwargs belong to the old one
+    if "method" in top:
+        new, old = top["method"], base.get("method") or {}
+        if "name" in new and new["name"] != old.get("name", "ce"):
+            out["method"] = new
+        else:
+            out["method"] = deep_merge(old, new)
+    return out
+
+
+def load_raw(paths: str | Path | list, _stack: tuple[Path, ...] = ()) -> dict:
+    """The merged raw mapping of one config file (with its `base:` chain) or of several files
+    composed left to right. A `base:` cycle is an error naming the chain."""
+    if isinstance(paths, (list, tuple)):
+        if not paths:
+            raise ConfigError("no config file given")
+        out: dict = {}
+        for p in paths:
+            out = merge(out, load_raw(p, _stack))
+        return out
+    path = find_config(paths) if not _stack else Path(paths).expanduser()
+    key = path.resolve()
+    if key in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, key))
+        raise ConfigError(f"config files include each other in a cycle: {chain}")
+    raw = expand_env(_read_yaml(path))
+    bases = raw.pop("base", None)
+    if bases is None:
+        return _method_section(raw)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"config file {path}: `base` must be a file name or a list of them, got {bases!r}")
+    merged = load_raw([(path.parent / b) for b in bases], (*_stack, key))
+    return merge(merged, raw)
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -350,29 +406,49 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig`.
+def resolve_references(raw: dict) -> dict:
+    """`${dotted.key}` (lower-case) in a string value is replaced by that key's value in the same
+    config (after composition and overrides, defaults included), e.g. a teacher run named after
+    the benchmark's output folder: `teacher: {run: "${out_dir}/ldam_drw_sam_teacher"}`."""
+    defaults = to_dict(ExperimentConfig())
 
-    The method's own parameters are validated and filled with their defaults here, so the
-    resolved config written to a run directory lists every parameter that was used.
-    """
-    raw = apply_overrides(raw, overrides or [])
-    cfg = from_dict(ExperimentConfig, raw)
-    from .methods import resolve_method_params  # late import: methods depend on config
+    def lookup(key: str, where: str):
+        node: Any = raw
+        for tree in (raw, defaults):
+            node = tree
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                break
+        if node is None or isinstance(node, (dict, list)):
+            raise ConfigError(f"config value '{where}' refers to '${{{key}}}', which is not a config value")
+        if isinstance(node, str) and _REF.search(node):
+            raise ConfigError(f"config value '{where}' refers to '${{{key}}}', which refers to another key")
+        return str(node)
 
-    cfg.method.params = resolve_method_params(cfg.method.name, cfg.method.params)
-    return cfg
+    def walk(value: Any) -> Any:
+        if isinstance(value, str) and _REF.search(value):
+            return _REF.sub(lambda m: lookup(m.group(1), value), value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(raw)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    cfg = build_config(load_raw(path), overrides)
-    if not cfg.name:
-        cfg.name = Path(path).stem
-    return cfg
+def parse_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig` whose
+    `method.params` is still a mapping (see :func:`taildistill.experiment.build_config`)."""
+    raw = resolve_references(apply_overrides(raw, overrides or []))
+    return from_dict(ExperimentConfig, raw)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
     data = to_dict(cfg)
     method = data.pop("method")
-    data["method"] = {"name": method["name"], **method["params"]}
+    data["method"] = {"name": method["name"], **(method["params"] or {})}
     return yaml.safe_dump(data, sort_keys=False)

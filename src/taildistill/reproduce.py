@@ -24,16 +24,24 @@ from pathlib import Path
 
 import yaml
 
-from .config import load_config
 from .errors import ConfigError
+from .experiment import load_config
+from .rundir import RunDir
 
 TINY = ["data.source=digits", "data.root=", "data.test_root=", "data.lists={}", "data.n_max=0",
         "data.image_size=0", "data.val_per_class=0", "train.epochs=2", "train.max_steps_per_epoch=2", "train.batch_size=16",
         "train.device=cpu", "train.progress=false", "train.tensorboard=false", "train.eval_every=0"]
 
 
-def suites_dir(configs: str | Path = "configs") -> Path:
-    return Path(configs) / "reproduce"
+def configs_root(configs: str | Path | None = None) -> Path:
+    """The configs folder suites read (default: the package's)."""
+    from .config import PACKAGE_CONFIGS
+
+    return Path(configs) if configs else PACKAGE_CONFIGS
+
+
+def suites_dir(configs: str | Path | None = None) -> Path:
+    return configs_root(configs) / "reproduce"
 
 
 def _read(p: Path) -> dict:
@@ -46,11 +54,11 @@ def _read(p: Path) -> dict:
     return data
 
 
-def list_suites(configs: str | Path = "configs") -> list[tuple[str, str]]:
+def list_suites(configs: str | Path | None = None) -> list[tuple[str, str]]:
     return [(p.stem, _read(p).get("description", "")) for p in sorted(suites_dir(configs).glob("*.yaml"))]
 
 
-def load_suite(name: str, configs: str | Path = "configs") -> dict:
+def load_suite(name: str, configs: str | Path | None = None) -> dict:
     p = suites_dir(configs) / f"{name}.yaml"
     if not p.is_file():
         names = ", ".join(n for n, _ in list_suites(configs)) or "none"
@@ -78,12 +86,13 @@ def grid_cells(grid: dict) -> list[tuple[str, list[str]]]:
     return cells
 
 
-def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs: str | Path = "configs",
+def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs: str | Path | None = None,
               only: list[str] | None = None, extra: list[str] | None = None) -> Path:
     """Run every cell of suite `name`; returns the path of the written report.md."""
     from tqdm import tqdm
 
     from .engine.trainer import fit
+    from .report import write_run_report
 
     suite = load_suite(name, configs)
     seeds = seeds or int(suite.get("seeds", 1))
@@ -102,7 +111,7 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
     for label, cell_over, run, seed in bar:
         bar.set_postfix_str(f"{label}/{run['name']}/seed{seed}")
         run_dir = out / label / run["name"] / f"seed{seed}"
-        if (run_dir / "final.json").is_file():
+        if RunDir(run_dir).is_finished():
             continue  # cached: a finished teacher or student is reused
         overrides = cell_over + list(run.get("overrides", [])) + [f"train.seed={seed}", "data.seed=0"]
         if run.get("teacher"):
@@ -110,13 +119,15 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
         if tiny:
             overrides += TINY + list(suite.get("tiny", [])) + list(run.get("tiny", []))
         overrides += list(extra or [])
-        cfg = load_config(Path(configs) / run["config"], overrides)
+        files = run["config"] if isinstance(run["config"], list) else [run["config"]]
+        cfg = load_config([configs_root(configs) / f for f in files], overrides)
         cfg.name = run["name"]
         if run_dir.exists():  # an unfinished run: start it again from scratch in the same place
             import shutil
 
             shutil.rmtree(run_dir)
         fit(cfg, run_dir, quiet=True)
+        write_run_report(run_dir)
     bar.close()
     return write_suite_report(name, suite, out, cells)
 
@@ -128,7 +139,7 @@ def _cell_rows(suite: dict, out: Path, label: str) -> tuple[list[str], list[list
     runs = {}
     policy = ""
     for run in suite["runs"]:
-        finals = [read_run(d) for d in sorted((out / label / run["name"]).glob("seed*")) if (d / "final.json").is_file()]
+        finals = [read_run(d) for d in sorted((out / label / run["name"]).glob("seed*")) if RunDir(d).is_finished()]
         if finals:
             runs[run["name"]] = finals
             policy = finals[0].get("group_policy", policy)
@@ -163,9 +174,9 @@ def write_suite_report(name: str, suite: dict, out: Path, cells=None) -> Path:
             continue
         lines += [f"## {label}", "", f"groups: `{policy}` policy", "", markdown_table(header, rows), ""]
         results[label] = {"header": header, "rows": rows, "group_policy": policy}
-    env_files = sorted(out.glob("*/*/seed*/env.json"))
-    if env_files:
-        env = json.loads(env_files[0].read_text())
+    finished = [RunDir(d) for d in sorted(out.glob("*/*/seed*")) if RunDir(d).is_finished()]
+    if finished:
+        env = finished[0].env()
         lines += ["## Provenance", "", f"- command: `taildistill reproduce {name}` (runs under `{out}`)",
                   f"- commit: {env.get('commit')}", f"- hardware: {env.get('hardware')}",
                   f"- versions: {json.dumps(env.get('versions', {}))}", ""]

@@ -163,6 +163,10 @@ class BatchAugment:
         mean, std = self._stats[x.device]
         return (x - mean) / std
 
+    def eval_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The un-augmented view of a batch for evaluation: images normalised, tokens unchanged."""
+        return self.normalize(x) if self.kind == "image" else x
+
     def geometric(self, x: torch.Tensor, g: torch.Generator, host: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample crop/flip/policy/jitter/erasing on a uint8 batch; returns normalised float."""
         c = self.cfg
@@ -185,7 +189,7 @@ class BatchAugment:
         if self.kind != "image":
             return {"x": x, "y": y}
         if not train:
-            return {"x": self.normalize(x), "y": y}
+            return {"x": self.eval_view(x), "y": y}
         host = host if host is not None else g
         x = self.geometric(x, g, host)
         out = {"x": x, "y": y}

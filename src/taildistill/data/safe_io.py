@@ -5,40 +5,58 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
 from ..errors import DataError
 
 
-def _check_member(member: tarfile.TarInfo, target: Path) -> None:
-    dest = (target / member.name).resolve()
-    if not (dest == target or str(dest).startswith(str(target) + os.sep)):
-        raise DataError(f"archive member '{member.name}' would be written outside {target}; refusing")
-    if member.issym() or member.islnk():
-        link = (dest.parent / member.linkname).resolve() if member.issym() else (target / member.linkname).resolve()
-        if not str(link).startswith(str(target) + os.sep):
-            raise DataError(f"archive member '{member.name}' links outside {target}; refusing")
-    if member.isdev() or member.isfifo():
-        raise DataError(f"archive member '{member.name}' is a device or fifo; refusing")
+def _refusal(member: tarfile.TarInfo, target: Path, exc: Exception) -> DataError:
+    """The stdlib data filter's refusal as one line naming the member."""
+    if isinstance(exc, (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError)):
+        why = f"links outside {target}"
+    elif isinstance(exc, tarfile.SpecialFileError):
+        why = "is a device or fifo"
+    elif isinstance(exc, (tarfile.AbsolutePathError, tarfile.OutsideDestinationError)):
+        why = f"would be written outside {target}"
+    else:
+        why = str(exc)
+    return DataError(f"archive member '{member.name}' {why}; refusing")
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> Path:
-    """Extract a .tar/.tar.gz into `target`, refusing absolute paths, `..`, links that leave the
-    target and device files. Every member is checked before anything is written."""
+    """Extract a .tar/.tar.gz into `target` with the standard library's `data` extraction filter
+    (PEP 706: no absolute paths, no `..`, no links leaving the target, no device files, no
+    set-uid bits). Every member is checked before anything is written; the archive is extracted
+    into a temporary folder beside `target` and renamed into place, so a refused or interrupted
+    extraction never leaves a partial `target` behind."""
     archive, target = Path(archive), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
+    if not hasattr(tarfile, "data_filter"):  # Python < 3.10.12 / 3.11.4
+        raise DataError("safe archive extraction needs Python >= 3.10.12 or >= 3.11.4 (tarfile's data filter)")
+    target.parent.mkdir(parents=True, exist_ok=True)
     target = target.resolve()
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
             for m in members:
-                _check_member(m, target)
-            for m in members:
-                tar.extract(m, target, set_attrs=False, filter="data") if hasattr(tarfile, "data_filter") \
-                    else tar.extract(m, target, set_attrs=False)
+                if m.name.startswith(("/", "\\")) or Path(m.name).is_absolute():
+                    raise DataError(f"archive member '{m.name}' has an absolute path and would be written outside {target}; refusing")
+                try:
+                    tarfile.data_filter(m, str(target))
+                except tarfile.FilterError as exc:
+                    raise _refusal(m, target, exc) from None
+            tmp.mkdir()
+            tar.extractall(tmp, members=members, filter="data")
+        if target.exists():  # an older, complete extraction is replaced (one rename, never merged)
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"cannot extract archive {archive}: {exc}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -6,8 +6,9 @@
   random-resize-crops on the CPU into uint8 tensors; flips, jitter, erasing and mixing then run
   on the device with the same :class:`BatchAugment`.
 
-Both yield batch dicts: ``x`` (float, normalised), ``y``; optionally ``y_soft``, ``mix_lam``,
-``mix_perm`` (mixup/cutmix) and ``x_mix``, ``y_a``, ``y_b`` (ACCKD's balanced synthetic batch).
+Both yield :class:`taildistill.methods.Batch` dicts: ``x`` (float, normalised), ``y``; optionally
+``y_soft``, ``mix_lam``, ``mix_perm`` (mixup/cutmix) and ``x_mix``, ``y_a``, ``y_b`` (the balanced
+synthetic batch a method asks for with a :class:`BatchRequest`).
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 
 from ..data.augment import BatchAugment, mix_pair, sample_lambda
+from ..data.loading import FileDataset, to_device_tensor
 from ..data.samplers import EpochSampler
-from ..errors import DataError
+from ..methods import BatchRequest
 
 
 def _seed(*parts: int) -> int:
@@ -44,7 +46,7 @@ def shard_batches(indices: torch.Tensor, batch_size: int, rank: int, world: int,
 
 class _Base:
     def __init__(self, info, aug_cfg, train_labels: np.ndarray, device: torch.device, batch_size: int,
-                 dist, seed: int, views: tuple[str, ...], sampler_kind: str, sampler_beta: float,
+                 dist, seed: int, request: BatchRequest, sampler_kind: str, sampler_beta: float,
                  channels_last: bool = False):
         self.info = info
         self.device = device
@@ -56,14 +58,9 @@ class _Base:
         self.augment = BatchAugment(aug_cfg, info.mean, info.std, info.num_classes, info.input_kind)
         self.labels = torch.as_tensor(train_labels, dtype=torch.long)
         self.sampler = EpochSampler(train_labels, info.class_counts, sampler_kind, sampler_beta, seed)
-        self.mix_alpha = 0.5
-        self.set_views(views)
-
-    def set_views(self, views: tuple[str, ...]) -> None:
-        """The extra batch views a method asks for ("balanced_mix": ACCKD's balanced synthetic batch)."""
-        self.views = views
+        self.request = request
         self.balanced = EpochSampler(self.labels.numpy(), self.info.class_counts, "class_balanced", seed=self.seed + 1) \
-            if "balanced_mix" in views else None
+            if request.balanced_mix else None
 
     def generators(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
         """This epoch's (device generator for per-sample draws, CPU generator for per-batch
@@ -84,7 +81,7 @@ class _Base:
     def _finish(self, batch: dict, g: torch.Generator, host: torch.Generator, balanced_x: torch.Tensor | None,
                 balanced_y) -> dict:
         if balanced_x is not None:  # ACCKD D_mix: balanced x' mixed into x, lambda >= 0.5 (Alg. 1)
-            lam = sample_lambda(self.mix_alpha, host)
+            lam = sample_lambda(self.request.balanced_mix_alpha, host)
             lam = max(lam, 1 - lam)
             mode = "mixup" if float(torch.rand(1, generator=host)) > 0.5 else "cutmix"
             xb = self.augment.geometric(balanced_x, g, host)
@@ -100,9 +97,9 @@ class _Base:
 class TensorInput(_Base):
     """GPU-resident training set (uint8 images (N, C, H, W) or token ids (N, L))."""
 
-    def __init__(self, split, info, aug_cfg, device, batch_size, dist, seed, views=(), sampler_kind="instance",
+    def __init__(self, split, info, aug_cfg, device, batch_size, dist, seed, request=BatchRequest(), sampler_kind="instance",
                  sampler_beta=0.9999, channels_last=False):
-        super().__init__(info, aug_cfg, split.y, device, batch_size, dist, seed, views, sampler_kind,
+        super().__init__(info, aug_cfg, split.y, device, batch_size, dist, seed, request, sampler_kind,
                          sampler_beta, channels_last)
         self.x = to_device_tensor(split, info, device)
         self.y = self.labels.to(device)
@@ -134,50 +131,14 @@ def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def to_device_tensor(split, info, device) -> torch.Tensor:
-    """Images (N, H, W, C) uint8 -> (N, C, H, W) uint8 on `device`; token ids stay (N, L)."""
-    if split.x is None:
-        raise DataError("this data source streams images from disk; it cannot be held on the device")
-    x = torch.from_numpy(np.ascontiguousarray(split.x))
-    if info.input_kind == "image":
-        x = x.permute(0, 3, 1, 2).contiguous()
-    return x.to(device)
-
-
-class _FileDataset(torch.utils.data.Dataset):
-    """Decodes `root/path` images and random-resize-crops (train) or resize+centre-crops (eval)."""
-
-    def __init__(self, split, size: int, train: bool):
-        from torchvision import transforms as T
-
-        self.split = split
-        self.tf = (T.Compose([T.RandomResizedCrop(size), T.PILToTensor()]) if train else
-                   T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()]))
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int):
-        from pathlib import Path
-
-        from PIL import Image
-
-        path = Path(self.split.root) / self.split.paths[i]
-        try:
-            with Image.open(path) as im:
-                return self.tf(im.convert("RGB")), int(self.split.y[i])
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
-
-
 class StreamInput(_Base):
     """Images streamed from disk by a DataLoader (ImageNet-LT-style list files)."""
 
-    def __init__(self, split, info, aug_cfg, device, batch_size, dist, seed, views=(), sampler_kind="instance",
+    def __init__(self, split, info, aug_cfg, device, batch_size, dist, seed, request=BatchRequest(), sampler_kind="instance",
                  sampler_beta=0.9999, channels_last=False, num_workers=2):
-        super().__init__(info, aug_cfg, split.y, device, batch_size, dist, seed, views, sampler_kind,
+        super().__init__(info, aug_cfg, split.y, device, batch_size, dist, seed, request, sampler_kind,
                          sampler_beta, channels_last)
-        self.dataset = _FileDataset(split, info.input_shape[-1], train=True)
+        self.dataset = FileDataset(split, info.input_shape[-1], train=True)
         self.num_workers = num_workers
 
     def _load(self, idx: torch.Tensor):
@@ -199,21 +160,3 @@ class StreamInput(_Base):
                 bx, by = next(balanced)
                 bx, by = bx.to(self.device, non_blocking=True), by.to(self.device, non_blocking=True)
             yield self._finish(batch, g, host, bx, by)
-
-
-def eval_batches(split, info, augment: BatchAugment, device, batch_size: int = 512, channels_last: bool = False):
-    """Yield normalised, un-augmented (x, y) batches over a whole split, in order."""
-    if split.x is not None:
-        x_all = torch.from_numpy(np.ascontiguousarray(split.x))
-        if info.input_kind == "image":
-            x_all = x_all.permute(0, 3, 1, 2)
-        y_all = torch.as_tensor(split.y, dtype=torch.long)
-        for i in range(0, len(y_all), batch_size):
-            x = augment(x_all[i:i + batch_size].to(device), None, None, train=False)["x"]
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y_all[i:i + batch_size]
-    else:
-        ds = _FileDataset(split, info.input_shape[-1], train=False)
-        for x, y in torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=2):
-            yield augment(x.to(device), None, None, train=False)["x"], y

@@ -38,7 +38,7 @@ def provenance(device: torch.device) -> dict:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             versions[mod] = None
-    from .. import __version__
+    from ..version import __version__
 
     versions["taildistill"] = __version__
     return {"command": " ".join(sys.argv), "commit": git_commit(), "hardware": hardware(device),

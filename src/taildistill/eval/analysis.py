@@ -56,7 +56,7 @@ def feature_separability(test_f, test_y, num_classes: int) -> list[float]:
 @torch.no_grad()
 def mean_firing_rates(model, split, info, augment, device) -> dict[str, float]:
     """Mean spike rate of every LIF layer over a split (weighted by batch size)."""
-    from ..engine.inputs import eval_batches
+    from .predict import eval_batches
 
     model.eval()
     totals: dict[str, float] = {}

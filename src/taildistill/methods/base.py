@@ -1,14 +1,23 @@
-"""The Method interface: one small class per training objective.
+"""The method contract: one self-contained unit per training objective.
 
-A method is built from (params, student, teacher or None, DataInfo). ``forward(batch, epoch)``
-returns a dict of named loss terms; the engine sums them, logs each and steps the optimizer. A
-method never touches optimizers, devices, logging or files. Its trainable parameters are the
-student's plus any modules it owns (projectors); the teacher is frozen and kept outside the
-module tree so it is neither optimised, nor checkpointed, nor synchronised by DDP.
+A method is built from (params, student, teacher or None, DataInfo), where `params` is an
+instance of the method's own ``Params`` dataclass (validated once, when the config is loaded:
+an unknown key is an error naming the valid ones). The engine
+
+1. asks :meth:`Method.batch_request` which extra inputs to build (ACCKD's balanced mixed batch),
+2. always calls :meth:`Method.prepare` before the first epoch (statistics over whole splits that
+   need the teacher: CCKD's priors, LT-SpikingFormer's class means),
+3. calls the method on each :class:`Batch` and gets a :class:`MethodOutput`: the named loss terms
+   (summed, logged and back-propagated by the engine) and the student's logits.
+
+A method never touches optimizers, devices, logging or files. Its trainable parameters are the
+student's plus any modules it owns (projectors, fusion modules); the teacher is frozen and kept
+outside the module tree, so it is neither optimised, nor checkpointed, nor synchronised by DDP.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal, Protocol, TypedDict
 
 import torch
 import torch.nn as nn
@@ -18,49 +27,156 @@ from ..losses import (
     balanced_softmax_loss, class_balanced_weights, cross_entropy, focal_loss, ldam_loss, ldam_margins,
     logit_adjusted_loss,
 )
+from ..typed import from_dict
 
-SUPERVISED_LOSSES = ("ce", "focal", "cb", "cb_focal", "ldam", "la", "bsce")
+SupLoss = Literal["ce", "focal", "cb", "cb_focal", "ldam", "la", "bsce"]
+SplitName = Literal["train", "val", "balanced_train"]
+
+
+class Batch(TypedDict, total=False):
+    """One training batch, as the engine's inputs build it (all tensors on the training device)."""
+
+    x: torch.Tensor  # (B, C, H, W) normalised float images (channels_last on CUDA) or (B, L) token ids
+    y: torch.Tensor  # (B,) int64 labels
+    y_soft: torch.Tensor  # (B, C) mixed one-hot targets, present when mixup/cutmix fired on this batch
+    mix_lam: torch.Tensor  # () CPU float: the exact mixing coefficient of x with x[mix_perm]
+    mix_perm: torch.Tensor  # (B,) the partner of each sample in the mix
+    x_mix: torch.Tensor  # (B, C, H, W) ACCKD: a class-balanced sample mixed into x (lambda >= 0.5)
+    y_a: torch.Tensor  # (B,) ACCKD: labels of the class-balanced sample
+    y_b: torch.Tensor  # (B,) ACCKD: labels of x
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """Extra inputs a method asks the engine to build for every batch."""
+
+    balanced_mix: bool = False  # x_mix / y_a / y_b: a class-balanced batch mixed into x (ACCKD, CCKD Alg. 1)
+    balanced_mix_alpha: float = 0.5  # Beta(a, a) of that mix's lambda (folded to >= 0.5)
+
+
+@dataclass
+class MethodOutput:
+    """What a method returns for one batch."""
+
+    terms: dict[str, torch.Tensor]  # named scalar loss terms, weights applied; the loss is their sum
+    logits: torch.Tensor  # (B, C) the student's prediction logits on batch["x"] (training accuracy)
+
+
+class TeacherOutputs(Protocol):
+    """Given by the engine to :meth:`Method.prepare`: the frozen teacher's `key` output ('logits'
+    or 'features/<name>') over a whole split, (N, ...) on the training device, with the split's
+    labels (N,). `view` (optional) maps each input batch to the teacher's view (a resize)."""
+
+    def __call__(self, split: SplitName, key: str = "logits",
+                 view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
 class SupervisedParams:
-    """The supervised part every method shares."""
+    """The supervised part of an objective (every method has one)."""
 
-    sup_loss: str = "ce"  # ce | focal | cb | cb_focal | ldam | la | bsce
-    sup_weight: float = 1.0
-    label_smoothing: float = 0.0
-    drw_epoch: int = -1  # deferred re-weighting: class-balanced weights from this epoch (-1 = never)
-    cb_beta: float = 0.9999  # effective-number beta for cb / cb_focal / DRW weights
-    focal_gamma: float = 1.0
-    ldam_max_margin: float = 0.5
-    ldam_scale: float = 30.0
-    la_tau: float = 1.0
+    sup_loss: SupLoss = "ce"  # ce | focal | cb | cb_focal | ldam | la (logit adjustment) | bsce (balanced softmax)
+    sup_weight: float = 1.0  # weight of the supervised term
+    label_smoothing: float = 0.0  # ce / cb: label smoothing
+    drw_epoch: int = -1  # deferred re-weighting: class-balanced weights from this epoch on (-1 = never)
+    cb_beta: float = 0.9999  # effective-number beta of the cb / cb_focal / DRW weights
+    focal_gamma: float = 1.0  # focal / cb_focal: focusing parameter
+    ldam_max_margin: float = 0.5  # ldam: the largest class margin
+    ldam_scale: float = 30.0  # ldam: logit scale s (applied by a cosine head, see CosineLinear)
+    la_tau: float = 1.0  # la: logit-adjustment strength tau
+
+    def validate(self, prefix: str) -> None:
+        if not 0 < self.cb_beta < 1:
+            raise ConfigError(f"config key '{prefix}.cb_beta' must be in (0, 1), got {self.cb_beta}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"config key '{prefix}.label_smoothing' must be in [0, 1), got {self.label_smoothing}")
+
+
+class SupervisedLoss(nn.Module):
+    """The configured supervised loss on hard labels or, after mixup/cutmix, on soft targets:
+    CE (+ label smoothing), focal, class-balanced CE / focal, LDAM, logit adjustment, balanced
+    softmax; deferred re-weighting switches the class-balanced weights on at `drw_epoch`."""
+
+    def __init__(self, params: SupervisedParams, class_counts: list[int]):
+        super().__init__()
+        self.params = params
+        counts = torch.tensor(class_counts, dtype=torch.float32)
+        self.register_buffer("class_counts", counts, persistent=False)
+        self.register_buffer("class_prior", counts / counts.sum(), persistent=False)
+        self.register_buffer("cb_weights", class_balanced_weights(class_counts, params.cb_beta), persistent=False)
+        self.register_buffer("ldam_margins", ldam_margins(class_counts, params.ldam_max_margin), persistent=False)
+
+    def class_weights(self, epoch: int) -> torch.Tensor | None:
+        """The class weights in force at `epoch`: always for cb / cb_focal, from drw_epoch with DRW."""
+        p = self.params
+        if p.sup_loss in ("cb", "cb_focal") or (0 <= p.drw_epoch <= epoch):
+            return self.cb_weights
+        return None
+
+    def forward(self, logits: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor:
+        p = self.params
+        target = batch.get("y_soft", batch["y"])
+        weight = self.class_weights(epoch)
+        if p.sup_loss in ("ce", "cb"):
+            return cross_entropy(logits, target, p.label_smoothing, weight)
+        if p.sup_loss in ("focal", "cb_focal"):
+            return mixed_hard_labels(lambda y: focal_loss(logits, y, p.focal_gamma, weight), batch)
+        if p.sup_loss == "ldam":
+            return mixed_hard_labels(lambda y: ldam_loss(logits, y, self.ldam_margins, p.ldam_scale, weight), batch)
+        if p.sup_loss == "la":
+            return logit_adjusted_loss(logits, target, self.class_prior, p.la_tau)
+        return balanced_softmax_loss(logits, target, self.class_counts)
+
+
+def mixed_hard_labels(loss_fn, batch: Batch) -> torch.Tensor:
+    """Hard-label losses under mixup/cutmix: lam * L(y) + (1 - lam) * L(y[perm])."""
+    if "mix_perm" not in batch:
+        return loss_fn(batch["y"])
+    lam = float(batch["mix_lam"])  # a CPU scalar: no device sync
+    return lam * loss_fn(batch["y"]) + (1 - lam) * loss_fn(batch["y"][batch["mix_perm"]])
 
 
 class Method(nn.Module):
-    """Base class. Subclasses set `Params` (a dataclass) and implement `loss_terms`."""
+    """Base class. Subclasses set ``Params`` (a dataclass) and implement :meth:`loss_terms`."""
 
-    Params: type = SupervisedParams
-    needs_teacher: bool = False
-    # extra batch views the engine must build: "balanced_mix" (ACCKD), "teacher_view" (DeiT-LT)
-    batch_views: tuple[str, ...] = ()
+    Params: ClassVar[type] = SupervisedParams
+    needs_teacher: ClassVar[bool] = False
 
     def __init__(self, params, student: nn.Module, teacher: nn.Module | None, info):
         super().__init__()
+        if not isinstance(params, self.Params):
+            raise TypeError(f"{type(self).__name__} takes {self.Params.__name__}, got {type(params).__name__}")
         if self.needs_teacher and teacher is None:
             raise ConfigError(f"method '{type(self).__name__}' needs a teacher: set teacher.run or teacher.checkpoint")
-        if params.sup_loss not in SUPERVISED_LOSSES:
-            raise ConfigError(f"method.sup_loss must be one of {', '.join(SUPERVISED_LOSSES)}, got '{params.sup_loss}'")
         self.params = params
         self.student = student
-        self._teacher = [teacher] if teacher is not None else []
+        self._teacher = [teacher] if teacher is not None else []  # a list keeps it out of the module tree
         self.info = info
-        counts = torch.tensor(info.class_counts, dtype=torch.float32)
-        self.register_buffer("class_counts", counts, persistent=False)
-        self.register_buffer("class_prior", counts / counts.sum(), persistent=False)
-        self.register_buffer("cb_weights", class_balanced_weights(info.class_counts, params.cb_beta), persistent=False)
-        self.register_buffer("ldam_margins", ldam_margins(info.class_counts, params.ldam_max_margin), persistent=False)
-        self.epoch = 0
+
+    # --------------------------------------------------------------------- contract
+    @classmethod
+    def parse_params(cls, raw: dict):
+        """The method's parameters from a config mapping (validated, defaults filled in)."""
+        return from_dict(cls.Params, raw, "method")
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else cls.__name__
+
+    def batch_request(self) -> BatchRequest:
+        """Extra inputs this method needs in every batch (none by default)."""
+        return BatchRequest()
+
+    def prepare(self, teacher_on: TeacherOutputs) -> None:
+        """Statistics over whole splits, computed once before the first epoch (no-op by default);
+        they are saved with the method's state, so a resumed run does not recompute them."""
+
+    def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch, epoch: int) -> MethodOutput:
+        """DDP calls this; it is :meth:`loss_terms`."""
+        return self.loss_terms(batch, epoch)
 
     # --------------------------------------------------------------------- helpers
     @property
@@ -68,6 +184,7 @@ class Method(nn.Module):
         return self._teacher[0] if self._teacher else None
 
     def teacher_to(self, device, memory_format=None) -> None:
+        """Move the frozen teacher (outside the module tree, so `.to` does not reach it)."""
         if self.teacher is not None:
             self.teacher.to(device)
             if memory_format is not None:
@@ -78,59 +195,20 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def teacher_outputs(self, x: torch.Tensor) -> dict:
-        """The frozen teacher's outputs (no graph is built); logits are float32."""
-        return _float_logits(self.teacher(x))
+        """The frozen teacher's outputs (no graph is built); logit heads in float32."""
+        return float_logits(self.teacher(x))
 
     def student_outputs(self, x: torch.Tensor) -> dict:
         """The student's outputs with every logit head in float32: under bf16 autocast the network
         runs in bf16, but temperatures, softmaxes and KL terms are computed in full precision."""
-        return _float_logits(self.student(x))
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def predict(self, x: torch.Tensor) -> dict:
-        return self.student(x)
-
-    def supervised_loss(self, logits: torch.Tensor, batch: dict, epoch: int) -> torch.Tensor:
-        """The configured supervised loss on hard labels or, after mixup/cutmix, soft targets."""
-        p = self.params
-        target = batch.get("y_soft", batch["y"])
-        weight = None
-        if p.sup_loss in ("cb", "cb_focal") or (0 <= p.drw_epoch <= epoch):
-            weight = self.cb_weights
-        if p.sup_loss in ("ce", "cb"):
-            return cross_entropy(logits, target, p.label_smoothing, weight)
-        if p.sup_loss in ("focal", "cb_focal"):
-            return _mixed(lambda y: focal_loss(logits, y, p.focal_gamma, weight), batch)
-        if p.sup_loss == "ldam":
-            return _mixed(lambda y: ldam_loss(logits, y, self.ldam_margins, p.ldam_scale, weight), batch)
-        if p.sup_loss == "la":
-            return logit_adjusted_loss(logits, target, self.class_prior, p.la_tau)
-        return balanced_softmax_loss(logits, target, self.class_counts)
-
-    # --------------------------------------------------------------------- interface
-    def loss_terms(self, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def forward(self, batch: dict, epoch: int) -> dict:
-        """Returns {"terms": loss terms, "logits": student logits on batch["x"]} (DDP calls this)."""
-        return self.loss_terms(batch, epoch)
+        return float_logits(self.student(x))
 
 
 LOGIT_HEADS = ("logits", "logits_cls", "logits_dist")
 
 
-def _float_logits(out: dict) -> dict:
+def float_logits(out: dict) -> dict:
     for k in LOGIT_HEADS:
         if k in out:
             out[k] = out[k].float()
     return out
-
-
-def _mixed(loss_fn, batch: dict) -> torch.Tensor:
-    """Hard-label losses under mixup/cutmix: lam * L(y) + (1 - lam) * L(y[perm])."""
-    if "mix_perm" not in batch:
-        return loss_fn(batch["y"])
-    lam = float(batch["mix_lam"])
-    return lam * loss_fn(batch["y"]) + (1 - lam) * loss_fn(batch["y"][batch["mix_perm"]])

@@ -2,43 +2,58 @@
 
 - CLS head: cross-entropy with label smoothing on the (mixup/cutmix) targets.
 - DIST head: out-of-distribution distillation: the teacher sees the student's strongly augmented
-  (and mixed) batch, resized to the teacher's resolution, and the DIST head learns the
-  teacher's hard labels y_t; from epoch K the DIST loss is re-weighted by the effective-number
-  weight of y_t (DRW on the DIST head).
+  (and mixed) batch, resized to the teacher's resolution, and the DIST head learns from it with
+  a distillation criterion: `hard` by default (the paper: CE on the teacher's hard labels y_t,
+  re-weighted from epoch K by the effective-number weight of y_t, i.e. DRW on the DIST head).
 - L = 1/2 L_CE(f^c(x), y) + 1/2 L_DRW(f^d(x), y_t)  (DeiT-LT Sec. 3.1); prediction = mean of heads.
 
-`dist_criterion` other than `hard` swaps the DIST head's loss for any registered logit criterion
-(e.g. `ltkd`), so DeiT-LT's OOD distillation combines with another method by a config change.
+`dist_criterion` names any registered criterion (kd, ltkd, bkd, cckd, ...) and `dist:` holds that
+criterion's own parameters, so DeiT-LT's OOD distillation combines with another method by a
+config change; a criterion that needs statistics (CCKD's priors) prepares them on the teacher's view.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..losses import cross_entropy
-from .logit import CRITERIA, DistillParams, LogitDistill
+from ..typed import from_dict
+from .base import Batch, Method, MethodOutput
+from .criteria import CRITERIA
 
 
 @dataclass
-class DeiTLTParams(DistillParams):
-    criterion: str = "kd"  # unused by the CLS head; kept for the shared criterion parameters
-    label_smoothing: float = 0.1
-    dist_criterion: str = "hard"  # hard (the paper) or any registered criterion (kd, ltkd, bkd, ...)
-    dist_drw_epoch: int = 1100  # K: the DIST loss is re-weighted from this epoch (-1 = never)
-    teacher_image_size: int = 0  # resize the teacher's view to this size (0 = the student's size)
-    cls_weight: float = 0.5
+class DeiTLTParams:
+    label_smoothing: float = 0.1  # CLS head: CE with label smoothing (DeiT recipe)
+    cls_weight: float = 0.5  # L = cls_weight * L_CLS + dist_weight * L_DIST (Sec. 3.1: 1/2 each)
     dist_weight: float = 0.5
+    dist_criterion: str = "hard"  # the DIST head's criterion: hard (the paper) or any registered one
+    dist: Any = field(default_factory=dict)  # that criterion's parameters, e.g. {drw_epoch: 1100} for hard
+    teacher_image_size: int = 0  # resize the teacher's view to this size (0 = the student's size)
 
 
-class DeiTLT(LogitDistill):
+class DeiTLT(Method):
+    """DeiT-LT: ViT CLS head on CE + DIST head distilled out of distribution (hard teacher labels, DRW)."""
+
     Params = DeiTLTParams
+    needs_teacher = True
+
+    @classmethod
+    def parse_params(cls, raw: dict) -> DeiTLTParams:
+        params = from_dict(DeiTLTParams, raw, "method")
+        criterion = CRITERIA.get(params.dist_criterion)
+        params.dist = from_dict(criterion.Params, params.dist, "method.dist")
+        return params
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
-        if params.dist_criterion != "hard" and params.dist_criterion not in CRITERIA:
-            raise ConfigError(f"method.dist_criterion must be 'hard' or one of {', '.join(CRITERIA.names())}")
+        criterion = CRITERIA.get(params.dist_criterion)
+        if not isinstance(params.dist, criterion.Params):
+            raise ConfigError(f"method.dist must hold the parameters of criterion '{params.dist_criterion}'")
+        self.dist_criterion = criterion(params.dist, info)
 
     def teacher_view(self, x):
         size = self.params.teacher_image_size
@@ -46,18 +61,16 @@ class DeiTLT(LogitDistill):
             return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
         return x
 
-    def loss_terms(self, batch: dict, epoch: int) -> dict:
+    def prepare(self, teacher_on) -> None:
+        self.dist_criterion.prepare(teacher_on, self.teacher_view)
+
+    def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         out = self.student_outputs(batch["x"])
         if "logits_dist" not in out:
             raise ConfigError("deitlt needs a two-head student (model.name: deit_ti_distilled / deit_s_distilled / ...)")
         t = self.teacher_outputs(self.teacher_view(batch["x"]))["logits"]
         target = batch.get("y_soft", batch["y"])
-        terms = {"cls": p.cls_weight * cross_entropy(out["logits_cls"], target, p.label_smoothing)}
-        if p.dist_criterion == "hard":
-            y_t = t.argmax(1)
-            weight = self.cb_weights if 0 <= p.dist_drw_epoch <= epoch else None
-            terms["dist"] = p.dist_weight * F.cross_entropy(out["logits_dist"].float(), y_t, weight=weight)
-        else:
-            terms["dist"] = p.dist_weight * CRITERIA.get(p.dist_criterion)(self, out["logits_dist"], t, batch, epoch)
-        return {"terms": terms, "logits": out["logits"]}
+        terms = {"cls": p.cls_weight * cross_entropy(out["logits_cls"], target, p.label_smoothing),
+                 "dist": p.dist_weight * self.dist_criterion(out["logits_dist"], t, batch, epoch)}
+        return MethodOutput(terms, out["logits"])

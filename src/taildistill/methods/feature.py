@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..losses.feature import cat_loss, class_activation_maps, hcl_loss
-from .base import Method, SupervisedParams
+from ..typed import pick
+from .base import Batch, Method, MethodOutput, SupervisedLoss, SupervisedParams
 
 
 def _as_map(f: torch.Tensor) -> torch.Tensor:
@@ -69,18 +70,21 @@ class ReviewKDParams(SupervisedParams):
     # the student's and the teacher's features, shallow to deep; `pooled` is the (B, D) embedding
     student_features: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3", "pooled"])
     teacher_features: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3", "pooled"])
-    mid_channels: int = 128
-    review_weight: float = 1.0
+    mid_channels: int = 128  # channels of the ABF modules
+    review_weight: float = 1.0  # weight of the hierarchical context loss
     warmup_epochs: int = 20  # the review loss weight ramps up linearly over these epochs
     levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # HCL pyramid pooling sizes
 
 
 class ReviewKD(Method):
+    """ReviewKD: supervised + hierarchical context loss on student features fused deepest-first by ABF modules."""
+
     Params = ReviewKDParams
     needs_teacher = True
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
         if len(params.student_features) != len(params.teacher_features) or not params.student_features:
             raise ConfigError("reviewkd: method.student_features and method.teacher_features must name the same number (>= 1) of features")
         s_shapes = probe_features(student, info.input_shape, params.student_features, "student")
@@ -101,16 +105,15 @@ class ReviewKD(Method):
             outs[i] = y
         return outs
 
-    def loss_terms(self, batch: dict, epoch: int) -> dict:
+    def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         out = self.student_outputs(batch["x"])
         t_feats = self.teacher_outputs(batch["x"])["features"]
         ramp = min((epoch + 1) / p.warmup_epochs, 1.0) if p.warmup_epochs > 0 else 1.0
         mapped = self.review([out["features"][f] for f in p.student_features])
         target = [_as_map(t_feats[f]) for f in p.teacher_features]
-        return {"terms": {"sup": p.sup_weight * self.supervised_loss(out["logits"], batch, epoch),
-                          "review": p.review_weight * ramp * hcl_loss(mapped, target, tuple(p.levels))},
-                "logits": out["logits"]}
+        return MethodOutput({"sup": p.sup_weight * self.sup(out["logits"], batch, epoch),
+                             "review": p.review_weight * ramp * hcl_loss(mapped, target, tuple(p.levels))}, out["logits"])
 
 
 def linear_head(model: nn.Module, role: str) -> nn.Linear:
@@ -126,18 +129,21 @@ def linear_head(model: nn.Module, role: str) -> nn.Linear:
 
 @dataclass
 class CATKDParams(SupervisedParams):
-    cat_weight: float = 400.0
+    cat_weight: float = 400.0  # weight of the CAM transfer loss
     cam_resolution: int = 2  # CAMs are average-pooled to this size before transfer
     normalize: bool = True  # unit-norm each class's pooled map
     feature: str = "pre_pool"  # the last feature map, before global pooling
 
 
 class CATKD(Method):
+    """CAT-KD: supervised + transfer of pooled, normalised class activation maps."""
+
     Params = CATKDParams
     needs_teacher = True
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
         linear_head(student, "student")
         linear_head(teacher, "teacher")
         for model, role in ((student, "student"), (teacher, "teacher")):
@@ -145,13 +151,12 @@ class CATKD(Method):
             if shape[1:] == (1, 1) and params.cam_resolution > 1:
                 raise ConfigError(f"catkd: the {role}'s '{params.feature}' is not a spatial map")
 
-    def loss_terms(self, batch: dict, epoch: int) -> dict:
+    def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         out = self.student_outputs(batch["x"])
         t_out = self.teacher_outputs(batch["x"])
         s_head, t_head = linear_head(self.student, "student"), linear_head(self.teacher, "teacher")
         s_cams = class_activation_maps(out["features"][p.feature], s_head.weight, s_head.bias)
         t_cams = class_activation_maps(t_out["features"][p.feature], t_head.weight, t_head.bias)
-        return {"terms": {"sup": p.sup_weight * self.supervised_loss(out["logits"], batch, epoch),
-                          "cat": p.cat_weight * cat_loss(s_cams, t_cams, p.cam_resolution, p.normalize)},
-                "logits": out["logits"]}
+        return MethodOutput({"sup": p.sup_weight * self.sup(out["logits"], batch, epoch),
+                             "cat": p.cat_weight * cat_loss(s_cams, t_cams, p.cam_resolution, p.normalize)}, out["logits"])

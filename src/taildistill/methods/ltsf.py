@@ -18,20 +18,20 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..losses import kd_loss
-from .logit import DistillParams, LogitDistill
+from ..typed import pick
+from .base import Batch, Method, MethodOutput, SupervisedLoss, SupervisedParams
+from .criteria import KD, KDParams
 
 
 @dataclass
-class LTSFParams(DistillParams):
-    criterion: str = "kd"
-    temperature: float = 1.0
-    lambda_glo: float = 0.5
-    lambda_loc: float = 0.05
-    latent_dim: int = 128
+class LTSFParams(KDParams, SupervisedParams):
+    temperature: float = 1.0  # of the global logit KL (Eq. 10)
+    lambda_glo: float = 0.5  # weight of L_glo (Eq. 16)
+    lambda_loc: float = 0.05  # weight of L_loc (Eq. 16)
+    latent_dim: int = 128  # width of the shared latent space of Theta and Phi_l
     delta_theta: float = 1.0  # Delta_Theta of Eq. 12-13 (the paper gives no value)
-    teacher_feature: str = "pooled"
-    student_exits: list[str] = field(default_factory=lambda: ["exit1", "exit2", "exit3"])
+    teacher_feature: str = "pooled"  # the teacher feature T(x) that Theta maps
+    student_exits: list[str] = field(default_factory=lambda: ["exit1", "exit2", "exit3"])  # the exit points F^l
 
 
 def norm_guided_loss(benchmark: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
@@ -39,11 +39,16 @@ def norm_guided_loss(benchmark: torch.Tensor, mapped: torch.Tensor) -> torch.Ten
     return (benchmark - mapped.float().norm(dim=1)).abs().mean()
 
 
-class LTSpikingFormer(LogitDistill):
+class LTSpikingFormer(Method):
+    """LT-SpikingFormer: CE + logit KL + norm-guided local distillation into a spiking transformer (Eq. 10-16)."""
+
     Params = LTSFParams
+    needs_teacher = True
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
+        self.glo = KD(pick(KDParams, params), info)
         t_dim = getattr(teacher, "feature_dim", None)
         s_dim = getattr(student, "feature_dim", None)
         if t_dim is None or s_dim is None:
@@ -60,7 +65,7 @@ class LTSpikingFormer(LogitDistill):
         counts = torch.bincount(labels, minlength=self.class_means.shape[0]).clamp_min(1)
         self.class_means.copy_(sums / counts[:, None])
 
-    def loss_terms(self, batch: dict, epoch: int) -> dict:
+    def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         out = self.student_outputs(batch["x"])
         missing = [e for e in p.student_exits if e not in out["features"]]
@@ -72,8 +77,8 @@ class LTSpikingFormer(LogitDistill):
         target = benchmark.detach()
         l_s = sum(norm_guided_loss(target, self.phi[e](out["features"][e].float())) for e in p.student_exits)
         terms = {
-            "sup": p.sup_weight * self.supervised_loss(out["logits"], batch, epoch),
-            "glo": p.lambda_glo * kd_loss(out["logits"], t_out["logits"], p.temperature),
+            "sup": p.sup_weight * self.sup(out["logits"], batch, epoch),
+            "glo": p.lambda_glo * self.glo(out["logits"], t_out["logits"], batch, epoch),
             "loc": p.lambda_loc * (l_t + l_s / len(p.student_exits)),
         }
-        return {"terms": terms, "logits": out["logits"]}
+        return MethodOutput(terms, out["logits"])

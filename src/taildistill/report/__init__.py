@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rundir import RunDir
+
 
 def _plt():
     import matplotlib
@@ -19,18 +21,12 @@ def _plt():
 
 
 def read_run(run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    final = run_dir / "final.json"
-    if not final.is_file():
-        from ..errors import TaildistillError
-
-        raise TaildistillError(f"{run_dir} has no final.json (not a finished run)")
-    out = json.loads(final.read_text())
-    metrics = run_dir / "metrics.jsonl"
-    out["history"] = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln] if metrics.is_file() else []
-    env = run_dir / "env.json"
-    out["env"] = json.loads(env.read_text()) if env.is_file() else {}
-    out["run_dir"] = str(run_dir)
+    """A finished run's final.json with its history (metrics.jsonl), provenance and directory."""
+    run = RunDir(run_dir)
+    out = run.final()
+    out["history"] = run.metrics()
+    out["env"] = run.env()
+    out["run_dir"] = str(run.path)
     return out
 
 
@@ -105,9 +101,9 @@ def group_columns(test: dict) -> list[str]:
 
 def write_run_report(run_dir: Path) -> Path:
     """report.md + plots/ for one finished run."""
-    run_dir = Path(run_dir)
+    rundir = RunDir(run_dir)
     run = read_run(run_dir)
-    plots = run_dir / "plots"
+    plots = rundir.plots
     plots.mkdir(exist_ok=True)
     lines = [f"# {run['name']} — {run['method']} ({run['model']})", ""]
     test = run.get("test")
@@ -134,9 +130,8 @@ def write_run_report(run_dir: Path) -> Path:
     if env:
         lines += ["## Provenance", "", f"- command: `{env.get('command', '')}`", f"- commit: {env.get('commit')}",
                   f"- hardware: {env.get('hardware')}", f"- versions: {json.dumps(env.get('versions', {}))}", ""]
-    out = run_dir / "report.md"
-    out.write_text("\n".join(lines))
-    return out
+    rundir.report_file.write_text("\n".join(lines))
+    return rundir.report_file
 
 
 def group_keys(runs: list[dict]) -> list[str]:

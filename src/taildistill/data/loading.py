@@ -1,0 +1,45 @@
+"""Getting a split's inputs to the training device: whole uint8 tensors for small data sets,
+decoding file datasets for images streamed from disk."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+
+def to_device_tensor(split, info, device) -> torch.Tensor:
+    """Images (N, H, W, C) uint8 -> (N, C, H, W) uint8 on `device`; token ids stay (N, L)."""
+    if split.x is None:
+        raise DataError("this data source streams images from disk; it cannot be held on the device")
+    x = torch.from_numpy(np.ascontiguousarray(split.x))
+    if info.input_kind == "image":
+        x = x.permute(0, 3, 1, 2).contiguous()
+    return x.to(device)
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """Decodes `root/path` images to uint8 (C, H, W): random-resized crops of `size` (train) or
+    resize + centre crop (eval)."""
+
+    def __init__(self, split, size: int, train: bool):
+        from torchvision import transforms as T
+
+        self.split = split
+        self.tf = (T.Compose([T.RandomResizedCrop(size), T.PILToTensor()]) if train else
+                   T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()]))
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path = Path(self.split.root) / self.split.paths[i]
+        try:
+            with Image.open(path) as im:
+                return self.tf(im.convert("RGB")), int(self.split.y[i])
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None

@@ -1,0 +1,71 @@
+"""Inference over a whole split: un-augmented, normalised batches in order, and the logits (and
+named features) of a model on them."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.loading import FileDataset
+from .metrics import classification_metrics, summary
+
+LOGIT_HEADS = ("logits", "logits_cls", "logits_dist")
+
+
+def eval_batches(split, info, augment, device, batch_size: int = 512, channels_last: bool = False):
+    """Yield normalised, un-augmented (x on `device`, y on the CPU) batches over a whole split,
+    in order. `augment` is the run's BatchAugment (its eval view normalises)."""
+    if split.x is not None:
+        x_all = torch.from_numpy(np.ascontiguousarray(split.x))
+        if info.input_kind == "image":
+            x_all = x_all.permute(0, 3, 1, 2)
+        y_all = torch.as_tensor(split.y, dtype=torch.long)
+        for i in range(0, len(y_all), batch_size):
+            x = augment.eval_view(x_all[i:i + batch_size].to(device))
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y_all[i:i + batch_size]
+    else:
+        ds = FileDataset(split, info.input_shape[-1], train=False)
+        for x, y in torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=2):
+            yield augment.eval_view(x.to(device)), y
+
+
+@torch.no_grad()
+def predict_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
+                  features: tuple[str, ...] = (), view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Logits of every head of `model` on a whole split: {'logits': (N, C), ...} on the CPU, plus
+    the named `features` ({'features/<name>': (N, ...)}); `view` maps each batch first (a resize)."""
+    was = model.training
+    model.eval()
+    outs: dict[str, list] = {}
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    try:
+        for x, _ in eval_batches(split, info, augment, device, batch_size, channels_last):
+            if view is not None:
+                x = view(x)
+            with ctx:
+                o = model(x)
+            for k in LOGIT_HEADS:
+                if k in o:
+                    outs.setdefault(k, []).append(o[k].float().cpu())
+            for f in features:
+                outs.setdefault(f"features/{f}", []).append(o["features"][f].float().cpu())
+    finally:
+        model.train(was)
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+def evaluate_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
+                   prefix: str = "") -> dict:
+    """Metrics of the prediction head and, for two-head models, of each head (`cls/`, `dist/`)."""
+    preds = predict_split(model, split, info, augment, device, bf16, channels_last)
+    m = classification_metrics(preds["logits"], split.y, info.groups, prefix)
+    for head in ("logits_cls", "logits_dist"):
+        if head in preds:
+            name = head.split("_")[1]
+            m.update(summary(classification_metrics(preds[head], split.y, info.groups, f"{prefix}{name}/"), info.groups))
+    return m

@@ -1,0 +1,104 @@
+"""`taildistill eval`: evaluate a run directory or a bare checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import build_data
+from .data.augment import BatchAugment
+from .data.loading import to_device_tensor
+from .engine.trainer import resolve_device, use_bf16
+from .errors import ConfigError
+from .eval import evaluate_split, predict_split, summary
+from .eval.analysis import ANALYSES, feature_deviation, feature_rank, feature_separability, mean_firing_rates
+from .experiment import build_student, load_config
+from .rundir import RunDir, load_weights, write_text_atomic
+
+
+def evaluate_target(target: Path, config: str | None, overrides: list[str], split_name: str = "test",
+                    analyses: list[str] | None = None) -> dict:
+    """Rebuild the data and model of a run (or a checkpoint + config) and evaluate one split."""
+    bad = [a for a in analyses or [] if a not in ANALYSES]
+    if bad:  # checked before the data and the model are built
+        raise ConfigError(f"unknown analysis {bad}; choose from {', '.join(ANALYSES)}")
+    if target.is_dir():
+        run = RunDir(target).require_run()
+        weights = run.last_weights
+        cfg = load_config(config or run.config_file, overrides)
+        out_file = run.path / f"eval_{split_name}.json"
+    else:
+        if not config:
+            raise ConfigError("evaluating a bare checkpoint needs --config (model + data)")
+        weights = target
+        cfg = load_config(config, overrides)
+        out_file = None
+    device = resolve_device(cfg.train.device)
+    data = build_data(cfg.data)
+    info = data.info
+    student = build_student(cfg, info)
+    try:
+        student.load_state_dict(load_weights(weights))
+    except RuntimeError as exc:
+        raise ConfigError(f"checkpoint {weights} does not fit model '{cfg.model.name}': {exc}") from None
+    student.to(device)
+    split = {"test": data.test, "val": data.val, "train": data.train}[split_name]
+    if split is None:
+        raise ConfigError(f"the data has no '{split_name}' split")
+    augment = BatchAugment(cfg.augment, info.mean, info.std, info.num_classes, info.input_kind)
+    bf16 = use_bf16(cfg.train, device)
+    with torch.no_grad():
+        metrics = evaluate_split(student, split, info, augment, device, bf16)
+    result = {"summary": summary(metrics, info.groups), "metrics": metrics}
+    if analyses:
+        metrics["analysis"] = run_analyses(student, data, split, augment, device, analyses)
+        result["summary"]["analysis"] = metrics["analysis"]
+    if out_file is not None:
+        write_text_atomic(out_file, json.dumps(metrics, indent=1))
+        result["written"] = str(out_file)
+    return result
+
+
+def run_analyses(model, data, split, augment, device, analyses: list[str]) -> dict:
+    """The requested analyses on `split` (the training split too, for the feature deviation)."""
+    info = data.info
+    out: dict = {}
+    probe = model.eval()(augment.eval_view(_first_batch(split, info, device)))
+    names = [n for n in ("cls", "dist", "pooled") if n in probe["features"]]
+    if {"rank", "deviation"} & set(analyses):
+        feats = predict_split(model, split, info, augment, device, features=tuple(names))
+        y = torch.as_tensor(split.y, dtype=torch.long)
+        tail = [c for c, g in enumerate(info.groups.class_to_group) if g == max(info.groups.class_to_group)]
+        tail_mask = torch.isin(y, torch.tensor(tail))
+        if "rank" in analyses:
+            out["rank"] = {"tail_group": info.groups.names[max(info.groups.class_to_group)]}
+            for n in names:
+                f = feats[f"features/{n}"]
+                out["rank"][n] = feature_rank(f, f[tail_mask]) if tail_mask.any() else None
+        if "deviation" in analyses:
+            n = names[-1]
+            train = predict_split(model, data.train, info, augment, device, features=(n,))
+            ty = torch.as_tensor(data.train.y, dtype=torch.long)
+            out["deviation"] = {"feature": n, "per_class": feature_deviation(train[f"features/{n}"], ty, feats[f"features/{n}"], y, info.num_classes),
+                                "separability": feature_separability(feats[f"features/{n}"], y, info.num_classes)}
+    if "attention" in analyses:
+        from .models.vit import DistilledViT, attention_maps, mean_attention_distance
+
+        if not isinstance(model, DistilledViT):
+            raise ConfigError("the attention analysis needs a ViT student (deit_*_distilled)")
+        x = augment.eval_view(_first_batch(split, info, device, 256))
+        maps = attention_maps(model, x)
+        grid = int(round((maps[0].shape[-1] - 2) ** 0.5))
+        out["attention"] = {"mean_distance_per_block": mean_attention_distance(maps, grid).mean(1).tolist()}
+    if "firing" in analyses:
+        if "firing_rates" not in probe:
+            raise ConfigError("the firing analysis needs a spiking model")
+
+        out["firing"] = mean_firing_rates(model, split, info, augment, device)
+    return out
+
+
+def _first_batch(split, info, device, n: int = 64):
+    return to_device_tensor(split.subset(np.arange(min(n, len(split)))), info, device)

@@ -1,0 +1,276 @@
+"""Wiring tests: every method's training loss on a fixed batch equals the configured combination of
+the pure losses, with the configured weights, temperature, schedule switches and buffers. The
+parameters are deliberately not the defaults, so a method that ignores one fails."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from taildistill import losses as L
+from taildistill.data import make_groups
+from taildistill.data.dataset import DataInfo
+from taildistill.methods import build_method
+from taildistill.models import build_model
+
+COUNTS = [60, 40, 25, 16, 10, 7, 5, 4, 3, 2]
+C = len(COUNTS)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    info = DataInfo(C, COUNTS, make_groups("shots", COUNTS), [str(i) for i in range(C)], (1, 8, 8))
+    student = build_model("convnet_small", C, 1, 8, width=6).eval()
+    teacher = build_model("convnet_small", C, 1, 8, width=10).eval()
+    x = torch.randn(12, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+    with torch.no_grad():
+        s, t = student(x)["logits"], teacher(x)["logits"]
+    return info, student, teacher, {"x": x, "y": y}, s, t
+
+
+def make(name, params, setup, student=None, teacher=None):
+    info, s_model, t_model, *_ = setup
+    m = build_method(name, params, copy.deepcopy(student or s_model), teacher or t_model, info)
+    return m.eval()
+
+
+def terms(method, batch, epoch=0):
+    with torch.no_grad():
+        return {k: v.item() for k, v in method(batch, epoch).terms.items()}
+
+
+def approx(v):
+    return pytest.approx(v, rel=1e-5, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------- supervised
+
+
+@pytest.mark.parametrize("params,expected", [
+    ({"sup_loss": "ce", "label_smoothing": 0.2}, lambda s, y: F.cross_entropy(s, y, label_smoothing=0.2)),
+    ({"sup_loss": "focal", "focal_gamma": 2.0}, lambda s, y: L.focal_loss(s, y, 2.0)),
+    ({"sup_loss": "cb", "cb_beta": 0.99}, lambda s, y: F.cross_entropy(s, y, weight=L.class_balanced_weights(COUNTS, 0.99))),
+    ({"sup_loss": "cb_focal", "cb_beta": 0.99, "focal_gamma": 0.5},
+     lambda s, y: L.focal_loss(s, y, 0.5, L.class_balanced_weights(COUNTS, 0.99))),
+    ({"sup_loss": "ldam", "ldam_max_margin": 0.3, "ldam_scale": 10.0},
+     lambda s, y: L.ldam_loss(s, y, L.ldam_margins(COUNTS, 0.3), 10.0)),
+    ({"sup_loss": "la", "la_tau": 1.5}, lambda s, y: L.logit_adjusted_loss(s, y, torch.tensor(COUNTS) / sum(COUNTS), 1.5)),
+    ({"sup_loss": "bsce"}, lambda s, y: L.balanced_softmax_loss(s, y, COUNTS)),
+])
+def test_supervised_losses(setup, params, expected):
+    *_, batch, s, t = setup
+    m = make("ce", {**params, "sup_weight": 0.7}, setup)
+    assert terms(m, batch) == {"sup": approx(0.7 * expected(s, batch["y"]).item())}
+
+
+def test_deferred_reweighting_switches_the_class_balanced_weights_on(setup):
+    *_, batch, s, t = setup
+    m = make("ce", {"drw_epoch": 3, "cb_beta": 0.999}, setup)
+    plain = F.cross_entropy(s, batch["y"]).item()
+    weighted = F.cross_entropy(s, batch["y"], weight=L.class_balanced_weights(COUNTS, 0.999)).item()
+    assert plain != approx(weighted)
+    assert terms(m, batch, 2)["sup"] == approx(plain) and terms(m, batch, 3)["sup"] == approx(weighted)
+
+
+def test_mixup_targets_reach_the_supervised_loss(setup):
+    *_, batch, s, t = setup
+    perm = torch.arange(12).flip(0)
+    onehot = F.one_hot(batch["y"], C).float()
+    mixed = {**batch, "y_soft": 0.7 * onehot + 0.3 * onehot[perm], "mix_lam": torch.tensor(0.7), "mix_perm": perm}
+    ce = make("ce", {}, setup)
+    assert terms(ce, mixed)["sup"] == approx(L.soft_cross_entropy(s, mixed["y_soft"]).item())
+    focal = make("ce", {"sup_loss": "focal"}, setup)  # hard-label losses mix the two label sets
+    expect = 0.7 * L.focal_loss(s, batch["y"], 1.0) + 0.3 * L.focal_loss(s, batch["y"][perm], 1.0)
+    assert terms(focal, mixed)["sup"] == approx(expect.item())
+
+
+# ---------------------------------------------------------------------------------- logit methods
+
+
+def test_kd_uses_its_temperature_and_weights(setup):
+    *_, batch, s, t = setup
+    m = make("kd", {"temperature": 3.7, "kd_weight": 0.6, "sup_weight": 0.9}, setup)
+    assert terms(m, batch) == {"sup": approx(0.9 * F.cross_entropy(s, batch["y"]).item()),
+                               "kd": approx(0.6 * L.kd_loss(s, t, 3.7).item())}
+
+
+def test_wkd_weights_by_inverse_frequency(setup):
+    *_, batch, s, t = setup
+    m = make("wkd", {"temperature": 2.5}, setup)
+    expect = L.weighted_kd_loss(s, t, batch["y"], L.inverse_frequency_weights(COUNTS), 2.5)
+    assert terms(m, batch)["wkd"] == approx(expect.item())
+
+
+def test_bkd_effective_number_weights_from_its_start_epoch(setup):
+    *_, batch, s, t = setup
+    m = make("bkd", {"temperature": 2.5, "bkd_beta": 0.999, "bkd_start_epoch": 3}, setup)
+    effective = L.bkd_loss(s, t, L.class_balanced_weights(COUNTS, 0.999), 2.5).item()
+    inverse = L.bkd_loss(s, t, L.inverse_frequency_weights(COUNTS), 2.5).item()
+    assert effective != approx(inverse)  # the two weightings are distinguishable on these counts
+    assert terms(m, batch, 2)["bkd"] == approx(L.kd_loss(s, t, 2.5).item())  # plain KD before the switch
+    assert terms(m, batch, 3)["bkd"] == approx(effective)
+    assert terms(m, batch, 3)["sup"] == approx(F.cross_entropy(s, batch["y"]).item())  # instance-balanced CE
+
+
+def test_ltkd_groups_alpha_beta_temperature(setup):
+    info, *_, batch, s, t = setup
+    m = make("ltkd", {"temperature": 2.0, "ltkd_alpha": 6.0, "ltkd_beta": 3.0}, setup)
+    groups = torch.tensor(make_groups("thirds", COUNTS).class_to_group)
+    assert terms(m, batch)["ltkd"] == approx(L.ltkd_loss(s, t, groups, 6.0, 3.0, 2.0).item())
+
+
+def test_cckd_prepares_its_priors_and_uses_them(setup):
+    *_, batch, s, t = setup
+    m = make("cckd", {"temperature": 3.0, "cckd_prior_source": "balanced_train", "la_tau": 1.0}, setup)
+    zt_test = torch.randn(30, C)
+    zt_train = torch.randn(40, C)
+    asked = []
+
+    def teacher_on(split, key="logits", view=None):
+        asked.append((split, key))
+        return (zt_test if split == "balanced_train" else zt_train), torch.zeros(1)
+
+    m.prepare(teacher_on)
+    assert asked == [("balanced_train", "logits"), ("train", "logits")]
+    prior_t = torch.softmax(zt_test, 1).mean(0)  # Eq. 9
+    prior_tr = torch.softmax((zt_train - prior_t.log()) / 3.0, 1).mean(0)  # Eq. 4
+    got = terms(m, batch)
+    assert got["cckd"] == approx(L.cckd_loss(s, t, prior_t, prior_tr, None, 3.0).item())
+    assert got["sup"] == approx(L.logit_adjusted_loss(s, batch["y"], torch.tensor(COUNTS) / sum(COUNTS), 1.0).item())
+    assert "criterion.teacher_prior" in m.state_dict()  # saved with the run: a resume does not re-estimate
+
+
+def test_dkd_warmup(setup):
+    *_, batch, s, t = setup
+    m = make("dkd", {"temperature": 2.0, "dkd_alpha": 0.5, "dkd_beta": 4.0, "dkd_warmup": 4}, setup)
+    full = L.dkd_loss(s, t, batch["y"], 0.5, 4.0, 2.0).item()
+    assert terms(m, batch, 1)["dkd"] == approx(0.5 * full) and terms(m, batch, 9)["dkd"] == approx(full)
+
+
+def test_dist_and_dive(setup):
+    *_, batch, s, t = setup
+    m = make("dist", {"temperature": 2.0, "dist_beta": 0.5, "dist_gamma": 2.0}, setup)
+    assert terms(m, batch)["dist"] == approx(L.dist_loss(s, t, 0.5, 2.0, 2.0).item())
+    m = make("dive", {"temperature": 2.0, "dive_power": 0.3}, setup)
+    got = terms(m, batch)
+    assert got["dive"] == approx(L.dive_loss(s, t, 2.0, 0.3).item())
+    assert got["sup"] == approx(L.balanced_softmax_loss(s, batch["y"], COUNTS).item())
+
+
+# ---------------------------------------------------------------------------------- composite methods
+
+
+def test_acckd_terms(setup):
+    info, student, teacher, batch, s, t = setup
+    m = make("acckd", {"temperature": 3.0, "alpha1": 0.5, "alpha2": 2.5}, setup)
+    req = m.batch_request()
+    assert req.balanced_mix and req.balanced_mix_alpha == 0.5
+    x_mix = torch.randn(12, 1, 8, 8)
+    y_a = torch.tensor([9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 9, 8])
+    full = {**batch, "x_mix": x_mix, "y_a": y_a, "y_b": batch["y"]}
+    with torch.no_grad():
+        s_mix, t_mix = m.student(x_mix), teacher(x_mix)
+        s_out, t_out = m.student(batch["x"]), teacher(batch["x"])
+        proj = m.projector
+        prior = torch.tensor(COUNTS) / sum(COUNTS)
+        tp, sp = m.cckd.teacher_prior, m.cckd.student_train_prior
+        inv = 1.0 / torch.tensor(COUNTS, dtype=torch.float)
+        w = (inv / inv.mean())[batch["y"]]
+        expect = {
+            "sup": L.logit_adjusted_loss(s, batch["y"], prior, 1.0),
+            "sup_mix": L.pair_supervised_loss(s_mix["logits"], t_mix["logits"], y_a, batch["y"], prior.log()),
+            "cckd": 0.5 * L.cckd_loss(s, t, tp, sp, None, 3.0),
+            "cckd_mix": 0.5 * L.cckd_loss(s_mix["logits"], t_mix["logits"], tp, sp, None, 3.0),
+            "fi": 2.5 * L.cosine_imitation_loss(proj(s_out["features"]["pooled"]), t_out["features"]["pooled"], w),
+            "fi_mix": 2.5 * L.cosine_imitation_loss(proj(s_mix["features"]["pooled"]), t_mix["features"]["pooled"]),
+        }
+    got = terms(m, full)
+    assert got == {k: approx(v.item()) for k, v in expect.items()}
+
+
+def _vit(setup):
+    info, *_ = setup
+    return build_model("deit_ti_distilled", C, 1, 8, patch_size=2, depth=1, embed_dim=16, num_heads=2).eval()
+
+
+def test_deitlt_cls_and_hard_dist_with_drw(setup):
+    info, student, teacher, batch, s, t = setup
+    vit = _vit(setup)
+    m = make("deitlt", {"label_smoothing": 0.2, "cls_weight": 0.3, "dist_weight": 0.7,
+                        "dist": {"drw_epoch": 5, "drw_beta": 0.99}}, setup, student=vit)
+    with torch.no_grad():
+        out = m.student(batch["x"])
+    y_t = t.argmax(1)
+    cls = 0.3 * F.cross_entropy(out["logits_cls"], batch["y"], label_smoothing=0.2)
+    before = 0.7 * F.cross_entropy(out["logits_dist"], y_t)
+    after = 0.7 * F.cross_entropy(out["logits_dist"], y_t, weight=L.class_balanced_weights(COUNTS, 0.99))
+    assert terms(m, batch, 4) == {"cls": approx(cls.item()), "dist": approx(before.item())}
+    assert terms(m, batch, 5)["dist"] == approx(after.item())
+
+
+def test_deitlt_with_cckd_on_the_dist_head_estimates_the_cckd_priors(setup):
+    info, student, teacher, batch, s, t = setup
+    m = make("deitlt", {"dist_criterion": "cckd", "dist": {"temperature": 2.0}, "teacher_image_size": 16}, setup,
+             student=_vit(setup), teacher=build_model("convnet_small", C, 1, 16, width=4).eval())
+    zt = torch.randn(20, C)
+    seen_views = []
+
+    def teacher_on(split, key="logits", view=None):
+        seen_views.append(view(torch.zeros(2, 1, 8, 8)).shape[-1])  # the teacher's resized view
+        return zt, torch.zeros(1)
+
+    m.prepare(teacher_on)  # the engine always calls prepare; DeiT-LT delegates to its DIST criterion
+    assert torch.allclose(m.dist_criterion.teacher_prior, torch.softmax(zt, 1).mean(0))
+    assert seen_views == [16, 16]
+
+
+def test_ltsf_terms(setup):
+    info, student, teacher, batch, s, t = setup
+    snn = build_model("spikingformer", C, 1, 8, patch_size=2, dim=16, depth=3, heads=2, time_steps=1).eval()
+    m = make("ltsf", {"temperature": 2.0, "lambda_glo": 0.3, "lambda_loc": 0.2, "delta_theta": 0.5}, setup, student=snn)
+    feats = torch.randn(30, teacher.feature_dim)
+    labels = torch.arange(30) % C
+    m.prepare(lambda split, key="logits", view=None: (feats, labels))
+    with torch.no_grad():
+        out = m.student(batch["x"])
+        t_out = teacher(batch["x"])
+        bench = m.theta(m.class_means[batch["y"]]).norm(dim=1) + 0.5
+        l_t = (bench - m.theta(t_out["features"]["pooled"]).norm(dim=1)).abs().mean()
+        l_s = sum((bench - m.phi[e](out["features"][e]).norm(dim=1)).abs().mean() for e in ("exit1", "exit2", "exit3"))
+        expect = {"sup": F.cross_entropy(out["logits"], batch["y"]),
+                  "glo": 0.3 * L.kd_loss(out["logits"], t_out["logits"], 2.0),
+                  "loc": 0.2 * (l_t + l_s / 3)}
+    assert terms(m, batch) == {k: approx(v.item()) for k, v in expect.items()}
+
+
+def test_reviewkd_ramp_and_catkd(setup):
+    info, student, teacher, batch, s, t = setup
+    feats = ["stage1", "stage2", "pooled"]
+    m = make("reviewkd", {"student_features": feats, "teacher_features": feats, "mid_channels": 4,
+                          "review_weight": 2.0, "warmup_epochs": 4}, setup)
+    with torch.no_grad():
+        mapped = m.review([m.student(batch["x"])["features"][f] for f in feats])
+        t_feats = teacher(batch["x"])["features"]
+        hcl = L.hcl_loss(mapped, [t_feats["stage1"], t_feats["stage2"], t_feats["pooled"][:, :, None, None]], (4, 2, 1))
+    assert terms(m, batch, 0)["review"] == approx(2.0 * 0.25 * hcl.item())
+    assert terms(m, batch, 7)["review"] == approx(2.0 * hcl.item())
+    m = make("catkd", {"cat_weight": 50.0, "cam_resolution": 2}, setup)
+    with torch.no_grad():
+        sf, tf = m.student(batch["x"])["features"]["pre_pool"], teacher(batch["x"])["features"]["pre_pool"]
+        cams_s = L.class_activation_maps(sf, m.student.fc.weight, m.student.fc.bias)
+        cams_t = L.class_activation_maps(tf, teacher.fc.weight, teacher.fc.bias)
+    assert terms(m, batch)["cat"] == approx(50.0 * L.cat_loss(cams_s, cams_t, 2, True).item())
+
+
+def test_every_registered_method_is_covered_here():
+    """A new method needs a wiring test of its own."""
+    import inspect
+    import sys
+
+    from taildistill.methods import METHODS
+
+    source = inspect.getsource(sys.modules[__name__])
+    missing = [n for n in METHODS.names() if not n.startswith("_") and f'"{n}"' not in source]
+    assert not missing, missing
