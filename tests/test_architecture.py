@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "taildistill"
 # lowest first; a unit is a top-level module or subpackage of taildistill
 LAYERS = [
     {"errors", "version"},
-    {"registry", "typed"},
+    {"registry", "typed", "files"},
     {"config"},
     {"rundir"},
     {"data"},

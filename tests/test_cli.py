@@ -70,9 +70,11 @@ def test_train_eval_report_and_data_summary(tmp_path, capsys):
     final = json.loads((out / "final.json").read_text())
     assert summary["top1"] == pytest.approx(final["test"]["top1"])
 
-    assert main(["report", str(out), str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["train", cfg, "--out", str(tmp_path / "seed1"), "--quiet", "optim.lr=0.02", "train.seed=1"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), str(tmp_path / "seed1"), "--out", str(tmp_path / "rep")]) == 0
     rep = (tmp_path / "rep" / "report.md").read_text()
-    assert "| exp | ce | 2 |" in rep and "±" in rep
+    assert "| exp | ce | 0,1 |" in rep and "±" in rep  # two seeds of one configuration
     assert "report:" in capsys.readouterr().out
 
     assert main(["data", "summary", cfg, "--json"]) == 0

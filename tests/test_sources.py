@@ -132,7 +132,7 @@ def test_imagefolder_class_lists_must_agree(tmp_path):
         build_data(DataConfig(source="imagefolder", root=str(tmp_path / "train"), test_root=str(tmp_path / "test"), profile="none"))
 
 
-def test_cache_reused_and_invalidated(tmp_path):
+def test_cache_reused_and_invalidated(tmp_path, capsys):
     write_image_folder(tmp_path / "train")
     write_image_folder(tmp_path / "test")
     cfg = DataConfig(source="imagefolder", root=str(tmp_path / "train"), test_root=str(tmp_path / "test"),
@@ -143,9 +143,11 @@ def test_cache_reused_and_invalidated(tmp_path):
     build_data(cfg)
     assert sorted((tmp_path / "cache").glob("*.npz")) == files
     write_image_folder(tmp_path / "train", classes=("a", "b", "c"), per_class=(7, 4, 2), seed=3)  # source changed
+    capsys.readouterr()
     data = build_data(cfg)
     assert data.info.class_counts == [7, 4, 2]
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    new = list((tmp_path / "cache").glob("*.npz"))  # the entry of the old content is replaced, and said so
+    assert len(new) == 1 and new != files and "changed since it was cached" in capsys.readouterr().err
 
 
 def test_tinyimagenet_layout(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from .config import MethodConfig, TeacherConfig
 from .data import build_data
 from .engine.provenance import provenance
-from .engine.trainer import Trainer, cleanup, fit, resolve_device
+from .engine.trainer import Trainer, fit, resolve_device
 from .experiment import assemble, build_student, load_config, load_teacher
 from .methods import resolve_params
 from .rundir import RunDir
@@ -87,7 +87,7 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
         result.update(provenance(trainers[0].device))
     finally:
         for t in trainers:
-            cleanup(t.dist)
+            t.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return result
 

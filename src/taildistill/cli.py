@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,16 @@ first) or given as paths; `taildistill methods` lists the methods.
 """
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. train.epochs=5 method.temperature=2 data.ratio=50")
@@ -42,7 +53,7 @@ def split_configs(items: list[str], what: str, required: bool = True) -> tuple[l
     """Command-line items -> (config files, KEY=VALUE overrides); files come first."""
     files, overrides = [], []
     for item in items:
-        if "=" in item and not Path(item).exists():
+        if re.match(r"^[A-Za-z_][A-Za-z0-9_.]*=", item):
             overrides.append(item)
         elif overrides:
             raise TaildistillError(f"config file '{item}' after an override: give the config files first, then KEY=VALUE")
@@ -66,7 +77,7 @@ def cmd_train(args) -> int:
     else:
         files, overrides = split_configs(args.configs, "train (or --resume RUN_DIR)")
         cfg = load_config(files, overrides)
-        run = fit(cfg, Path(args.out) if args.out else None, quiet=args.quiet)
+        run = fit(cfg, Path(args.out) if args.out else None, quiet=args.quiet, overwrite=args.overwrite)
     rundir = RunDir(run)
     write_run_report(run)
     final = rundir.final()
@@ -188,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exponential profile, ratio 10), trains a CE teacher, then one student per "
                                    "method, prints All/Many/Medium/Few accuracy and writes report.md.")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--epochs", type=int, default=60, help="epochs per run (default 60)")
+    d.add_argument("--epochs", type=_positive_int, default=60, help="epochs per run (default 60)")
     d.add_argument("--quiet", action="store_true", help="no per-run progress bars")
     d.set_defaults(func=cmd_demo)
 
@@ -200,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     _add_configs(t)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
-    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default OUT_DIR/NAME from the config)")
+    t.add_argument("--out", metavar="RUN_DIR", help="run directory, exactly (default OUT_DIR/NAME from the config); "
+                                                    "one that holds a run is an error unless --overwrite")
+    t.add_argument("--overwrite", action="store_true", help="replace the run the run directory holds")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -326,13 +339,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         if args.command == "data":
-            parser.parse_args(["data", "--help"])
-        parser.print_help()
+            print("error: `taildistill data` needs a subcommand: summary (see `taildistill data --help`)", file=sys.stderr)
+            return 2
+        parser.print_help(sys.stderr)
         return 2
     try:
         return args.func(args)
     except TaildistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the filesystem refused (permissions, a full disk, a name too long): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (resume with `taildistill train --resume RUN_DIR`)", file=sys.stderr)

@@ -127,6 +127,7 @@ class TeacherConfig:
     checkpoint: str = ""  # or: a .safetensors file, with `model` below naming the architecture
     model: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    allow_unfinished: bool = False  # distil from a teacher run that has not finished (warns with the epoch it reached)
 
 
 @dataclass
@@ -210,6 +211,13 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+
+    def validate(self, prefix: str) -> None:
+        if any(sep in self.name for sep in ("/", "\\")) or self.name in (".", ".."):
+            raise ConfigError(f"config key 'name' names one run directory; '{self.name}' is a path (use out_dir)")
+        if len(self.name.encode()) > 200:
+            raise ConfigError(f"config key 'name' is {len(self.name.encode())} bytes long; a run directory's name "
+                              "must stay under 200 (file systems allow 255)")
 
 
 # ----------------------------------------------------------------------------- files

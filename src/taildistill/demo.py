@@ -74,7 +74,7 @@ def run_demo(out: Path, epochs: int = 60, quiet: bool = False) -> Path:
     bar = tqdm(plan, desc="demo", unit="run", dynamic_ncols=True)
     for name, files, overrides in bar:
         bar.set_postfix_str(name)
-        runs.append(fit(demo_config(name, files, overrides, epochs, out), out / name, quiet=True))
+        runs.append(fit(demo_config(name, files, overrides, epochs, out), out / name, quiet=True, overwrite=True))
     bar.close()
     report = write_comparison(runs, out, title="taildistill demo: digits-LT (exp, ratio 10)")
 

@@ -14,8 +14,8 @@ from .engine.trainer import resolve_device, use_bf16
 from .errors import ConfigError
 from .eval import evaluate_split, predict_split, summary
 from .eval.analysis import ANALYSES, feature_deviation, feature_rank, feature_separability, mean_firing_rates
-from .experiment import build_student, load_config
-from .rundir import RunDir, load_weights, write_text_atomic
+from .experiment import build_student, load_config, load_weights_into
+from .rundir import RunDir, write_text_atomic
 
 
 def evaluate_target(target: Path, config: str | None, overrides: list[str], split_name: str = "test",
@@ -38,12 +38,7 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
     device = resolve_device(cfg.train.device)
     data = build_data(cfg.data)
     info = data.info
-    student = build_student(cfg, info)
-    try:
-        student.load_state_dict(load_weights(weights))
-    except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {weights} does not fit model '{cfg.model.name}': {exc}") from None
-    student.to(device)
+    student = load_weights_into(build_student(cfg, info), weights, f"checkpoint (model '{cfg.model.name}')").to(device)
     split = {"test": data.test, "val": data.val, "train": data.train}[split_name]
     if split is None:
         raise ConfigError(f"the data has no '{split_name}' split")

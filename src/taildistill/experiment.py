@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from .config import ExperimentConfig, load_raw, parse_config
@@ -63,20 +64,59 @@ def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None) -> nn.
     return build_model(cfg.model.name, info.num_classes, **model_input_args(info), **kwargs)
 
 
+def load_weights_into(model: nn.Module, path: Path, what: str) -> nn.Module:
+    """Load a safetensors file into `model` strictly: the same tensor names, shapes and dtypes
+    (an int32 tensor is not silently cast into a float model), or one error saying how many of the
+    model's tensors the file matches and the first differences."""
+    state = load_weights(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: {tuple(state[k].shape)} {str(state[k].dtype)[6:]} vs {tuple(v.shape)} {str(v.dtype)[6:]}"
+             for k, v in expected.items() if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)]
+    if missing or unexpected or wrong:
+        fits = len(expected) - len(missing) - len(wrong)
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"different {wrong[:2]}" if wrong else "") if part)
+        raise ConfigError(f"{what} {path} does not fit the model ({fits} of {len(expected)} tensors match): {detail}")
+    model.load_state_dict(state)
+    return model
+
+
 def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
     """The frozen teacher from a finished run directory or a safetensors checkpoint (None when the
-    config names neither)."""
+    config names neither). An unfinished teacher run is refused unless teacher.allow_unfinished;
+    a teacher whose input shape or classes differ from the data's, or whose weights are not
+    finite, is an error."""
     t = cfg.teacher
     if not t.run and not t.checkpoint:
         return None
     if t.run:
-        run = RunDir(t.run).require_run("teacher.run")
+        run = RunDir(t.run)
+        if not run.is_run():
+            raise ConfigError(f"teacher.run: {run.path} is not a run directory (no config.yaml); train the teacher "
+                              f"first or set teacher.run to its run directory")
+        if not run.is_finished():
+            reached = run.metrics()
+            epoch = f"epoch {reached[-1]['epoch'] + 1} of {run.config().train.epochs}" if reached else "no epoch"
+            if not t.allow_unfinished:
+                raise ConfigError(f"teacher.run {run.path} has not finished ({epoch} done); finish it with "
+                                  f"`taildistill train --resume {run.path}` or set teacher.allow_unfinished=true")
+            import warnings
+
+            warnings.warn(f"distilling from the unfinished teacher run {run.path} ({epoch} done)", stacklevel=2)
         tcfg = run.config()
         name, kwargs = tcfg.model.name, dict(tcfg.model.kwargs)
         weights = run.last_weights
         tdata = run.data_info()
         if tdata and tdata.get("num_classes") != info.num_classes:
             raise ConfigError(f"teacher run {run} has {tdata.get('num_classes')} classes, the data has {info.num_classes}")
+        if tdata and tdata.get("input_kind", "image") == "image" and info.input_kind == "image" \
+                and tuple(tdata["input_shape"])[0] != info.input_shape[0]:
+            raise ConfigError(f"teacher run {run} was trained on {tdata['input_shape'][0]}-channel inputs "
+                              f"({tdata.get('description', '')}), the data has {info.input_shape[0]} channels: "
+                              "it is another benchmark's teacher")
         in_args = {"in_channels": tdata["input_shape"][0], "image_size": tdata["input_shape"][-1]} if tdata else model_input_args(info)
         if tdata.get("input_kind") == "tokens":
             in_args = model_input_args(info)
@@ -87,13 +127,10 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
         name, kwargs, weights = t.model, dict(t.kwargs), Path(t.checkpoint).expanduser()
         in_args = model_input_args(info)
     teacher = build_model(name, info.num_classes, **in_args, **kwargs)
-    state = load_weights(weights)
-    try:
-        missing, unexpected = teacher.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape
-        raise ConfigError(f"teacher weights {weights} do not fit model '{name}': {str(exc).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        raise ConfigError(f"teacher weights {weights} do not fit model '{name}': missing {missing[:3]}, unexpected {unexpected[:3]}")
+    load_weights_into(teacher, weights, f"teacher weights (model '{name}')")
+    bad = [k for k, v in teacher.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"teacher weights {weights} hold non-finite values (in {bad[:3]}): the teacher is broken")
     return teacher
 
 

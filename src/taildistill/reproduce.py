@@ -133,7 +133,7 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
 
 
 def _cell_rows(suite: dict, out: Path, label: str) -> tuple[list[str], list[list[str]], str]:
-    from .report import group_keys, read_run, seed_cells
+    from .report import group_keys, read_run, seed_cells, seed_list
 
     paper = (suite.get("paper") or {}).get(label) or {}
     runs = {}
@@ -155,7 +155,7 @@ def _cell_rows(suite: dict, out: Path, label: str) -> tuple[list[str], list[list
         gain = f"{all_m - base_all:+.2f}" if base_all is not None and all_m is not None else "–"
         p = paper.get(name)
         pgain = f"{p - paper_base:+.1f}" if p is not None and paper_base is not None else "–"
-        rows.append([name, finals[0]["method"], str(len(finals))] + cells + [gain, "–" if p is None else f"{p}", pgain])
+        rows.append([name, finals[0]["method"], seed_list(finals)] + cells + [gain, "–" if p is None else f"{p}", pgain])
     return header, rows, policy
 
 

@@ -12,40 +12,43 @@ with ``torch.load(weights_only=True)``: nothing here unpickles arbitrary objects
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from .config import ExperimentConfig, load_raw, parse_config
 from .errors import TaildistillError, TrainingError
+from .files import clean_stale_temporaries, lock_exclusive, unlock, write_atomic, write_text_atomic
 
-# ----------------------------------------------------------------------------- atomic files
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+# settings that do not change what a run computes: two runs that differ only in these (and the
+# seed) are seeds of one configuration
+_NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
+                       "train": ("seed", "progress", "tensorboard", "eval_every", "checkpoint_every", "device")}
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file so that readers see the old file or the whole new one."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+def config_hash(raw: dict, with_seed: bool = False) -> str:
+    """A short hash of a resolved config (as written to config.yaml) minus its name, folder and
+    the settings that do not change the result; the seed too unless `with_seed`."""
+    data = json.loads(json.dumps(raw))
+    for key, sub in _NOT_THE_EXPERIMENT.items():
+        if sub is None:
+            data.pop(key, None)
+        else:
+            for k in sub:
+                if k != "seed" or not with_seed:
+                    (data.get(key) or {}).pop(k, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+# ----------------------------------------------------------------------------- weights and state
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+    write_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -59,7 +62,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_state(state: dict, path: Path) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    write_atomic(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: Path) -> dict:
@@ -143,6 +146,28 @@ class RunDir:
     def is_finished(self) -> bool:
         return self.final_file.is_file()
 
+    def check_new(self, overwrite: bool = False) -> None:
+        """Before a new run is written here: the path must be a folder that holds no run (or
+        `overwrite`) and nothing else; a file, or another run's directory, is an error."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise TaildistillError(f"{p} is a file, not a run directory; choose another --out / name")
+        if self.is_run() and not overwrite:
+            state = "a finished run" if self.is_finished() else "an unfinished run"
+            raise TaildistillError(f"{p} holds {state}; continue it with `taildistill train --resume {p}`, "
+                                   "replace it with --overwrite, or give another --out / name")
+        if p.is_dir() and not self.is_run() and any(q.name != ".lock" for q in p.iterdir()):
+            raise TaildistillError(f"{p} is a folder that is not empty and holds no run; choose another --out / name")
+
+    def clear(self) -> None:
+        """Remove a run's files (--overwrite), keeping the folder and its lock."""
+        import shutil
+
+        for q in self.path.iterdir():
+            if q.name == ".lock":
+                continue
+            shutil.rmtree(q) if q.is_dir() else q.unlink()
+
     def require_run(self, what: str = "") -> "RunDir":
         if not self.is_run():
             raise TaildistillError(f"{what + ': ' if what else ''}{self.path} is not a run directory (no config.yaml)")
@@ -174,23 +199,60 @@ class RunDir:
         return self._json(self.final_file, "final metrics")
 
     def metrics(self) -> list[dict]:
+        """One record per logged epoch. A last line cut off by a crash mid-write is ignored (a resume
+        removes it); damage anywhere else is an error naming the line."""
         if not self.metrics_file.is_file():
             return []
-        return [json.loads(ln) for ln in self.metrics_file.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in self.metrics_file.read_text().splitlines() if ln.strip()]
+        out = []
+        for i, ln in enumerate(lines):
+            try:
+                out.append(json.loads(ln))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break
+                raise TaildistillError(f"{self.metrics_file} is damaged at line {i + 1}") from None
+        return out
+
+    def config_hash(self, with_seed: bool = False) -> str:
+        """What experiment this run is (see :func:`config_hash`), from its config.yaml."""
+        try:
+            raw = yaml.safe_load(self.require_run().config_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise TaildistillError(f"{self.config_file} is damaged: {exc}") from None
+        return config_hash(raw, with_seed)
 
     # writers (the trainer's)
+    def lock(self) -> None:
+        """One writer per run: an exclusive lock on `.lock`, held until :meth:`unlock` or the
+        process ends (the OS releases it after a crash). Leftovers of killed writes are removed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_exclusive(self.path / ".lock", f"run directory {self.path}")
+        for folder in (self.path, self.checkpoints):
+            clean_stale_temporaries(folder)
+
+    def unlock(self) -> None:
+        unlock(self.path / ".lock")
+
     def write_header(self, config_text: str, data_info: dict, env: dict) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config_file, config_text)
         write_text_atomic(self.data_file, json.dumps(data_info, indent=1))
         write_text_atomic(self.env_file, json.dumps(env, indent=1))
 
+    def record_resume(self, env: dict) -> None:
+        """A resume keeps the original provenance and appends its own to `resumed`."""
+        old = self.env()
+        old.setdefault("resumed", []).append(env)
+        write_text_atomic(self.env_file, json.dumps(old, indent=1))
+
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def keep_metrics_before(self, epoch: int) -> None:
-        """Drop the epochs logged after the checkpoint a resumed run continues from."""
+        """Drop the epochs logged after the checkpoint a resumed run continues from (and a last
+        line cut off by a crash)."""
         if self.metrics_file.is_file():
             keep = [r for r in self.metrics() if r["epoch"] < epoch]
             write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in keep))

@@ -117,9 +117,13 @@ def digits(cfg) -> SourceData:
 
 
 def _cifar_dir(root: Path, folder: str, cache_dir: Path) -> Path:
-    """Accept the batches folder itself, its parent, or the official .tar.gz."""
+    """Accept the batches folder itself, its parent, or the official .tar.gz (extracted once into
+    the cache, keyed by a digest of the archive's bytes: another archive of the same name and size
+    is never taken for this one)."""
     if root.is_file():
-        target = cache_dir / f"extract-{root.stem}-{root.stat().st_size}"
+        from .cache import file_digest
+
+        target = cache_dir / f"extract-{root.stem}-{file_digest(root, cache_dir)[:20]}"
         if not (target / folder).is_dir():
             safe_extract(root, target)
         root = target
@@ -235,6 +239,10 @@ def read_image_folder(path: Path, size: int, what: str, class_names: list[str] |
     depth = {len(p) for p in parts}
     if len(depth) != 1 or depth.pop() < 2:
         raise DataError(f"{what}: {path} must hold class/file or split/class/file images")
+    splits = sorted({p[-3] for p in parts if len(p) >= 3})
+    if len(splits) > 1:  # train/ and test/ under one root would be read as one training set
+        raise DataError(f"{what}: {path} holds several splits ({', '.join(splits)}); point data.root at the training "
+                        f"split and data.test_root at the test split (e.g. {path}/{splits[-1]})")
     cls_of = [p[-2] for p in parts]
     found = sorted(set(cls_of))
     if class_names is not None and found != class_names:
@@ -256,6 +264,9 @@ def imagefolder(cfg) -> SourceData:
 
     train_path = _require(cfg.root, "imagefolder")
     test_path = _require(cfg.test_root, "imagefolder test split (data.test_root)")
+    if train_path.resolve() == test_path.resolve():
+        raise DataError(f"imagefolder: data.test_root is data.root ({train_path}): the test images would be "
+                        "trained on; give the test split its own folder or archive")
 
     def build():
         x, y, names = read_image_folder(train_path, cfg.image_size, "imagefolder train")
@@ -312,7 +323,7 @@ def tinyimagenet(cfg) -> SourceData:
                   "xt": _stack(xt, "tinyimagenet val"), "yt": np.asarray(yt, np.int64)}
         return arrays, {"names": wnids}
 
-    arrays, meta = cached(cfg.cache_dir, "tinyimagenet", [wnids_file, ann_file, root / "train"],
+    arrays, meta = cached(cfg.cache_dir, "tinyimagenet", [wnids_file, ann_file, root / "train", root / "val" / "images"],
                           cfg.image_size, build)
     return SourceData(Split(arrays["y"], arrays["x"]), Split(arrays["yt"], arrays["xt"]), meta["names"])
 

@@ -66,29 +66,34 @@ class RunState:
     best_epoch: int = -1
 
 
-def _unique_dir(path: Path) -> Path:
-    if not path.exists():
-        return path
-    i = 2
-    while (path.parent / f"{path.name}-{i}").exists():
-        i += 1
-    return path.parent / f"{path.name}-{i}"
-
-
 class Trainer:
     """Holds everything one run needs. `run()` trains from `state.epoch` to the end.
 
-    `experiment` gives an already assembled experiment (bench builds one with a stand-in teacher);
-    by default the config is assembled here."""
+    The run directory is `run_dir`, or OUT_DIR/NAME from the config, exactly: one that already
+    holds a run is an error unless `resume` (continue it) or `overwrite` (replace it). The writing
+    process holds an exclusive lock on it. `experiment` gives an already assembled experiment
+    (bench builds one with a stand-in teacher); by default the config is assembled here."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, quiet: bool = False,
-                 experiment: Experiment | None = None):
+                 experiment: Experiment | None = None, overwrite: bool = False):
         self.cfg = cfg
         self.quiet = quiet
         tc = cfg.train
         probe = resolve_device(tc.device)
         self.dist = init_distributed(probe.type)
         self.device = resolve_device(tc.device, self.dist)
+        self.is_main = self.dist.is_main
+        # the run directory is checked (and locked) before the data and models are built
+        self.rundir = RunDir(run_dir if run_dir else Path(cfg.out_dir) / (cfg.name or "run"))
+        if resume:
+            self.rundir.require_run("--resume")
+        else:
+            self.rundir.check_new(overwrite)
+        barrier(self.dist)  # every rank has checked before rank 0 writes
+        if self.is_main:
+            self.rundir.lock()
+            if overwrite and not resume and self.rundir.is_run():
+                self.rundir.clear()
         seed_everything(tc.seed, tc.deterministic)
         cuda = self.device.type == "cuda"
         self.bf16 = use_bf16(tc, self.device)
@@ -134,28 +139,25 @@ class Trainer:
 
         self.state = RunState()
         if resume:
-            self.rundir = RunDir(run_dir)
             self._load_checkpoint()
-        else:
-            base = Path(run_dir) if run_dir else Path(cfg.out_dir) / (cfg.name or "run")
-            path = _unique_dir(base) if self.dist.is_main else base
-            if self.dist.enabled:  # every rank names the directory rank 0 chose
-                import torch.distributed as tdist
-
-                chosen = [str(path)]
-                tdist.broadcast_object_list(chosen, src=0)
-                path = Path(chosen[0])
-            self.rundir = RunDir(path)
-        self.is_main = self.dist.is_main
         if self.is_main:
             env = provenance(self.device)
             env["world_size"] = self.dist.world_size
-            self.rundir.write_header(dump_config(cfg), info.to_json(), env)
+            if resume:
+                self.rundir.record_resume(env)
+            else:
+                self.rundir.write_header(dump_config(cfg), info.to_json(), env)
         self.tb = None
 
     @property
     def run_dir(self) -> Path:
         return self.rundir.path
+
+    def close(self) -> None:
+        """Release the run directory's lock and the process group."""
+        if self.is_main:
+            self.rundir.unlock()
+        cleanup(self.dist)
 
     def place(self, method):
         """Move a method (student, its modules, the frozen teacher) to the device and memory format."""
@@ -250,11 +252,11 @@ class Trainer:
             correct += (logits.argmax(1) == batch["y"]).sum()
             seen += len(batch["y"])
             if (step + 1) % check_every == 0 and not torch.isfinite(total):
-                self._non_finite(epoch, step, terms)
+                self._non_finite(epoch, step, terms, batch)
             if bar is not None and (step + 1) % 100 == 0:
                 bar.set_postfix(loss=f"{float(total) / (step + 1):.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         if not torch.isfinite(total):
-            self._non_finite(epoch, self.steps - 1, sums)
+            self._non_finite(epoch, self.steps - 1, sums, batch)
         broadcast_buffers(self.method, self.dist)
         stats = torch.stack([total, correct, torch.tensor(float(seen), device=self.device)] + list(sums.values()))
         stats = all_reduce_sum(stats, self.dist)
@@ -268,12 +270,19 @@ class Trainer:
             record[f"loss/{k}"] = float(stats[3 + i]) / steps
         return record
 
-    def _non_finite(self, epoch: int, step: int, terms: dict) -> None:
+    def _non_finite(self, epoch: int, step: int, terms: dict, batch=None) -> None:
         bad = {k: float(v) for k, v in terms.items()}
         last = self.state.epoch - 1
         where = f"checkpoints/last.safetensors (epoch {last})" if last >= 0 and self.rundir.last_weights.exists() else "no checkpoint yet"
+        cause = "lower optim.lr or check the data"
+        teacher = self.method.teacher
+        if teacher is not None and batch is not None:
+            with torch.no_grad():
+                out = teacher(batch["x"])["logits"]
+            if not torch.isfinite(out).all():  # not the student's learning rate: the teacher is broken
+                cause = f"the teacher ({self.cfg.teacher.run or self.cfg.teacher.checkpoint}) gives non-finite outputs"
         raise TrainingError(f"non-finite loss at epoch {epoch}, step {step} (terms {bad}); training stopped, "
-                            f"the last good checkpoint is {where}; lower optim.lr or check the data")
+                            f"the last good checkpoint is {where}; {cause}")
 
     def run(self, on_epoch_end=None) -> Path:
         cfg = self.cfg
@@ -368,13 +377,13 @@ class Trainer:
 
 
 def fit(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False, on_epoch_end=None,
-        experiment: Experiment | None = None) -> Path:
-    """Train `cfg` to the end and return the run directory."""
-    trainer = Trainer(cfg, run_dir, quiet=quiet, experiment=experiment)
+        experiment: Experiment | None = None, overwrite: bool = False) -> Path:
+    """Train `cfg` to the end and return the run directory (`run_dir`, or OUT_DIR/NAME)."""
+    trainer = Trainer(cfg, run_dir, quiet=quiet, experiment=experiment, overwrite=overwrite)
     try:
         return trainer.run(on_epoch_end)
     finally:
-        cleanup(trainer.dist)
+        trainer.close()
 
 
 def resume(run_dir: Path, quiet: bool = False, on_epoch_end=None) -> Path:
@@ -385,4 +394,4 @@ def resume(run_dir: Path, quiet: bool = False, on_epoch_end=None) -> Path:
     try:
         return trainer.run(on_epoch_end)
     finally:
-        cleanup(trainer.dist)
+        trainer.close()

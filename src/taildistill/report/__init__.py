@@ -21,12 +21,15 @@ def _plt():
 
 
 def read_run(run_dir: Path) -> dict:
-    """A finished run's final.json with its history (metrics.jsonl), provenance and directory."""
+    """A finished run's final.json with its history (metrics.jsonl), provenance, directory, seed
+    and configuration hash (what experiment it is, seed aside)."""
     run = RunDir(run_dir)
     out = run.final()
     out["history"] = run.metrics()
     out["env"] = run.env()
     out["run_dir"] = str(run.path)
+    out["seed"] = run.config().train.seed
+    out["config_hash"] = run.config_hash()
     return out
 
 
@@ -159,14 +162,69 @@ def seed_cells(runs: list[dict], keys: list[str]) -> tuple[list[str], float | No
     return [c for c, _ in cells], cells[0][1]
 
 
-def comparison_rows(runs: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
-    """Group runs by name (seeds of one config share it) -> header, mean ± std rows, group policies."""
+def check_comparable(runs: list[dict]) -> None:
+    """Runs reported together must be evaluated on the same test set: the same classes (names,
+    in order) and the same number of test images. A directory given twice is an error too."""
+    from ..errors import TaildistillError
+
+    seen: dict[str, int] = {}
+    for r in runs:
+        key = str(Path(r["run_dir"]).resolve())
+        if key in seen:
+            raise TaildistillError(f"{r['run_dir']} is given twice")
+        seen[key] = 1
+    first = runs[0]
+
+    def describe(r):
+        n = int(np.asarray(r["test"]["confusion"]).sum()) if "test" in r else 0
+        return r.get("class_names") or [str(i) for i in range(len(r["class_counts"]))], n
+
+    names0, n0 = describe(first)
+    for r in runs[1:]:
+        names, n = describe(r)
+        if names != names0 or n != n0:
+            raise TaildistillError(
+                f"{r['run_dir']} and {first['run_dir']} were evaluated on different data ({len(names)} classes "
+                f"{names[:3]}..., {n} test images vs {len(names0)} classes {names0[:3]}..., {n0}); "
+                "report runs of one data set together")
+
+
+def group_by_config(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Runs of one configuration (the same config hash, seed aside) are seeds of it; two runs of
+    one configuration with the same seed are an error (one run counted twice). Returns (label,
+    runs sorted by seed) in first-seen order; the label is the run name, with the config hash when
+    two configurations share a name."""
+    from ..errors import TaildistillError
+
     by: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
-        by[r["name"]].append(r)
+        by[r["config_hash"]].append(r)
+    names = defaultdict(set)
+    for h, rs in by.items():
+        names[rs[0]["name"]].add(h)
+    out = []
+    for h, rs in by.items():
+        seeds: dict[int, dict] = {}
+        for r in rs:
+            if r["seed"] in seeds:
+                raise TaildistillError(f"{r['run_dir']} and {seeds[r['seed']]['run_dir']} are the same configuration "
+                                       f"with the same seed ({r['seed']}): one result would be counted twice")
+            seeds[r["seed"]] = r
+        name = rs[0]["name"]
+        label = name if len(names[name]) == 1 else f"{name} ({h[:6]})"
+        out.append((label, sorted(rs, key=lambda r: r["seed"])))
+    return out
+
+
+def seed_list(runs: list[dict]) -> str:
+    return ",".join(str(r["seed"]) for r in runs)
+
+
+def comparison_rows(runs: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Group runs by configuration (seeds of one config) -> header, mean ± std rows, group policies."""
     gcols = group_keys(runs)
     header = ["run", "method", "seeds", "All"] + [c.split("/", 1)[1].capitalize() for c in gcols]
-    rows = [[name, rs[0]["method"], str(len(rs))] + seed_cells(rs, gcols)[0] for name, rs in by.items()]
+    rows = [[label, rs[0]["method"], seed_list(rs)] + seed_cells(rs, gcols)[0] for label, rs in group_by_config(runs)]
     policy = sorted({r.get("group_policy", "") for r in runs})
     return header, rows, policy
 
@@ -180,12 +238,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def write_comparison(run_dirs: list[Path], out_dir: Path, title: str = "Comparison") -> Path:
     """report.md across runs: table (mean ± std over seeds) and a per-class accuracy plot."""
     runs = [read_run(d) for d in run_dirs]
+    check_comparable(runs)
     out_dir = Path(out_dir)
-    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     header, rows, policy = comparison_rows(runs)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", f"Last-epoch test accuracy (%); groups by the `{', '.join(policy)}` policy.", "",
              markdown_table(header, rows), ""]
-    per_class = {r["name"]: r["test"]["per_class"] for r in runs if "test" in r}
+    per_class = {label: np.nanmean(np.array([r["test"]["per_class"] for r in rs], dtype=float), 0).tolist()
+                 for label, rs in group_by_config(runs) if "test" in rs[0]}
     if per_class:
         plot_per_class(per_class, runs[0]["class_counts"], out_dir / "plots" / "per_class.png")
         lines += ["![per-class accuracy](plots/per_class.png)", ""]

@@ -1,0 +1,102 @@
+"""Filesystem primitives every writer uses: atomic writes, leftovers of killed writes, and an
+exclusive lock held for a process's life."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .errors import TaildistillError
+
+_TMP = re.compile(r"^\..+\.tmp(\d+)(\.[A-Za-z0-9]+)?$")
+
+
+def temporary_name(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place (same folder, so the rename is atomic)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_atomic(path: Path, write) -> None:
+    """`write(tmp)` writes a temporary file, which is fsynced and renamed onto `path`: readers see
+    the old file or the whole new one, never a truncated one (a full disk leaves the old file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files (and folders) of writes whose process has died (a `kill -9`
+    between write and rename); returns what was removed. Another live writer's are left alone."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TMP.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+_HELD: dict[str, int] = {}
+
+
+class LockedError(TaildistillError):
+    """Another process holds the lock."""
+
+
+def lock_exclusive(path: Path, what: str) -> None:
+    """Take an exclusive lock on `path` (created if needed) for this process's life, or until
+    :func:`unlock`; the OS releases it when the process dies, however it dies. Taking a lock this
+    process already holds is a no-op. Another holder is an error naming its pid."""
+    path = Path(path)
+    key = str(path.resolve())
+    if key in _HELD:
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: one writer per run is the user's responsibility
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LockedError(f"{what} is in use by another process (pid {holder}); wait for it to end or stop it") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD[key] = fd
+
+
+def unlock(path: Path) -> None:
+    fd = _HELD.pop(str(Path(path).resolve()), None)
+    if fd is not None:
+        os.close(fd)

@@ -1,0 +1,376 @@
+"""Bad input and broken files, as a careless or hostile user would produce them: every case ends in
+one `error: ...` line with exit code 2, or does the right thing; none in a traceback, none in a
+silent wrong result."""
+import errno
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from taildistill.cli import main
+from taildistill.config import DataConfig
+from taildistill.data import build_data
+from taildistill.engine.trainer import fit
+
+from conftest import finished, write_image_folder
+from test_engine import tiny
+
+BASE = """
+data: {source: digits, profile: exp, ratio: 10, val_per_class: 3}
+model: {name: convnet_small, kwargs: {width: 8}}
+schedule: {name: cosine, warmup_epochs: 1}
+train: {epochs: 2, batch_size: 64, device: cpu, tensorboard: false, progress: false}
+"""
+
+
+def config_file(tmp_path, text=BASE, name="exp.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def one_error(capsys, *needles) -> str:
+    """The command printed exactly one line on stderr, `error: ...`, holding every needle."""
+    err = capsys.readouterr().err.strip()
+    # progress bars (decoding a data set) may come first; what is said besides them is one line
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished small run (teacher-sized) shared by the tests that only read it."""
+    return fit(tiny("t", epochs=1, model={"kwargs": {"width": 8}}), tmp_path_factory.mktemp("t") / "t", quiet=True)
+
+
+# ---------------------------------------------------------------------------------- stale data
+
+
+def test_folder_cache_sees_deleted_images_below_the_top_level(tmp_path, capsys):
+    write_image_folder(tmp_path / "train", classes=("a", "b"), per_class=(60, 30))
+    write_image_folder(tmp_path / "test", classes=("a", "b"), per_class=(3, 3))
+    cfg = DataConfig(source="imagefolder", root=str(tmp_path / "train"), test_root=str(tmp_path / "test"), profile="none")
+    assert build_data(cfg).info.class_counts == [60, 30]
+    for p in sorted((tmp_path / "train" / "a").iterdir())[:40]:
+        p.unlink()
+    assert build_data(cfg).info.class_counts == [20, 30]
+    assert "changed since it was cached" in capsys.readouterr().err
+
+
+def test_folder_cache_sees_an_image_overwritten_in_place(tmp_path):
+    from PIL import Image
+
+    write_image_folder(tmp_path / "train", classes=("a", "b"), per_class=(2, 2))
+    write_image_folder(tmp_path / "test", classes=("a", "b"), per_class=(1, 1))
+    cfg = DataConfig(source="imagefolder", root=str(tmp_path / "train"), test_root=str(tmp_path / "test"), profile="none")
+    before = build_data(cfg).train.x.copy()
+    target = sorted((tmp_path / "train" / "a").iterdir())[0]
+    st = target.stat()
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # written a second later
+    after = build_data(cfg).train.x
+    assert not np.array_equal(before, after) and (after == 7).all(axis=(1, 2, 3)).any()
+
+
+def _cifar_tar(path: Path, fill: int) -> Path:
+    """A CIFAR-10 python-format archive whose images all hold `fill` (same size for any fill)."""
+    buf = {}
+    labels = list(np.repeat(np.arange(10), 2))
+    for i in range(1, 6):
+        buf[f"cifar-10-batches-py/data_batch_{i}"] = {b"data": np.full((20, 3072), fill, np.uint8), b"labels": labels}
+    buf["cifar-10-batches-py/test_batch"] = {b"data": np.full((20, 3072), fill, np.uint8), b"labels": labels}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, obj in buf.items():
+            data = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_different_cifar_archive_of_the_same_name_and_size_is_not_served_from_the_cache(tmp_path):
+    a, b = _cifar_tar(tmp_path / "a" / "cifar.tar", 10), _cifar_tar(tmp_path / "b" / "cifar.tar", 100)
+    assert a.stat().st_size == b.stat().st_size
+    cfg = lambda root: DataConfig(source="cifar10", root=str(root), profile="none")  # noqa: E731
+    assert int(build_data(cfg(a)).train.x.max()) == 10
+    assert int(build_data(cfg(b)).train.x.max()) == 100
+
+
+# ---------------------------------------------------------------------------------- one writer
+
+
+def test_a_second_writer_of_a_run_is_refused_naming_the_holder(tmp_path, trained, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from taildistill.files import lock_exclusive; "
+        f"lock_exclusive(__import__('pathlib').Path({str(trained / '.lock')!r}), 'x'); print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", "--resume", str(trained)]) == 2
+        one_error(capsys, "in use by another process", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", "--resume", str(trained)]) == 0  # released by the OS when the holder died
+
+
+# ---------------------------------------------------------------------------------- test data in training
+
+
+def test_a_root_holding_train_and_test_is_refused(tmp_path, capsys):
+    write_image_folder(tmp_path / "data", split="train")
+    write_image_folder(tmp_path / "data", split="test")
+    text = BASE.replace("source: digits", f"source: imagefolder, root: {tmp_path / 'data'}, test_root: {tmp_path / 'data' / 'test'}")
+    assert main(["train", config_file(tmp_path, text)]) == 2
+    one_error(capsys, "several splits (test, train)", "data.test_root")
+    text = BASE.replace("source: digits", f"source: imagefolder, root: {tmp_path / 'data' / 'train'}, test_root: {tmp_path / 'data' / 'train'}")
+    assert main(["train", config_file(tmp_path, text)]) == 2
+    one_error(capsys, "data.test_root is data.root")
+
+
+# ---------------------------------------------------------------------------------- invalid runs
+
+
+@pytest.mark.parametrize("override,needle", [("train.epochs=0", "train.epochs=0"), ("train.epochs=-2", "train.epochs"),
+                                             ("train.batch_size=0", "train.batch_size"), ("optim.lr=-1", "optim.lr"),
+                                             ("name=" + "x" * 300, "'name'"), ("name=a/b", "'name'"),
+                                             ("method.name=kd", "teacher.run")])
+def test_invalid_runs_are_refused_before_training(tmp_path, capsys, override, needle):
+    assert main(["train", config_file(tmp_path), override, "--out", str(tmp_path / "run")]) == 2
+    one_error(capsys, needle)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_demo_with_non_positive_epochs_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--epochs", "-1"])
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_an_unfinished_teacher_is_refused_unless_allowed(tmp_path, capsys):
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny("t", epochs=3), tmp_path / "t", quiet=True, on_epoch_end=stop)
+    cfg = config_file(tmp_path)
+    args = ["train", cfg, "method.name=kd", f"teacher.run={tmp_path / 't'}", "--out"]
+    assert main(args + [str(tmp_path / "s1")]) == 2
+    one_error(capsys, "has not finished (epoch 1 of 3 done)", "teacher.allow_unfinished")
+    with pytest.warns(UserWarning, match="unfinished teacher run .*epoch 1 of 3"):
+        assert main(args + [str(tmp_path / "s2"), "teacher.allow_unfinished=true"]) == 0
+
+
+def test_a_teacher_of_another_benchmark_is_a_clear_error(tmp_path, capsys):
+    rgb = fit(tiny("rgb", epochs=1, data={"source": "imagefolder", "root": str(write_image_folder(tmp_path / "tr", per_class=(8, 6, 4))),
+                                         "test_root": str(write_image_folder(tmp_path / "te", per_class=(2, 2, 2))),
+                                         "profile": "none", "val_per_class": 0}), tmp_path / "rgb", quiet=True)
+    assert main(["train", config_file(tmp_path), "method.name=kd", f"teacher.run={rgb}", "--out", str(tmp_path / "s")]) == 2
+    one_error(capsys, "3 classes")  # digits has 10: checked before any tensor meets another's shape
+
+
+@pytest.mark.parametrize("how", ["run", "checkpoint"])
+def test_teacher_weights_that_do_not_fit_are_a_clear_error(tmp_path, trained, capsys, how):
+    cfg = config_file(tmp_path)
+    if how == "run":
+        wide = fit(tiny("wide", epochs=1, model={"kwargs": {"width": 12}}), tmp_path / "wide", quiet=True)
+        (wide / "config.yaml").write_text((wide / "config.yaml").read_text().replace("width: 12", "width: 8"))
+        teacher = [f"teacher.run={wide}"]
+    else:
+        teacher = [f"teacher.checkpoint={trained / 'checkpoints/last.safetensors'}", "teacher.model=convnet_small",
+                   "teacher.kwargs={width: 16}"]
+    assert main(["train", cfg, "method.name=kd", *teacher, "--out", str(tmp_path / "s")]) == 2
+    one_error(capsys, "does not fit the model", "tensors match")
+
+
+def test_int32_weights_do_not_load_silently_into_a_float_model(tmp_path, trained, capsys):
+    state = load_file(trained / "checkpoints/last.safetensors")
+    bad = {k: (v.to(torch.int32) if k == "fc.weight" else v) for k, v in state.items()}
+    save_file(bad, str(tmp_path / "int.safetensors"))
+    assert main(["eval", str(tmp_path / "int.safetensors"), "--config", str(trained / "config.yaml")]) == 2
+    one_error(capsys, "fc.weight", "int32")
+
+
+def test_a_nan_teacher_is_named_not_the_learning_rate(tmp_path, trained, capsys):
+    state = load_file(trained / "checkpoints/last.safetensors")
+    state["fc.bias"] = torch.full_like(state["fc.bias"], float("nan"))
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    assert main(["train", config_file(tmp_path), "method.name=kd", f"teacher.checkpoint={tmp_path / 'nan.safetensors'}",
+                 "teacher.model=convnet_small", "teacher.kwargs={width: 8}", "--out", str(tmp_path / "s")]) == 2
+    line = one_error(capsys, "non-finite", "teacher")
+    assert "optim.lr" not in line
+
+
+# ---------------------------------------------------------------------------------- reports
+
+
+def test_report_groups_by_recorded_seed_and_refuses_duplicates(tmp_path, capsys):
+    cfg = config_file(tmp_path)
+    for i, seed in enumerate((0, 0, 1)):
+        assert main(["train", cfg, f"train.seed={seed}", "--out", str(tmp_path / f"r{i}"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "r0"), str(tmp_path / "r1"), "--out", str(tmp_path / "rep")]) == 2
+    one_error(capsys, "same configuration with the same seed (0)")
+    assert main(["report", str(tmp_path / "r0"), str(tmp_path / "r0"), "--out", str(tmp_path / "rep")]) == 2
+    one_error(capsys, "given twice")
+    assert main(["report", str(tmp_path / "r0"), str(tmp_path / "r2"), "--out", str(tmp_path / "rep")]) == 0
+    assert "| exp | ce | 0,1 |" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_report_refuses_runs_on_different_data_before_writing_anything(tmp_path, trained, capsys):
+    other = fit(tiny("c3", epochs=1, data={"source": "imagefolder", "root": str(write_image_folder(tmp_path / "tr", per_class=(8, 6, 4))),
+                                           "test_root": str(write_image_folder(tmp_path / "te", per_class=(2, 2, 2))),
+                                           "profile": "none", "val_per_class": 0}), tmp_path / "c3", quiet=True)
+    assert main(["report", str(trained), str(other), "--out", str(tmp_path / "rep")]) == 2
+    one_error(capsys, "different data")
+    assert not (tmp_path / "rep").exists()
+
+
+def test_truncated_files_are_repaired_or_named(tmp_path, capsys):
+    def stop(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny("cut", epochs=3), tmp_path / "cut", quiet=True, on_epoch_end=stop)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"epoch": 2, "lo')  # a crash in the middle of a line
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [0, 1, 2]
+    finished(tmp_path / "cut")
+    final = tmp_path / "cut" / "final.json"
+    final.write_text(final.read_text()[:50])
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "cut")]) == 2
+    one_error(capsys, "final.json is damaged")
+
+
+# ---------------------------------------------------------------------------------- files and paths
+
+
+def test_out_that_is_a_file_or_holds_a_run(tmp_path, trained, capsys):
+    cfg = config_file(tmp_path)
+    (tmp_path / "file").write_text("x")
+    assert main(["train", cfg, "--out", str(tmp_path / "file")]) == 2
+    one_error(capsys, "is a file")
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "file-2").exists()
+    assert main(["train", cfg, "--out", str(trained)]) == 2
+    one_error(capsys, "holds a finished run", "--overwrite", "--resume")
+    out = tmp_path / "again"
+    assert main(["train", cfg, "--out", str(out), "--quiet"]) == 0
+    assert main(["train", cfg, "--out", str(out), "--quiet", "train.seed=4", "--overwrite"]) == 0
+    assert "seed: 4" in (out / "config.yaml").read_text() and not (tmp_path / "again-2").exists()
+
+
+def _read_only_dir() -> Path:
+    probe = Path("/sys/taildistill-probe")
+    try:
+        probe.mkdir()
+    except OSError:
+        return Path("/sys/taildistill-run")
+    probe.rmdir()
+    pytest.skip("no read-only location on this machine (/sys is writable)")
+
+
+def test_a_read_only_out_and_cache_are_one_line_each(tmp_path, capsys, monkeypatch):
+    ro = _read_only_dir()
+    assert main(["train", config_file(tmp_path), "--out", str(ro / "run")]) == 2
+    one_error(capsys, str(ro), "not permitted")
+    monkeypatch.setenv("TAILDISTILL_CACHE", str(ro / "cache"))
+    write_image_folder(tmp_path / "tr")
+    write_image_folder(tmp_path / "te")
+    text = BASE.replace("source: digits", f"source: imagefolder, root: {tmp_path / 'tr'}, test_root: {tmp_path / 'te'}, profile: none")
+    assert main(["train", config_file(tmp_path, text.replace("profile: exp, ", "")), "--out", str(tmp_path / "r")]) == 2
+    one_error(capsys, "data cache folder", "TAILDISTILL_CACHE")
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    import taildistill.rundir as rundir
+
+    real, calls = rundir.save_file, []
+
+    def save_file(tensors, path, metadata=None):
+        calls.append(path) if "last.safetensors" in str(path) else None
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(rundir, "save_file", save_file)
+    out = tmp_path / "run"
+    assert main(["train", config_file(tmp_path), "--out", str(out), "--quiet"]) == 2
+    one_error(capsys, "No space left on device")
+    assert load_file(out / "checkpoints/last.safetensors")  # epoch 0's, whole
+    assert not [p for p in (out / "checkpoints").iterdir() if ".tmp" in p.name]
+
+
+def test_writes_into_unwritable_places_of_a_run_are_one_line(tmp_path, trained, capsys):
+    (trained / "eval_test.json").mkdir()  # the file eval writes cannot be written
+    try:
+        assert main(["eval", str(trained)]) == 2
+        one_error(capsys, "eval_test.json")
+    finally:
+        (trained / "eval_test.json").rmdir()
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "report.md").mkdir()
+    assert main(["report", str(trained), "--out", str(tmp_path / "rep")]) == 2
+    one_error(capsys, "report.md")
+    lock = trained / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # the run's lock cannot be taken
+    try:
+        assert main(["train", "--resume", str(trained)]) == 2
+        one_error(capsys, ".lock")
+    finally:
+        lock.rmdir()
+    (tmp_path / "afile").write_text("x")  # out_dir is a file
+    assert main(["train", config_file(tmp_path), f"out_dir={tmp_path / 'afile'}"]) == 2
+    one_error(capsys, "afile")
+
+
+def test_leftovers_of_killed_writes_are_removed_by_the_next_writer(tmp_path):
+    run = fit(tiny("r", epochs=1), tmp_path / "r", quiet=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = [run / f".final.json.tmp{pid}", run / "checkpoints" / f".last.safetensors.tmp{pid}"]
+    for p in stale:
+        p.write_text("half")
+    live = run / f".final.json.tmp{os.getppid()}"  # a live process's write in progress is left alone
+    live.write_text("busy")
+    from taildistill.engine.trainer import resume
+
+    resume(run, quiet=True)
+    assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_env_json_keeps_the_original_command_across_resumes(tmp_path):
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny("h", epochs=2), tmp_path / "h", quiet=True, on_epoch_end=stop)
+    first = json.loads((tmp_path / "h" / "env.json").read_text())
+    from taildistill.engine.trainer import resume
+
+    resume(tmp_path / "h", quiet=True)
+    env = json.loads((tmp_path / "h" / "env.json").read_text())
+    assert env["command"] == first["command"] and len(env["resumed"]) == 1 and "commit" in env["resumed"][0]
+
+
+def test_commands_without_what_they_need(capsys):
+    assert main(["data"]) == 2
+    one_error(capsys, "needs a subcommand")
+    assert main(["bench", "digits/ce_teacher", "--steps", "0"]) == 2
+    one_error(capsys, "--steps")
