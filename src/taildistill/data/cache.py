@@ -1,9 +1,10 @@
 """Decode-once cache of image data sets as uint8 arrays, keyed by content so that a changed source
 is never served stale:
 
-- a file (an archive, a list) by a streamed SHA-256 of its bytes (about 0.1 s for the 20 MB CIFAR-10
-  JPEG archives, 0.4 s for the 170 MB official one), remembered per (path, size, mtime_ns) so an
-  unchanged file is not read again;
+- a file (an archive, a list) by a streamed SHA-256 of its bytes, remembered per (path, size,
+  mtime_ns) so an unchanged file is not read again (measured on 2 cores: 0.027 s the first time for
+  the two CIFAR-10 JPEG archives, 19 MB; 0.5 ms on a re-run; SHA-256 runs at ~1.5 GB/s, so the
+  170 MB official archive costs ~0.12 s once);
 - a folder by the relative path, size and mtime_ns of every file below it (a deleted, added or
   rewritten image changes the key).
 
