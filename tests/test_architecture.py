@@ -21,7 +21,7 @@ LAYERS = [
     {"experiment"},
     {"engine"},
     {"report"},
-    {"evaluate", "bench", "reproduce", "demo"},
+    {"evaluation", "bench", "reproduce", "demo"},
     {"cli"},
     {"__init__", "__main__", "api"},
 ]

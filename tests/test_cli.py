@@ -64,11 +64,15 @@ def test_train_eval_report_and_data_summary(tmp_path, capsys):
     assert "test top-1" in printed and "shots" in printed and str(out) in printed
     assert "lr: 0.02" in (out / "config.yaml").read_text()
 
-    assert main(["eval", str(out)]) == 0
+    assert main(["eval", str(out), "--json"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads(printed[printed.index("{"):printed.index("\nwrote")])
     final = json.loads((out / "final.json").read_text())
     assert summary["top1"] == pytest.approx(final["test"]["top1"])
+    assert printed.rstrip().endswith(f"wrote {out / 'eval_test.json'}") and (out / "eval_test.json").is_file()
+    assert main(["eval", str(out)]) == 0  # the table a person reads: the same number, each class named
+    table = capsys.readouterr().out
+    assert f"{final['test']['top1']:.2f}" in table and "many" in table and "\n    9  9 " in table
 
     assert main(["train", cfg, "--out", str(tmp_path / "seed1"), "--quiet", "optim.lr=0.02", "train.seed=1"]) == 0
     capsys.readouterr()

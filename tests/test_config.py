@@ -145,8 +145,9 @@ def test_dump_round_trip(tmp_path):
 def test_base_composition_and_env(tmp_path, monkeypatch):
     (tmp_path / "_base.yaml").write_text("train: {epochs: 3, batch_size: 16}\ndata: {root: '${MY_ROOT:-default/dir}'}\n")
     (tmp_path / "child.yaml").write_text("base: _base.yaml\ntrain: {epochs: 5}\nmethod: {name: kd}\n")
+    monkeypatch.setenv("TAILDISTILL_DATA", "/data/here")
     cfg = load_config(tmp_path / "child.yaml")
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.root, cfg.name) == (5, 16, "default/dir", "child")
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.root, cfg.name) == (5, 16, "/data/here/default/dir", "child")
     monkeypatch.setenv("MY_ROOT", "/elsewhere")
     assert load_config(tmp_path / "child.yaml").data.root == "/elsewhere"
 
@@ -162,6 +163,24 @@ def test_base_list_composes_a_dataset_and_a_method_file(tmp_path):
     # several files on the command line compose the same way
     same = load_config([tmp_path / "data.yaml", tmp_path / "kd.yaml"], ["method.kd_weight=2"])
     assert same.method == cfg.method and same.name == "kd"
+
+
+def test_input_paths_never_depend_on_the_current_folder(tmp_path, monkeypatch):
+    """In a config file, `./x` is relative to that file and `x` to the data folder; on the command
+    line (typed in a shell) relative to the current folder."""
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "base.yaml").write_text("data: {root: ./mine, test_root: cifar-test.tar.gz, lists: {train: ../l.txt}}\n")
+    (tmp_path / "cfgs" / "exp.yaml").write_text("base: base.yaml\nteacher: {checkpoint: ./t.safetensors, model: resnet32}\n"
+                                                "method: {name: kd}\n")
+    monkeypatch.setenv("TAILDISTILL_DATA", str(tmp_path / "datadir"))
+    monkeypatch.chdir(tmp_path / "cfgs")
+    cfg = load_config("exp.yaml")
+    assert cfg.data.root == str(tmp_path / "cfgs" / "mine") and cfg.data.lists["train"] == str(tmp_path / "l.txt")
+    assert cfg.data.test_root == str(tmp_path / "datadir" / "cifar-test.tar.gz")
+    assert cfg.teacher.checkpoint == str(tmp_path / "cfgs" / "t.safetensors")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("cfgs/exp.yaml") == cfg  # the same wherever it is run from
+    assert load_config("cfgs/exp.yaml", ["data.root=here"]).data.root == str(tmp_path / "here")
 
 
 def test_a_base_cycle_is_an_error_naming_the_chain(tmp_path):

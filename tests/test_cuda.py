@@ -51,7 +51,7 @@ def test_cuda_training_step_never_waits_for_the_device(tmp_path):
 
 def test_cuda_and_cpu_give_the_same_fp32_predictions(tmp_path):
     run = fit(cuda_cfg("fp32", precision="fp32"), tmp_path / "fp32", quiet=True)
-    from taildistill.evaluate import evaluate_target
+    from taildistill.evaluation import evaluate_target
 
     gpu = json.loads((run / "final.json").read_text())["test"]["top1"]
     cpu = evaluate_target(run, None, ["train.device=cpu"])["summary"]["top1"]

@@ -290,14 +290,16 @@ def test_eval_cli_analyses(tmp_path, capsys):
 
     snn = {"name": "spikingformer", "kwargs": {"patch_size": 2, "dim": 16, "depth": 3, "heads": 2, "time_steps": 1}}
     run = fit(tiny("snn", epochs=1, model=snn), tmp_path / "snn", quiet=True)
-    assert main(["eval", str(run), "--analysis", "rank", "deviation", "firing"]) == 0
+    assert main(["eval", str(run), "--analysis", "rank,deviation", "--analysis", "firing"]) == 0
     res = json.loads((run / "eval_test.json").read_text())["analysis"]
     assert res["rank"]["tail_group"] == "few" and res["rank"]["pooled"] >= 1
     assert len(res["deviation"]["per_class"]) == 10 and len(res["firing"]) > 10
     vit = {"name": "deit_ti_distilled", "kwargs": {"patch_size": 2, "depth": 2, "embed_dim": 16, "num_heads": 2}}
     run = fit(tiny("vit", epochs=1, model=vit), tmp_path / "vit", quiet=True)
     capsys.readouterr()
-    assert main(["eval", str(run), "--analysis", "attention", "rank"]) == 0
+    assert main(["eval", str(run), "--analysis", "attention,rank", "data.val_per_class=4"]) == 0  # the override is not
+    printed = capsys.readouterr().out                                                             # taken for an analysis
+    assert "mean attention distance per ViT block" in printed and "feature rank" in printed
     res = json.loads((run / "eval_test.json").read_text())["analysis"]
     assert len(res["attention"]["mean_distance_per_block"]) == 2 and set(res["rank"]) >= {"cls", "dist"}
     assert main(["eval", str(run), "--analysis", "firing"]) == 2

@@ -89,16 +89,17 @@ def cmd_train(args) -> int:
 
 def _print_final(final: dict) -> None:
     t = final["test"]
-    groups = ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" if v is not None else f"{k.split('/', 1)[1]} –"
+    groups = ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" if v is not None else f"{k.split('/', 1)[1]}: no class"
                        for k, v in t.items() if k.startswith("group/"))
     print(f"test top-1 {t['top1']:.2f}% ({final['group_policy']}: {groups})")
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_target
+    from .evaluation import evaluate_target, format_result
 
-    result = evaluate_target(Path(args.target), args.config, list(args.overrides), args.data_split, args.analysis)
-    print(json.dumps(result["summary"], indent=1))
+    analyses = [a.strip() for item in args.analysis for a in item.split(",") if a.strip()]
+    result = evaluate_target(Path(args.target), args.config, list(args.overrides), args.data_split, analyses)
+    print(json.dumps(result["summary"], indent=1) if args.json else format_result(result))
     if result.get("written"):
         print(f"wrote {result['written']}")
     return 0
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(BKD, CCKD/ACCKD, LTKD, KD baselines, ...) from YAML configs, evaluate per group, report.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"taildistill {__version__}")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable): a module of yours that registers methods, models or "
+                        "data sources (register_method / register_model / register_source); recorded in the run's "
+                        "config as `imports`, so resume and eval import it too")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser("demo", help="digits-LT demo: CE teacher, then every method; one table + report.md",
@@ -219,14 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a run directory or a checkpoint (per group, per class, ECE)",
                        description="Evaluate TARGET (a run directory, or a .safetensors checkpoint together with "
-                                   "--config) on the test split (or --split val). Writes eval.json beside a run.")
+                                   "--config) on the test split (or --split val / train). Prints a table (top-1, "
+                                   "top-5, each group, ECE, each class) and writes eval_<split>.json beside a run.",
+                       epilog="examples:\n  taildistill eval runs/cifar10_lt/bkd\n"
+                              "  taildistill eval runs/cifar10_lt/deitlt --analysis rank,attention data.val_per_class=20\n"
+                              "  taildistill eval student.safetensors --config cifar10_lt/ce_teacher --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("target", help="run directory or .safetensors checkpoint")
     e.add_argument("--config", help="config for a bare checkpoint (model + data)")
     e.add_argument("--split", dest="data_split", default="test", choices=["test", "val", "train"])
-    e.add_argument("--analysis", nargs="+", metavar="NAME", default=[],
-                   help="analyses from the papers: rank (feature rank of tail-class features), deviation "
-                        "(per-class train/test feature deviation and separability), attention (mean attention "
-                        "distance per ViT block), firing (firing rate per LIF layer)")
+    e.add_argument("--analysis", action="append", metavar="NAME[,NAME]", default=[],
+                   help="analyses from the papers, comma-separated or repeated: rank (feature rank of tail-class "
+                        "features), deviation (per-class train/test feature deviation and separability), attention "
+                        "(mean attention distance per ViT block), firing (firing rate per LIF layer)")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     _add_overrides(e)
     e.set_defaults(func=cmd_eval)
 
@@ -295,11 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(rp)
     rp.set_defaults(func=cmd_reproduce)
 
-    me = sub.add_parser("methods", help="list the registered methods",
+    me = sub.add_parser("methods", help="list the registered methods, or one method's parameters",
                         description="Lists every method usable as `method.name` in a config with a one-line "
                                     "summary. Parameters go under `method:` beside the name; a wrong one is an "
                                     "error that lists the valid ones (see `taildistill train --help`).")
+    me.add_argument("name", nargs="?", help="a method: list its parameters with defaults and meaning")
     me.set_defaults(func=cmd_methods)
+
+    co = sub.add_parser("config", help="print the fully resolved config of CONFIG (+ overrides) without training",
+                        description="Composes the config files, applies the overrides, validates everything "
+                                    "(the method's parameters against its own dataclass) and prints the resolved "
+                                    "YAML with every default filled in: exactly what `train` would write to "
+                                    "config.yaml.",
+                        epilog="example:\n  taildistill config cifar10_lt/_base methods/ltkd method.temperature=2",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_configs(co)
+    co.set_defaults(func=cmd_config)
     return p
 
 
@@ -318,10 +340,40 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .methods import METHODS
+    from .methods import CRITERIA, METHODS, resolve_params
+    from .typed import describe_fields
 
-    for name in METHODS.names():
-        print(f"{name:<8} {METHODS.get(name).summary()}")
+    if not args.name:
+        for name in METHODS.names():
+            print(f"{name:<8} {METHODS.get(name).summary()}")
+        print("\n`taildistill methods NAME` lists a method's parameters with their defaults and meaning.")
+        return 0
+    cls = METHODS.get(args.name)
+    params = resolve_params(args.name, {})
+    print(f"{args.name}: {cls.summary()}\n")
+    print(f"parameters (under `method:` beside `name: {args.name}`; defaults shown):")
+    rows = describe_fields(cls.Params, params)
+    width = max(len(r[0]) for r in rows)
+    dwidth = min(12, max(len(r[2]) for r in rows))
+    for name, tp, default, doc in rows:
+        choices = f" (one of {tp.replace(chr(39), '')})" if "|" in tp else ""
+        print(f"  {name:<{width}}  {default:<{dwidth}}  {doc}{choices}")
+    if any(r[0] == "dist_criterion" for r in rows):
+        print("\ncriteria for dist_criterion (their parameters go under `dist:`):")
+        for name in CRITERIA.names():
+            crit = CRITERIA.get(name)
+            first = " ".join((crit.__doc__ or "").split()).split(". ")[0].rstrip(".")
+            own = ", ".join(f"{n}={d}" for n, _, d, _ in describe_fields(crit.Params))
+            print(f"  {name:<6} {first} ({own})")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import dump_config
+    from .experiment import load_config
+
+    files, overrides = split_configs(args.configs, "config")
+    print(dump_config(load_config(files, overrides)), end="")
     return 0
 
 
@@ -344,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        if args.imports:
+            from .config import import_modules
+
+            import_modules(args.imports)
+            os.environ["TAILDISTILL_IMPORTS"] = ",".join(args.imports)  # the runs record them in `imports`
         return args.func(args)
     except TaildistillError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -203,6 +203,7 @@ class MethodConfig:
 class ExperimentConfig:
     name: str = ""  # run name; default: the (last) config file's stem
     out_dir: str = "runs"
+    imports: list[str] = field(default_factory=list)  # modules imported first: they register your methods / models / sources
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -245,6 +246,22 @@ def find_config(name: str | Path) -> Path:
             if cand.is_file():
                 return cand
     return p  # not found: the reader names it
+
+
+def import_modules(names: list[str]) -> None:
+    """Import a user's modules (they register methods, models, data sources as a side effect)."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import '{name}' (from --import / imports): {exc}") from None
+
+
+def env_imports() -> list[str]:
+    """Modules named by `taildistill --import` (or $TAILDISTILL_IMPORTS, comma-separated)."""
+    return [m for m in os.environ.get("TAILDISTILL_IMPORTS", "").split(",") if m.strip()]
 
 
 # ----------------------------------------------------------------------------- raw YAML
@@ -358,6 +375,44 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
+# config values that name input files: relative ones do not depend on where a command is run
+DATA_PATH_KEYS = (("data", "root"), ("data", "test_root"), ("teacher", "checkpoint"))
+
+
+def data_dir() -> Path:
+    """The documented data folder: $TAILDISTILL_DATA, else ~/data."""
+    return Path(os.environ.get("TAILDISTILL_DATA", "~/data")).expanduser()
+
+
+def _map_paths(raw: dict, fix) -> dict:
+    """Apply `fix(value) -> value` to the input-file values of a raw mapping (data.lists too)."""
+    raw = dict(raw)
+    for section, key in DATA_PATH_KEYS:
+        sec = raw.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+            raw[section] = {**sec, key: fix(sec[key])}
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("lists"), dict):
+        raw["data"] = {**raw["data"], "lists": {k: fix(v) if isinstance(v, str) and v else v for k, v in data["lists"].items()}}
+    return raw
+
+
+def resolve_data_paths(raw: dict, config_dir: Path | None = None) -> dict:
+    """Input paths of a config: `./x` and `../x` are relative to the config file that says them,
+    other relative paths to the data folder (:func:`data_dir`); never to the current folder."""
+    def fix(value: str) -> str:
+        if "${" in value:  # a reference, resolved later
+            return value
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return str(p)
+        if value.startswith(("./", "../")):  # already resolved against its file by load_raw, if it had one
+            return str((config_dir / p).resolve()) if config_dir is not None else value
+        return str(data_dir() / p)
+
+    return _map_paths(raw, fix)
+
+
 def merge(base: dict, top: dict) -> dict:
     """`top` over `base` (both raw, method sections folded): mappings merge key by key; when `top`
     names another method (model), the base's method parameters (model.kwargs) are dropped: they
@@ -392,7 +447,8 @@ def load_raw(paths: str | Path | list, _stack: tuple[Path, ...] = ()) -> dict:
     if key in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, key))
         raise ConfigError(f"config files include each other in a cycle: {chain}")
-    raw = expand_env(_read_yaml(path))
+    raw = _map_paths(expand_env(_read_yaml(path)),
+                     lambda v: str((path.parent / v).resolve()) if v.startswith(("./", "../")) else v)
     bases = raw.pop("base", None)
     if bases is None:
         return _method_section(raw)
@@ -450,8 +506,14 @@ def resolve_references(raw: dict) -> dict:
 
 def parse_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
     """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig` whose
-    `method.params` is still a mapping (see :func:`taildistill.experiment.build_config`)."""
-    raw = resolve_references(apply_overrides(raw, overrides or []))
+    `method.params` is still a mapping (see :func:`taildistill.experiment.build_config`). Relative
+    input paths from config files resolve against the data folder; relative paths given as
+    overrides (typed in a shell) against the current folder."""
+    cli = apply_overrides({}, overrides or [])
+    cli = _map_paths(cli, lambda v: str(Path(v).expanduser().resolve()))
+    raw = apply_overrides(resolve_data_paths(raw), overrides or [])
+    raw = deep_merge(raw, {k: v for k, v in cli.items() if k in ("data", "teacher")})
+    raw = resolve_references(raw)
     return from_dict(ExperimentConfig, raw)
 
 

@@ -71,10 +71,11 @@ def run_demo(out: Path, epochs: int = 60, quiet: bool = False) -> Path:
     t0 = time.perf_counter()
     plan = [("ce_teacher", [DIGITS / "ce_teacher.yaml"], [])] + [(n, f, o(epochs)) for n, f, o in DEMO_STUDENTS]
     runs = []
-    bar = tqdm(plan, desc="demo", unit="run", dynamic_ncols=True)
+    bar = tqdm(plan, desc="demo", unit="run", dynamic_ncols=True, disable=quiet)
     for name, files, overrides in bar:
         bar.set_postfix_str(name)
-        runs.append(fit(demo_config(name, files, overrides, epochs, out), out / name, quiet=True, overwrite=True))
+        runs.append(fit(demo_config(name, files, overrides, epochs, out), out / name, quiet=quiet, overwrite=True,
+                        nested=True))
     bar.close()
     report = write_comparison(runs, out, title="taildistill demo: digits-LT (exp, ratio 10)")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import ExperimentConfig, load_raw, parse_config
+from .config import ExperimentConfig, env_imports, import_modules, load_raw, parse_config
 from .data import SOURCES, DataBundle, build_data
 from .errors import ConfigError
 from .methods import Method, build_method, method_class, resolve_params
-from .models import MODELS, build_model
+from .models import build_model, check_model_name
 from .rundir import RunDir, load_weights
 
 
@@ -23,10 +23,12 @@ def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentCon
     against its own dataclass with every default filled in (so the config written to a run lists
     every value that was used), and a distillation method's default teacher named."""
     cfg = parse_config(raw, overrides)
+    cfg.imports = list(dict.fromkeys([*cfg.imports, *env_imports()]))
+    import_modules(cfg.imports)
     SOURCES.get(cfg.data.source)
-    MODELS.get(cfg.model.name)
+    check_model_name(cfg.model.name)
     if cfg.teacher.model:
-        MODELS.get(cfg.teacher.model)
+        check_model_name(cfg.teacher.model)
     cls = method_class(cfg.method.name)
     cfg.method.params = resolve_params(cfg.method.name, cfg.method.params)
     has_teacher = bool(cfg.teacher.run or cfg.teacher.checkpoint)

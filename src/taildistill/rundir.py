@@ -30,6 +30,23 @@ _NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
                        "train": ("seed", "progress", "tensorboard", "eval_every", "checkpoint_every", "device")}
 
 
+def flat_config(cfg) -> dict:
+    """A resolved config as dotted keys -> values (TensorBoard's hyper-parameters, CSV headers)."""
+    import dataclasses
+
+    def walk(prefix, value, out):
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v, out)
+        else:
+            out[prefix] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+        return out
+
+    return walk("", cfg, {})
+
+
 def config_hash(raw: dict, with_seed: bool = False) -> str:
     """A short hash of a resolved config (as written to config.yaml) minus its name, folder and
     the settings that do not change the result; the seed too unless `with_seed`."""
@@ -106,6 +123,10 @@ class RunDir:
     @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
 
     @property
     def final_file(self) -> Path:
@@ -256,6 +277,21 @@ class RunDir:
         if self.metrics_file.is_file():
             keep = [r for r in self.metrics() if r["epoch"] < epoch]
             write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def write_metrics_csv(self) -> None:
+        """metrics.csv beside metrics.jsonl: one row per epoch, one column per key ever logged."""
+        import csv
+        import io
+
+        records = self.metrics()
+        keys: list[str] = []
+        for r in records:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, restval="")
+        writer.writeheader()
+        writer.writerows(records)
+        write_text_atomic(self.metrics_csv, buf.getvalue())
 
     def write_final(self, final: dict) -> None:
         """final.json marks a finished run (suites reuse those): never half-written."""

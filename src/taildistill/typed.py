@@ -133,3 +133,39 @@ def pick(cls: type, obj: Any) -> Any:
     """Dataclass `cls` built from the same-named fields of dataclass instance `obj` (a method's
     parameters hold those of its parts: the supervised loss, a distillation criterion)."""
     return cls(**{name: getattr(obj, name) for name in field_names(cls)})
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's meaning: the trailing `# comment` of its declaration in `cls` or the nearest
+    base that declares it (the source is the documentation; nothing is repeated)."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    decl = re.compile(r"^\s+([A-Za-z_]\w*)\s*:[^=#]*(?:=[^#]*)?#\s*(.+)$")
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            m = decl.match(line)
+            if m and m.group(1) not in docs:
+                docs[m.group(1)] = m.group(2).strip()
+    return docs
+
+
+def describe_fields(cls: type, obj: Any | None = None) -> list[tuple[str, str, str, str]]:
+    """(name, type, default or value, meaning) for every field of dataclass `cls`."""
+    obj = obj if obj is not None else cls()
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        out.append((f.name, _type_name(hints[f.name]), repr(value), docs.get(f.name, "")))
+    return out

@@ -64,12 +64,31 @@ def check_labels(y: np.ndarray, num_classes: int, what: str) -> None:
         raise DataError(f"{what}: label {bad} is out of range 0..{num_classes - 1}")
 
 
-def _require(path: str, what: str) -> Path:
+LAYOUTS = {
+    "cifar10": "the official python batches: cifar-10-batches-py/ (data_batch_1..5, test_batch), its parent, or "
+               "cifar-10-python.tar.gz",
+    "cifar100": "the official python files: cifar-100-python/ (train, test, meta), its parent, or cifar-100-python.tar.gz",
+    "imagefolder": "class/image files (or split/class/image) in a folder or a .tar / .tar.gz, one for the training "
+                   "split (data.root) and one for the test split (data.test_root)",
+    "tinyimagenet": "tiny-imagenet-200/ with wnids.txt, train/<wnid>/images/*.JPEG and val/val_annotations.txt",
+    "listfile": "an image root (data.root) and `relative/path label` list files (data.lists: train, val, test)",
+    "ag_news": "the AG's News CSV files (class,title,description): data.root the training file, data.test_root the test file",
+}
+
+
+def _require(path: str, what: str, key: str = "data.root") -> Path:
+    """The data path a config names, or an error saying every way to provide it."""
+    source = what.split()[0]
+    layout = LAYOUTS.get(source, "")
+    ways = (f"set {key}=PATH (configs may read it from an environment variable, e.g. CIFAR10_JPEG_TRAIN for "
+            f"cifar10_lt), or put it under the data folder $TAILDISTILL_DATA (relative paths in configs resolve there; "
+            f"default ~/data)" + ("; or let torchvision fetch it: data.download=true (online)" if source.startswith("cifar") else "")
+            + (f". Expected: {layout}" if layout else ""))
     if not path:
-        raise DataError(f"{what}: data.root is empty; give the path of the data set")
+        raise DataError(f"{what}: {key} is empty; {ways}")
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"{what}: path not found: {p}")
+        raise DataError(f"{what}: path not found: {p}; {ways}")
     return p
 
 
@@ -263,7 +282,7 @@ def imagefolder(cfg) -> SourceData:
     from .cache import cached
 
     train_path = _require(cfg.root, "imagefolder")
-    test_path = _require(cfg.test_root, "imagefolder test split (data.test_root)")
+    test_path = _require(cfg.test_root, "imagefolder test split", "data.test_root")
     if train_path.resolve() == test_path.resolve():
         raise DataError(f"imagefolder: data.test_root is data.root ({train_path}): the test images would be "
                         "trained on; give the test split its own folder or archive")
@@ -433,7 +452,7 @@ def ag_news(cfg) -> SourceData:
 
     texts, labels = read_ag_news(_require(cfg.root, "ag_news"))
     if cfg.test_root:
-        test_texts, test_labels = read_ag_news(_require(cfg.test_root, "ag_news test"))
+        test_texts, test_labels = read_ag_news(_require(cfg.test_root, "ag_news test", "data.test_root"))
         train_texts, train_labels = texts, labels
     else:
         tr, te = stratified_split(labels, cfg.test_fraction, seed=0)

@@ -19,7 +19,7 @@ from ..errors import ConfigError, TrainingError
 from ..eval import evaluate_split, predict_split, summary
 from ..eval.calibration import fit_temperature
 from ..experiment import Experiment, assemble, load_config
-from ..rundir import RunDir, load_state, load_weights, save_state, save_weights
+from ..rundir import RunDir, flat_config, load_state, load_weights, save_state, save_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .inputs import StreamInput, TensorInput
 from .optim import build_optimizer, lr_factor, set_lr
@@ -75,7 +75,7 @@ class Trainer:
     (bench builds one with a stand-in teacher); by default the config is assembled here."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, quiet: bool = False,
-                 experiment: Experiment | None = None, overwrite: bool = False):
+                 experiment: Experiment | None = None, overwrite: bool = False, nested: bool = False):
         self.cfg = cfg
         self.quiet = quiet
         tc = cfg.train
@@ -83,6 +83,8 @@ class Trainer:
         self.dist = init_distributed(probe.type)
         self.device = resolve_device(tc.device, self.dist)
         self.is_main = self.dist.is_main
+        # a run's bar stays on screen when done; nested under a caller's bar (the demo) it is replaced
+        self.leave_bar, self.bar_position = (False, 1) if nested else (True, None)
         # the run directory is checked (and locked) before the data and models are built
         self.rundir = RunDir(run_dir if run_dir else Path(cfg.out_dir) / (cfg.name or "run"))
         if resume:
@@ -192,6 +194,7 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         self.rundir.append_metrics(record)
+        self.rundir.write_metrics_csv()
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and v is not None and k != "epoch":
@@ -202,9 +205,10 @@ class Trainer:
         return predict_split(model or self.method.student, split, self.data.info, self.inputs.augment,
                              self.device, self.bf16, self.channels_last, **kwargs)
 
-    def evaluate(self, split, prefix: str = "") -> dict:
+    def evaluate(self, split, prefix: str = "", progress: str = "") -> dict:
+        show = progress if self.cfg.train.progress and self.is_main and not self.quiet else ""
         return evaluate_split(self.method.student, split, self.data.info, self.inputs.augment, self.device,
-                              self.bf16, self.channels_last, prefix)
+                              self.bf16, self.channels_last, prefix, progress=show)
 
     def teacher_on(self, which: str, key: str = "logits", view=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's `key` output ('logits' or 'features/<name>') over a whole split, with the
@@ -253,8 +257,11 @@ class Trainer:
             seen += len(batch["y"])
             if (step + 1) % check_every == 0 and not torch.isfinite(total):
                 self._non_finite(epoch, step, terms, batch)
-            if bar is not None and (step + 1) % 100 == 0:
-                bar.set_postfix(loss=f"{float(total) / (step + 1):.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if bar is not None:
+                bar.update(1)  # host-side only: the ETA counts steps, never waits for the device
+                if (step + 1) % check_every == 0 and (step + 1) % 10 == 0:  # the loss is on the host already there
+                    bar.set_postfix(epoch=epoch, loss=f"{float(total) / (step + 1):.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
         if not torch.isfinite(total):
             self._non_finite(epoch, self.steps - 1, sums, batch)
         broadcast_buffers(self.method, self.dist)
@@ -300,10 +307,12 @@ class Trainer:
             self.method.prepare(self.teacher_on)
         epochs = range(self.state.epoch, cfg.train.epochs)
         show = cfg.train.progress and self.is_main and not self.quiet
-        bar = tqdm(epochs, desc=f"{cfg.name or 'train'} [{cfg.method.name}]", unit="ep", disable=not show,
-                   dynamic_ncols=True, leave=False)
+        # one bar over the run's steps: its ETA is the run's, and it stays on screen when done
+        bar = tqdm(total=len(epochs) * self.steps, desc=f"{cfg.name or 'train'} [{cfg.method.name}]", unit="step",
+                   disable=not show, dynamic_ncols=True, leave=self.leave_bar, position=self.bar_position,
+                   mininterval=0.5)
         try:
-            for epoch in bar:
+            for epoch in epochs:
                 record = self.train_epoch(epoch, bar)
                 last = epoch == cfg.train.epochs - 1
                 if self.data.val is not None and (last or (cfg.train.eval_every > 0 and (epoch + 1) % cfg.train.eval_every == 0)):
@@ -313,7 +322,7 @@ class Trainer:
                         self.state.best_val, self.state.best_epoch = val["val/top1"], epoch
                         if self.is_main:
                             save_weights(student_state(self.method), self.rundir.best_weights, {"epoch": str(epoch)})
-                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}",
+                bar.set_postfix(epoch=epoch, loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}",
                                 img_s=f"{record['images_per_s']:.0f}", **({"val": f"{record['val/top1']:.1f}"} if "val/top1" in record else {}))
                 if self.is_main:
                     self._log(record)
@@ -323,14 +332,25 @@ class Trainer:
                 barrier(self.dist)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, record)
+            bar.close()
+            if self.is_main:
+                self._log_final(self.finish())
         finally:
             bar.close()
             if self.tb is not None:
                 self.tb.close()
-        if self.is_main:
-            self.finish()
         barrier(self.dist)
         return self.run_dir
+
+    def _log_final(self, final: dict) -> None:
+        """TensorBoard: the last-epoch test metrics per group and the run's hyper-parameters."""
+        if self.tb is None or "test" not in final:
+            return
+        scalars = {k: v for k, v in final["test"].items() if isinstance(v, (int, float)) and v is not None}
+        for k, v in scalars.items():
+            self.tb.add_scalar(f"test/{k}", v, self.cfg.train.epochs - 1)
+        hparams = {k: v for k, v in flat_config(self.cfg).items() if isinstance(v, (int, float, str, bool))}
+        self.tb.add_hparams(hparams, {f"hparam/test/{k}": v for k, v in scalars.items()}, run_name=".")
 
     def _prepare_heads(self) -> None:
         """Heads fitted from data before training: an NCM head's class means of training features."""
@@ -350,6 +370,17 @@ class Trainer:
             scale.div_(temperature)
         return temperature
 
+    def _teacher_record(self) -> dict:
+        t = self.cfg.teacher
+        if not t.run:
+            return {"checkpoint": t.checkpoint, "model": t.model}
+        run = RunDir(t.run)
+        record = {"run": str(run.path), "config_hash": run.config_hash(with_seed=True)}
+        if run.is_finished():
+            test = run.final().get("test", {})
+            record.update({"test_top1": test.get("top1"), "test_groups": {k[6:]: v for k, v in test.items() if k.startswith("group/")}})
+        return record
+
     def finish(self) -> dict:
         """Last-epoch test metrics (and best-on-validation ones) into final.json."""
         info = self.data.info
@@ -362,8 +393,10 @@ class Trainer:
                  "class_counts": info.class_counts, "class_names": list(info.class_names)}
         if temperature is not None:
             final["calibration_temperature"] = temperature
+        if self.method.teacher is not None:  # which teacher, exactly, this student learnt from
+            final["teacher"] = self._teacher_record()
         if self.data.test is not None:
-            final["test"] = self.evaluate(self.data.test)
+            final["test"] = self.evaluate(self.data.test, progress=f"{self.cfg.name} test")
         if self.data.val is not None:
             final["val"] = summary(self.evaluate(self.data.val), info.groups)
         if self.data.test is not None and self.rundir.best_weights.is_file():
@@ -377,9 +410,10 @@ class Trainer:
 
 
 def fit(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False, on_epoch_end=None,
-        experiment: Experiment | None = None, overwrite: bool = False) -> Path:
-    """Train `cfg` to the end and return the run directory (`run_dir`, or OUT_DIR/NAME)."""
-    trainer = Trainer(cfg, run_dir, quiet=quiet, experiment=experiment, overwrite=overwrite)
+        experiment: Experiment | None = None, overwrite: bool = False, nested: bool = False) -> Path:
+    """Train `cfg` to the end and return the run directory (`run_dir`, or OUT_DIR/NAME).
+    `quiet` hides the progress bar; `nested` shows it under a caller's bar."""
+    trainer = Trainer(cfg, run_dir, quiet=quiet, experiment=experiment, overwrite=overwrite, nested=nested)
     try:
         return trainer.run(on_epoch_end)
     finally:

@@ -36,15 +36,21 @@ def eval_batches(split, info, augment, device, batch_size: int = 512, channels_l
 @torch.no_grad()
 def predict_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
                   features: tuple[str, ...] = (), view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  batch_size: int = 512) -> dict[str, torch.Tensor]:
+                  batch_size: int = 512, progress: str = "") -> dict[str, torch.Tensor]:
     """Logits of every head of `model` on a whole split: {'logits': (N, C), ...} on the CPU, plus
-    the named `features` ({'features/<name>': (N, ...)}); `view` maps each batch first (a resize)."""
+    the named `features` ({'features/<name>': (N, ...)}); `view` maps each batch first (a resize).
+    `progress` names a progress bar over the split's images (none when empty)."""
+    from tqdm import tqdm
+
     was = model.training
     model.eval()
     outs: dict[str, list] = {}
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    bar = tqdm(total=len(split), desc=progress, unit="img", disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=0.5)
     try:
         for x, _ in eval_batches(split, info, augment, device, batch_size, channels_last):
+            bar.update(len(x))
             if view is not None:
                 x = view(x)
             with ctx:
@@ -55,14 +61,15 @@ def predict_split(model, split, info, augment, device, bf16: bool = False, chann
             for f in features:
                 outs.setdefault(f"features/{f}", []).append(o["features"][f].float().cpu())
     finally:
+        bar.close()
         model.train(was)
     return {k: torch.cat(v) for k, v in outs.items()}
 
 
 def evaluate_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
-                   prefix: str = "") -> dict:
+                   prefix: str = "", progress: str = "") -> dict:
     """Metrics of the prediction head and, for two-head models, of each head (`cls/`, `dist/`)."""
-    preds = predict_split(model, split, info, augment, device, bf16, channels_last)
+    preds = predict_split(model, split, info, augment, device, bf16, channels_last, progress=progress)
     m = classification_metrics(preds["logits"], split.y, info.groups, prefix)
     for head in ("logits_cls", "logits_dist"):
         if head in preds:

@@ -7,6 +7,7 @@ other keys under ``method:``, validated against that method's own ``Params`` dat
 """
 from __future__ import annotations
 
+from ..models import wrap_model
 from ..registry import Registry
 from . import acckd, criteria, deitlt, feature, logit, ltsf
 from .base import Batch, BatchRequest, Method, MethodOutput, SupervisedLoss, SupervisedParams, TeacherOutputs
@@ -55,7 +56,11 @@ def resolve_params(name: str, raw):
 
 
 def build_method(name: str, params, student, teacher, info) -> Method:
-    """The method `name` for a student (and teacher) on data described by `info` (DataInfo)."""
+    """The method `name` for a student (and teacher) on data described by `info` (DataInfo).
+    `params` is a mapping or the method's Params; the models are any of the registry's or any
+    timm / torchvision classifier (wrapped to give logits and named features)."""
+    student = wrap_model(student)
+    teacher = wrap_model(teacher) if teacher is not None else None
     return METHODS.get(name)(resolve_params(name, params), student, teacher, info)
 
 

@@ -75,7 +75,7 @@ class TeacherOutputs(Protocol):
 class SupervisedParams:
     """The supervised part of an objective (every method has one)."""
 
-    sup_loss: SupLoss = "ce"  # ce | focal | cb | cb_focal | ldam | la (logit adjustment) | bsce (balanced softmax)
+    sup_loss: SupLoss = "ce"  # the supervised loss; la = logit adjustment, bsce = balanced softmax, cb = class-balanced
     sup_weight: float = 1.0  # weight of the supervised term
     label_smoothing: float = 0.0  # ce / cb: label smoothing
     drw_epoch: int = -1  # deferred re-weighting: class-balanced weights from this epoch on (-1 = never)

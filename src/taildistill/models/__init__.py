@@ -14,9 +14,24 @@ from ..registry import Registry
 MODELS: Registry = Registry("model")
 
 
+EXTERNAL = ("timm:", "torchvision:")
+
+
+def check_model_name(name: str) -> None:
+    """A registered name, or timm:NAME / torchvision:NAME (checked when built)."""
+    if not name.startswith(EXTERNAL):
+        MODELS.get(name)
+
+
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs):
+    """A registered model, or any timm / torchvision classifier (`timm:resnet18`), with the
+    output contract above."""
     from ..errors import ConfigError
 
+    if name.startswith(EXTERNAL):
+        from .external import build_external
+
+        return build_external(name, num_classes, in_channels, image_size, **kwargs)
     factory = MODELS.get(name)
     try:
         return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
@@ -29,3 +44,4 @@ def count_parameters(model) -> int:
 
 
 from . import cifar_resnet, imagenet, mobile, pretrained, small, spiking, vgg, vit, wrn  # noqa: E402,F401  (registration side effects)
+from .external import ExternalClassifier, wrap_model  # noqa: E402

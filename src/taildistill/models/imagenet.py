@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from . import MODELS
-from .common import pooled_head, run_stages
+from .common import pooled_head, read_weight_file, run_stages
 
 
 def load_local_weights(model: nn.Module, path: str, strict: bool = False) -> nn.Module:
@@ -19,18 +19,7 @@ def load_local_weights(model: nn.Module, path: str, strict: bool = False) -> nn.
     if not path:
         return model
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"model weights not found: {p}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    except Exception as exc:
-        raise ConfigError(f"cannot read model weights {p}: {exc}") from None
+    state = read_weight_file(path)
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fitting:

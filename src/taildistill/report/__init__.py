@@ -37,34 +37,70 @@ def fmt(v, digits: int = 2) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def plot_per_class(runs: dict[str, list[float]], counts: list[int], path: Path, title: str = "") -> None:
-    """Per-class accuracy (bars per run) with the training count per class (line, log scale)."""
+def run_styles(n: int) -> list[dict]:
+    """`n` distinguishable bar styles: 20 colours (tab20), then the same colours hatched."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab20"].colors
+    hatches = ["", "//", "..", "xx", "\\\\"]
+    return [{"color": colours[i % 20], "hatch": hatches[(i // 20) % len(hatches)], "edgecolor": "white" if i < 20 else "black"}
+            for i in range(n)]
+
+
+def plot_per_class(runs: dict[str, list[float]], counts: list[int], path: Path, title: str = "",
+                   class_names: list[str] | None = None) -> None:
+    """Per-class accuracy (one bar per run, named in the legend beside the plot) with the
+    training count per class (line, log scale); classes named on the axis."""
     plt = _plt()
     C = len(counts)
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * C + 3), 4))
+    names = class_names or [str(c) for c in range(C)]
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * C * max(1, len(runs)) ** 0.5 + 4), 4.2))
     width = 0.8 / max(1, len(runs))
-    for i, (name, acc) in enumerate(runs.items()):
-        ax.bar(np.arange(C) + i * width - 0.4 + width / 2, [a if a is not None else 0 for a in acc], width, label=name)
-    ax.set_xlabel("class (index order)")
+    for i, ((name, acc), style) in enumerate(zip(runs.items(), run_styles(len(runs)))):
+        ax.bar(np.arange(C) + i * width - 0.4 + width / 2, [a if a is not None else 0 for a in acc], width,
+               label=name, linewidth=0.3, **style)
+    ax.set_xticks(np.arange(C))
+    ax.set_xticklabels([n[:14] for n in names], rotation=45 if C > 5 else 0, ha="right" if C > 5 else "center",
+                       fontsize=8 if C <= 20 else 6)
+    if C > 40:  # too many to read: every k-th name
+        for i, label in enumerate(ax.get_xticklabels()):
+            label.set_visible(i % (C // 20) == 0)
+    ax.set_xlabel("class (most frequent first)" if counts == sorted(counts, reverse=True) else "class")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax2 = ax.twinx()
     ax2.plot(np.arange(C), counts, "k.-", label="training images")
     ax2.set_yscale("log")
     ax2.set_ylabel("training images per class")
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    handles, labels = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(handles + h2, labels + l2, fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0),
+              ncol=1 if len(runs) < 18 else 2, frameon=False)
     ax.set_title(title or "per-class accuracy against class frequency")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_confusion(cm: list[list[int]], path: Path, title: str = "confusion matrix (row-normalised)") -> None:
+def plot_confusion(cm: list[list[int]], path: Path, title: str = "confusion matrix (row-normalised)",
+                   class_names: list[str] | None = None) -> None:
     plt = _plt()
     m = np.asarray(cm, dtype=np.float64)
     m = m / np.maximum(m.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    C = len(m)
+    names = [n[:14] for n in (class_names or [str(c) for c in range(C)])]
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * C + 2.5), max(4.5, 0.35 * C + 2)))
     im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+    if C <= 40:
+        ax.set_xticks(np.arange(C))
+        ax.set_yticks(np.arange(C))
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_yticklabels(names, fontsize=7)
+    if C <= 12:  # the values themselves, where they fit
+        for i in range(C):
+            for j in range(C):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if m[i, j] > 0.5 else "white")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -74,22 +110,23 @@ def plot_confusion(cm: list[list[int]], path: Path, title: str = "confusion matr
     plt.close(fig)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, name: str = "") -> None:
     plt = _plt()
     if not history:
         return
     ep = [h["epoch"] for h in history]
+    marker = "o" if len(history) < 15 else None  # a one-point curve is otherwise invisible
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].plot(ep, [h["loss"] for h in history], label="total")
+    axes[0].plot(ep, [h["loss"] for h in history], label="total", marker=marker)
     for k in sorted({k for h in history for k in h if k.startswith("loss/")}):
-        axes[0].plot(ep, [h.get(k) for h in history], label=k[5:], alpha=0.7)
+        axes[0].plot(ep, [h.get(k) for h in history], label=k[5:], alpha=0.7, marker=marker)
     axes[0].set_xlabel("epoch")
-    axes[0].set_title("training loss")
+    axes[0].set_title(f"training loss{' — ' + name if name else ''}")
     axes[0].legend(fontsize=7)
-    axes[1].plot(ep, [h["train_acc"] for h in history], label="train (augmented)")
+    axes[1].plot(ep, [h["train_acc"] for h in history], label="train (augmented)", marker=marker)
     if any("val/top1" in h for h in history):
         vh = [h for h in history if "val/top1" in h]
-        axes[1].plot([h["epoch"] for h in vh], [h["val/top1"] for h in vh], label="validation")
+        axes[1].plot([h["epoch"] for h in vh], [h["val/top1"] for h in vh], label="validation", marker="o")
     axes[1].set_xlabel("epoch")
     axes[1].set_title("accuracy (%)")
     axes[1].legend(fontsize=7)
@@ -99,7 +136,23 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def group_columns(test: dict) -> list[str]:
-    return [k for k in test if k.startswith("group/")]
+    """The test result's group accuracies that exist (a group with no class is left out: see
+    :func:`empty_groups`)."""
+    return [k for k in test if k.startswith("group/") and test[k] is not None]
+
+
+def empty_groups(runs: list[dict]) -> str:
+    """A sentence naming the groups that hold no class under the runs' policy, or ''."""
+    empty = []
+    for r in runs:
+        for k, v in r.get("test", {}).items():
+            if k.startswith("group/") and v is None and k.split("/", 1)[1] not in empty:
+                empty.append(k.split("/", 1)[1])
+    if not empty:
+        return ""
+    policy = ", ".join(sorted({r.get("group_policy", "") for r in runs}))
+    return (f"No class falls in the {' / '.join(empty)} group{'s' if len(empty) > 1 else ''} under the `{policy}` "
+            "policy on this data, so that column is left out.")
 
 
 def write_run_report(run_dir: Path) -> Path:
@@ -112,7 +165,8 @@ def write_run_report(run_dir: Path) -> Path:
     test = run.get("test")
     if test:
         gcols = group_columns(test)
-        lines += [f"Last-epoch test accuracy (%), groups by the `{run['group_policy']}` policy.", "",
+        note = empty_groups([run])
+        lines += [f"Last-epoch test accuracy (%), groups by the `{run['group_policy']}` policy." + (" " + note if note else ""), "",
                   "| top-1 | top-5 | " + " | ".join(c.split("/", 1)[1] for c in gcols) + " | ECE |",
                   "|" + "---|" * (3 + len(gcols)),
                   f"| {fmt(test['top1'])} | {fmt(test['top5'])} | " + " | ".join(fmt(test[c]) for c in gcols) + f" | {fmt(test['ece'], 3)} |", ""]
@@ -124,10 +178,11 @@ def write_run_report(run_dir: Path) -> Path:
             b = run["best_on_val"]
             lines += [f"Best-on-validation checkpoint (epoch {b['epoch']}, val top-1 {fmt(b['val_top1'])}): "
                       f"test top-1 {fmt(b['test']['top1'])}.", ""]
-        plot_per_class({run["method"]: test["per_class"]}, run["class_counts"], plots / "per_class.png")
-        plot_confusion(test["confusion"], plots / "confusion.png")
+        plot_per_class({run["name"]: test["per_class"]}, run["class_counts"], plots / "per_class.png",
+                       class_names=run.get("class_names"))
+        plot_confusion(test["confusion"], plots / "confusion.png", class_names=run.get("class_names"))
         lines += ["![per-class accuracy](plots/per_class.png)", "", "![confusion matrix](plots/confusion.png)", ""]
-    plot_curves(run["history"], plots / "curves.png")
+    plot_curves(run["history"], plots / "curves.png", run["name"])
     lines += ["![training curves](plots/curves.png)", ""]
     env = run.get("env", {})
     if env:
@@ -242,12 +297,14 @@ def write_comparison(run_dirs: list[Path], out_dir: Path, title: str = "Comparis
     out_dir = Path(out_dir)
     header, rows, policy = comparison_rows(runs)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    lines = [f"# {title}", "", f"Last-epoch test accuracy (%); groups by the `{', '.join(policy)}` policy.", "",
-             markdown_table(header, rows), ""]
+    note = empty_groups(runs)
+    lines = [f"# {title}", "", f"Last-epoch test accuracy (%); groups by the `{', '.join(policy)}` policy."
+             + (" " + note if note else ""), "", markdown_table(header, rows), ""]
     per_class = {label: np.nanmean(np.array([r["test"]["per_class"] for r in rs], dtype=float), 0).tolist()
                  for label, rs in group_by_config(runs) if "test" in rs[0]}
     if per_class:
-        plot_per_class(per_class, runs[0]["class_counts"], out_dir / "plots" / "per_class.png")
+        plot_per_class(per_class, runs[0]["class_counts"], out_dir / "plots" / "per_class.png",
+                       class_names=runs[0].get("class_names"))
         lines += ["![per-class accuracy](plots/per_class.png)", ""]
     env = runs[0].get("env", {})
     lines += ["## Provenance", "", f"- commit: {env.get('commit')}", f"- hardware: {env.get('hardware')}",

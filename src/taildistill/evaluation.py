@@ -45,8 +45,10 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
     augment = BatchAugment(cfg.augment, info.mean, info.std, info.num_classes, info.input_kind)
     bf16 = use_bf16(cfg.train, device)
     with torch.no_grad():
-        metrics = evaluate_split(student, split, info, augment, device, bf16)
-    result = {"summary": summary(metrics, info.groups), "metrics": metrics}
+        metrics = evaluate_split(student, split, info, augment, device, bf16, progress=f"eval {split_name}")
+    result = {"summary": summary(metrics, info.groups), "metrics": metrics, "split": split_name,
+              "class_names": list(info.class_names), "class_counts": list(info.class_counts),
+              "groups": {n: info.groups.members(i) for i, n in enumerate(info.groups.names)}}
     if analyses:
         metrics["analysis"] = run_analyses(student, data, split, augment, device, analyses)
         result["summary"]["analysis"] = metrics["analysis"]
@@ -54,6 +56,46 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
         write_text_atomic(out_file, json.dumps(metrics, indent=1))
         result["written"] = str(out_file)
     return result
+
+
+ANALYSIS_HELP = {
+    "rank": "feature rank of the tail group's features (DeiT-LT suppl. G): the least k such that the top-k principal "
+            "directions of all test features reconstruct the tail features within 1 %; lower = tail features "
+            "collapse onto fewer directions",
+    "deviation": "per class, 1 - cos(mean train feature, mean test feature) (CCKD Fig. 4a; larger = the class's "
+                 "training features represent its test features worse) and separability (Fig. 4b; distance to the "
+                 "own class centre over the mean distance to the others; lower = better separated)",
+    "attention": "mean attention distance per ViT block (DeiT-LT Fig. 4b): how far, on average, each block's "
+                 "attention reaches; small = local (CNN-like) attention",
+    "firing": "mean spike rate of every LIF layer on the split (LT-SpikingFormer)",
+}
+
+
+def format_result(result: dict) -> str:
+    """The evaluation as text: the summary table, each class, and each analysis with its meaning."""
+    s = result["summary"]
+    groups = [k for k in s if k.startswith("group/")]
+    lines = [f"{result.get('split', 'test')} split, last checkpoint; groups by the `{s['group_policy']}` policy", ""]
+    head = ["top-1", "top-5"] + [g.split("/", 1)[1] for g in groups] + ["ECE"]
+    vals = [f"{s['top1']:.2f}", f"{s['top5']:.2f}"] + ["no class" if s[g] is None else f"{s[g]:.2f}" for g in groups] + \
+        [f"{s['ece']:.3f}"]
+    widths = [max(len(h), len(v)) for h, v in zip(head, vals)]
+    lines += ["  ".join(h.rjust(w) for h, w in zip(head, widths)), "  ".join(v.rjust(w) for v, w in zip(vals, widths))]
+    for h in ("cls", "dist"):
+        if f"{h}/top1" in s:
+            lines.append(f"{h.upper()} head alone: top-1 {s[f'{h}/top1']:.2f}")
+    names, counts = result.get("class_names", []), result.get("class_counts", [])
+    per_class = result["metrics"].get("per_class", [])
+    member = {c: g for g, cs in result.get("groups", {}).items() for c in cs}
+    if per_class and len(per_class) <= 200:
+        lines += ["", f"{'class':>5}  {'name':<20} {'train':>7}  {'group':<8} {'accuracy':>8}"]
+        for c, acc in enumerate(per_class):
+            name = names[c] if c < len(names) else str(c)
+            n = counts[c] if c < len(counts) else ""
+            lines.append(f"{c:>5}  {name[:20]:<20} {n:>7}  {member.get(c, ''):<8} {'-' if acc is None else f'{acc:.2f}':>8}")
+    for name, value in (s.get("analysis") or {}).items():
+        lines += ["", f"{name}: {ANALYSIS_HELP.get(name, '')}", "  " + json.dumps(value)]
+    return "\n".join(lines)
 
 
 def run_analyses(model, data, split, augment, device, analyses: list[str]) -> dict:
