@@ -21,7 +21,8 @@ LAYERS = [
     {"experiment"},
     {"engine"},
     {"report"},
-    {"evaluation", "bench", "reproduce", "demo"},
+    {"scheduler"},
+    {"evaluation", "bench", "reproduce", "sweep", "demo"},
     {"cli"},
     {"__init__", "__main__", "api"},
 ]

@@ -1,14 +1,31 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from taildistill.cli import main
 from taildistill.errors import ConfigError
-from taildistill.reproduce import grid_cells, list_suites, load_suite, run_suite
+from taildistill.reproduce import grid_cells, list_suites, load_suite, run_suite, suite_specs
+from taildistill.scheduler import SuiteFailed
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from conftest import finished
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"
 SUITES = ["bkd-cifar10", "ltkd-tinyimagenet", "ltkd-cifar", "deitlt-cifar10", "ltsf-cifar10", "acckd-cifar10"]
+
+
+def outcomes(out: Path) -> dict[str, str]:
+    return {r["key"]: r["status"] for r in json.loads((out / "outcomes.json").read_text())["runs"]}
+
+
+def table(report: Path) -> str:
+    text = report.read_text()
+    return text[text.index("## ratio"):text.index("## Cost")]
 
 
 def test_list_shows_every_suite(capsys):
@@ -32,23 +49,161 @@ def test_unknown_suite_and_bad_teacher(tmp_path):
         load_suite("bad", tmp_path)
 
 
+def test_the_graph_makes_students_wait_for_their_teachers(tmp_path):
+    specs = suite_specs("bkd-cifar10", load_suite("bkd-cifar10", CONFIGS), tmp_path, 2, True, CONFIGS, None, None)
+    by = {s.key: s for s in specs}
+    assert by["ratio100/kd/seed1"].deps == ["ratio100/ce_teacher/seed0"] and by["ratio100/ce/seed0"].deps == []
+    assert f"teacher.run={tmp_path / 'ratio100' / 'ce_teacher' / 'seed0'}" in by["ratio100/kd/seed1"].overrides
+    assert len(specs) == 1 + 5 * 2  # the teacher once, five students x two seeds, the first cell only
+
+
 @pytest.mark.parametrize("suite", SUITES)
 def test_every_suite_runs_end_to_end_at_tiny_scale(suite, tmp_path):
-    report = run_suite(suite, tmp_path / suite, seeds=1, tiny=True, configs=CONFIGS)
+    report = run_suite(suite, tmp_path / suite, seeds=1, tiny=True, configs=CONFIGS, executor="inline", quiet=True)
     text = report.read_text()
+    assert text.startswith(f"# TINY smoke run of the suite {suite}: NOT the paper's experiment")
+    assert "paper All" not in text and "paper gain" not in text  # no paper column beside digits numbers
     spec = load_suite(suite, CONFIGS)
     label = grid_cells(spec["grid"])[0][0]
     for run in spec["runs"]:
         assert f"| {run['name']} |" in text, run["name"]
-        assert (tmp_path / suite / label / run["name"] / "seed0" / "final.json").is_file()
+        finished(tmp_path / suite / label / run["name"] / "seed0")
     results = json.loads((tmp_path / suite / "results.json").read_text())
-    assert label in results and "paper All" in results[label]["header"]
+    assert results["tiny"] and not results["paper_column"] and label in results["cells"]
 
 
-def test_finished_runs_are_reused(tmp_path):
-    out = tmp_path / "bkd"
-    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["ce"])
-    final = out / "ratio100" / "ce" / "seed0" / "final.json"
-    stamp = final.stat().st_mtime_ns
-    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["ce", "kd"])
-    assert final.stat().st_mtime_ns == stamp and (out / "ratio100" / "kd" / "seed0" / "final.json").is_file()
+def test_two_processes_at_once_give_the_report_of_one_and_a_rerun_trains_nothing(tmp_path):
+    one = run_suite("bkd-cifar10", tmp_path / "j1", seeds=1, tiny=True, configs=CONFIGS, only=["ce", "kd"],
+                    executor="inline", quiet=True)
+    two = run_suite("bkd-cifar10", tmp_path / "j2", seeds=1, tiny=True, configs=CONFIGS, only=["ce", "kd"],
+                    jobs=2, quiet=True)  # separate processes, two at a time
+    runs = json.loads((tmp_path / "j2" / "outcomes.json").read_text())["runs"]
+    assert all(r["status"] == "finished" for r in runs)
+    teacher, ce = [next(r for r in runs if f"/{n}/" in r["key"]) for n in ("ce_teacher", "ce")]
+    assert ce["ended"] - ce["seconds"] < teacher["ended"] - 1  # the teacher and ce (which needs none) ran at once
+    assert table(two) == table(one)  # the same numbers as one run at a time in one process
+    again = run_suite("bkd-cifar10", tmp_path / "j2", seeds=1, tiny=True, configs=CONFIGS, only=["ce", "kd"],
+                      jobs=2, quiet=True)
+    assert set(outcomes(tmp_path / "j2").values()) == {"reused"} and table(again) == table(one)
+    assert (tmp_path / "j2" / "ratio100" / "kd" / "seed0" / "train.log").read_text().count("$ ") == 1
+
+
+def test_a_killed_suite_finishes_only_what_is_missing(tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "taildistill", "reproduce", "bkd-cifar10", "--tiny", "--seeds", "1",
+                             "--quiet", "--out", str(out), "--only", "kd", "bkd"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("*/*/seed0/final.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the suite and its training process, at once
+    proc.wait()
+    before = {str(p.parent.relative_to(out)) for p in out.glob("*/*/seed0/final.json")}
+    assert before == {"ratio100/ce_teacher/seed0"}  # the teacher finished, its students did not
+    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["kd", "bkd"], executor="inline", quiet=True)
+    status = outcomes(out)
+    assert {k for k, v in status.items() if v == "reused"} == before
+    assert {k for k, v in status.items() if v == "finished"} == set(status) - before
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, capsys):
+    from taildistill.engine.trainer import fit
+    from taildistill.experiment import load_config
+
+    ref = run_suite("bkd-cifar10", tmp_path / "ref", seeds=1, tiny=True, configs=CONFIGS, only=["ce"],
+                    executor="inline", quiet=True)
+    out = tmp_path / "cut"
+    spec = [s for s in suite_specs("bkd-cifar10", load_suite("bkd-cifar10", CONFIGS), out, 1, True, CONFIGS, ["ce"], None)
+            if s.key == "ratio100/ce/seed0"][0]
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # killed after its first epoch's checkpoint
+        fit(load_config(spec.config_files, spec.overrides), spec.run_dir, quiet=True, on_epoch_end=stop)
+    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["ce"], executor="inline", quiet=True)
+    assert "stopped before its end; resuming from its checkpoint" in capsys.readouterr().err
+    assert "--resume" in (spec.run_dir / "train.log").read_text()
+    assert finished(spec.run_dir)["test"] == finished(tmp_path / "ref" / "ratio100" / "ce" / "seed0")["test"]
+    assert ref.is_file()
+
+
+def test_a_changed_config_is_trained_again_not_reused(tmp_path, capsys):
+    out = tmp_path / "s"
+    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["ce"], executor="inline", quiet=True)
+    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["ce"], executor="inline", quiet=True,
+              extra=["optim.lr=0.01"])
+    assert "was trained with another config; training it again" in capsys.readouterr().err
+    assert set(outcomes(out).values()) == {"finished"}
+    assert "lr: 0.01" in (out / "ratio100" / "ce" / "seed0" / "config.yaml").read_text()
+
+
+def test_a_failed_teacher_skips_its_students_and_the_others_go_on(tmp_path, capsys):
+    (tmp_path / "reproduce").mkdir()
+    (tmp_path / "bad_teacher.yaml").write_text("base: " + str(CONFIGS / "digits" / "ce_teacher.yaml") +
+                                               "\nmodel: {kwargs: {width: -4}}\n")  # valid config, fails when built
+    (tmp_path / "reproduce" / "mini.yaml").write_text(f"""
+baseline: ce
+runs:
+  - {{name: bad_teacher, config: bad_teacher.yaml, teacher_run: true}}
+  - {{name: ce, config: {CONFIGS / 'digits' / '_base.yaml'}}}
+  - {{name: kd, config: [{CONFIGS / 'digits' / '_base.yaml'}, {CONFIGS / 'methods' / 'kd.yaml'}], teacher: bad_teacher}}
+""")
+    out = tmp_path / "out"
+    assert main(["reproduce", "mini", "--configs", str(tmp_path), "--out", str(out), "--tiny", "--quiet",
+                 "--executor", "inline"]) == 1
+    err = capsys.readouterr().err
+    assert "all/bad_teacher/seed0 failed (exit code 1; log: " in err and "all/kd/seed0 skipped (all/bad_teacher/seed0 did not finish)" in err
+    assert "Traceback" in (out / "all" / "bad_teacher" / "seed0" / "train.log").read_text()
+    assert outcomes(out)["all/ce/seed0"] == "finished"
+    report = (out / "report.md").read_text()
+    assert "## Runs that did not finish" in report and "| ce |" in report
+
+
+def test_bad_scheduling_input(tmp_path, capsys, monkeypatch):
+    for bad in (["--jobs", "0"], ["--jobs", "-2"], ["--per-gpu", "0"]):
+        assert main(["reproduce", "bkd-cifar10", "--tiny", "--out", str(tmp_path / "x"), "--quiet", *bad]) == 2
+        assert "must be at least 1" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    assert main(["reproduce", "bkd-cifar10", "--tiny", "--executor", "ray", "--out", str(tmp_path / "y")]) == 2
+    assert "pip install 'taildistill[ray]'" in capsys.readouterr().err
+
+
+def test_two_suites_into_one_folder_are_refused(tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time, pathlib; from taildistill.files import lock_exclusive; "
+        f"lock_exclusive(pathlib.Path({str(out / '.suite.lock')!r}), 'x'); print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["reproduce", "bkd-cifar10", "--tiny", "--out", str(out), "--quiet"]) == 2
+        assert f"in use by another process (pid {holder.pid})" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_ray_executor_runs_a_suite_through_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray")
+    report = run_suite("bkd-cifar10", tmp_path / "ray", seeds=1, tiny=True, configs=CONFIGS, only=["ce"],
+                       executor="ray", jobs=2, quiet=True)
+    assert set(outcomes(tmp_path / "ray").values()) == {"finished"}
+    local = run_suite("bkd-cifar10", tmp_path / "inline", seeds=1, tiny=True, configs=CONFIGS, only=["ce"],
+                      executor="inline", quiet=True)
+    assert table(report) == table(local)  # the same runs, the same numbers, whatever ran them
+    assert json.loads((tmp_path / "ray" / "outcomes.json").read_text())["executor"] == "ray"
+
+
+def test_sweep_over_values_and_seeds(tmp_path, capsys):
+    teacher = tmp_path / "t"
+    assert main(["train", "digits/ce_teacher", "train.epochs=1", "--out", str(teacher), "--quiet"]) == 0
+    assert main(["sweep", "digits/_base", "methods/kd", "train.epochs=1", f"teacher.run={teacher}",
+                 "--set", "method.temperature=2,4", "--seeds", "2", "--executor", "inline", "--out", str(tmp_path / "sw"),
+                 "--quiet"]) == 0
+    rep = (tmp_path / "sw" / "report.md").read_text()
+    assert "| temperature2 | kd | 0,1 |" in rep and "| temperature4 | kd | 0,1 |" in rep
+    assert "temperature: 4.0" in (tmp_path / "sw" / "temperature4" / "seed1" / "config.yaml").read_text()
+    assert main(["sweep", "digits/_base", "--set", "train.epochs", "--out", str(tmp_path / "bad")]) == 2
+    assert "dotted.key=value1,value2" in capsys.readouterr().err

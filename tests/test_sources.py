@@ -209,6 +209,21 @@ def test_digits_source():
     assert len(set(map(bytes, data.val.x)) & set(map(bytes, data.train.x))) <= 1  # disjoint up to duplicate digits
 
 
+def test_digits_read_directly_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from taildistill.data.sources import digits
+
+    d = load_digits()
+    src = digits(DataConfig(source="digits"))
+    x = np.concatenate([src.train.x, src.test.x])[..., 0].astype(np.int64)
+    y = np.concatenate([src.train.y, src.test.y])
+    expected = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.int64)
+    order = np.lexsort(expected.reshape(len(expected), -1).T)
+    got = np.lexsort(x.reshape(len(x), -1).T)
+    assert np.array_equal(x[got], expected[order]) and np.array_equal(y[got], d.target[order])
+
+
 # ---------------------------------------------------------------- the real files in ../shared/data
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")

@@ -298,13 +298,32 @@ def build_parser() -> argparse.ArgumentParser:
                                     "paper's numbers. Finished runs are reused, so an interrupted suite continues.")
     rp.add_argument("name", nargs="?", help="suite name (see --list)")
     rp.add_argument("--list", action="store_true", help="list the suites")
-    rp.add_argument("--out", help="output folder (default runs/reproduce/NAME)")
+    rp.add_argument("--out", help="output folder (default runs/reproduce/NAME, or NAME-tiny with --tiny)")
     rp.add_argument("--seeds", type=int, help="student seeds (default: the suite's)")
     rp.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (their teachers still run)")
-    rp.add_argument("--tiny", action="store_true", help="CPU smoke scale: digits data, 2 epochs of 2 steps, first grid cell only")
+    rp.add_argument("--tiny", action="store_true", help="CPU smoke scale: digits data, 2 epochs of 2 steps, first grid "
+                                                        "cell only, into its own folder; the report says TINY and has no paper column")
     rp.add_argument("--configs", dest="configs_dir", default=None, help="a configs folder holding reproduce/ (default: the package's)")
+    _add_scheduling(rp)
+    rp.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                    help="GPUs (torchrun processes) for each run the suite marks `ddp: true` (large models)")
     _add_overrides(rp)
     rp.set_defaults(func=cmd_reproduce)
+
+    sw = sub.add_parser("sweep", help="any configs over a grid of values and seeds, several runs at once",
+                        description="Runs CONFIG (files composed left to right, then KEY=VALUE overrides) for every "
+                                    "combination of the --set values and every seed, with the suites' scheduler "
+                                    "(several processes, GPUs shared, finished runs reused, interrupted ones "
+                                    "resumed), and writes OUT/report.md comparing them.",
+                        epilog="example:\n  taildistill sweep cifar10_lt/_base methods/ltkd --set method.ltkd_alpha=1,6 "
+                               "--set method.ltkd_beta=1,6 --seeds 3 --jobs 8 --out runs/ltkd_grid",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_configs(sw)
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis (repeatable)")
+    sw.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    sw.add_argument("--out", required=True, help="output folder: OUT/<grid point>/seed<k>, OUT/report.md")
+    _add_scheduling(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     me = sub.add_parser("methods", help="list the registered methods, or one method's parameters",
                         description="Lists every method usable as `method.name` in a config with a one-line "
@@ -325,18 +344,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_line() -> str:
+    return "taildistill " + " ".join(sys.argv[1:])
+
+
 def cmd_reproduce(args) -> int:
     from .reproduce import list_suites, run_suite
+    from .scheduler import SuiteFailed
 
     if args.list or not args.name:
         for name, desc in list_suites(args.configs_dir):
             print(f"{name:<20} {desc}")
         return 0 if args.list else 2
-    out = Path(args.out or f"runs/reproduce/{args.name}")
-    report = run_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only, list(args.overrides))
-    print((report).read_text())
+    # a smoke run never shares a folder with the real suite
+    out = Path(args.out or f"runs/reproduce/{args.name}{'-tiny' if args.tiny else ''}")
+    try:
+        report = run_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only, list(args.overrides),
+                           args.jobs, args.per_gpu, args.executor, args.nproc_per_node, args.quiet, _command_line())
+    except SuiteFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.read_text())
     print(f"report: {report}")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .scheduler import SuiteFailed
+    from .sweep import run_sweep
+
+    files, overrides = split_configs(args.configs, "sweep")
+    try:
+        report = run_sweep(files, overrides, args.set, args.seeds, Path(args.out), args.jobs, args.per_gpu,
+                           args.executor, args.quiet, _command_line())
+    except SuiteFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+def _add_scheduling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (separate processes; default 1). On CUDA they "
+                                                       "spread over the visible GPUs, --per-gpu on each")
+    p.add_argument("--per-gpu", type=int, default=None, metavar="K",
+                   help="runs sharing one GPU (default: 4 for small models, else 1; see taildistill.scheduler)")
+    p.add_argument("--executor", choices=["local", "inline", "ray"], default="local",
+                   help="local: separate processes on this machine (default); inline: one run at a time in this "
+                        "process (debugging); ray: Ray tasks with fractional GPUs on a Ray cluster (RAY_ADDRESS; "
+                        "pip install 'taildistill[ray]'), the output folder shared by the nodes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_methods(args) -> int:
@@ -395,12 +453,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         parser.print_help(sys.stderr)
         return 2
+    previous = os.environ.get("TAILDISTILL_IMPORTS")
     try:
         if args.imports:
-            from .config import import_modules
+            from .config import env_imports, import_modules
 
             import_modules(args.imports)
-            os.environ["TAILDISTILL_IMPORTS"] = ",".join(args.imports)  # the runs record them in `imports`
+            # for this command only: its configs record them in `imports`, the processes it starts inherit them
+            os.environ["TAILDISTILL_IMPORTS"] = ",".join(dict.fromkeys([*env_imports(), *args.imports]))
         return args.func(args)
     except TaildistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -412,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (resume with `taildistill train --resume RUN_DIR`)", file=sys.stderr)
         return 130
+    finally:
+        if previous is None:
+            os.environ.pop("TAILDISTILL_IMPORTS", None)
+        else:
+            os.environ["TAILDISTILL_IMPORTS"] = previous
 
 
 if __name__ == "__main__":

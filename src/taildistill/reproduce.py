@@ -25,7 +25,6 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
-from .experiment import load_config
 from .rundir import RunDir
 
 TINY = ["data.source=digits", "data.root=", "data.test_root=", "data.lists={}", "data.n_max=0",
@@ -86,60 +85,95 @@ def grid_cells(grid: dict) -> list[tuple[str, list[str]]]:
     return cells
 
 
-def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs: str | Path | None = None,
-              only: list[str] | None = None, extra: list[str] | None = None) -> Path:
-    """Run every cell of suite `name`; returns the path of the written report.md."""
-    from tqdm import tqdm
+def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, configs, only: list[str] | None,
+                extra: list[str] | None, nproc: int = 1) -> list:
+    """The suite's runs as a dependency graph: each cell's teachers first, each student waiting
+    for its teacher. A run's directory is OUT/<cell>/<run>/seed<k>."""
+    from .scheduler import RunSpec
 
-    from .engine.trainer import fit
-    from .report import write_run_report
-
-    suite = load_suite(name, configs)
-    seeds = seeds or int(suite.get("seeds", 1))
-    out = Path(out)
     cells = grid_cells(suite.get("grid", {}))
     if tiny:  # a smoke run: the first cell is enough to exercise every run of the suite
         cells = cells[:1]
-    plan = []
+    root = configs_root(configs)
+    specs = []
     for label, cell_over in cells:
         for run in suite["runs"]:
             if only and run["name"] not in only and not run.get("teacher_run"):
                 continue
             for seed in ([0] if run.get("teacher_run") else range(seeds)):
-                plan.append((label, cell_over, run, seed))
-    bar = tqdm(plan, desc=f"reproduce {name}", unit="run", dynamic_ncols=True)
-    for label, cell_over, run, seed in bar:
-        bar.set_postfix_str(f"{label}/{run['name']}/seed{seed}")
-        run_dir = out / label / run["name"] / f"seed{seed}"
-        if RunDir(run_dir).is_finished():
-            continue  # cached: a finished teacher or student is reused
-        overrides = cell_over + list(run.get("overrides", [])) + [f"train.seed={seed}", "data.seed=0"]
-        if run.get("teacher"):
-            overrides.append(f"teacher.run={out / label / run['teacher'] / 'seed0'}")
-        if tiny:
-            overrides += TINY + list(suite.get("tiny", [])) + list(run.get("tiny", []))
-        overrides += list(extra or [])
-        files = run["config"] if isinstance(run["config"], list) else [run["config"]]
-        cfg = load_config([configs_root(configs) / f for f in files], overrides)
-        cfg.name = run["name"]
-        if run_dir.exists():  # an unfinished run: start it again from scratch in the same place
-            import shutil
-
-            shutil.rmtree(run_dir)
-        fit(cfg, run_dir, quiet=True)
-        write_run_report(run_dir)
-    bar.close()
-    return write_suite_report(name, suite, out, cells)
+                overrides = cell_over + list(run.get("overrides", [])) + [f"train.seed={seed}", "data.seed=0",
+                                                                          f"name={run['name']}"]
+                deps = []
+                if run.get("teacher"):
+                    overrides.append(f"teacher.run={out / label / run['teacher'] / 'seed0'}")
+                    deps.append(f"{label}/{run['teacher']}/seed0")
+                if tiny:
+                    overrides += TINY + list(suite.get("tiny", [])) + list(run.get("tiny", []))
+                overrides += list(extra or [])
+                files = run["config"] if isinstance(run["config"], list) else [run["config"]]
+                specs.append(RunSpec(f"{label}/{run['name']}/seed{seed}", out / label / run["name"] / f"seed{seed}",
+                                     [str(root / f) for f in files], overrides, deps,
+                                     nproc=nproc if run.get("ddp") and not tiny else 1, small=bool(run.get("small", True))))
+    return specs
 
 
-def _cell_rows(suite: dict, out: Path, label: str) -> tuple[list[str], list[list[str]], str]:
+def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs: str | Path | None = None,
+              only: list[str] | None = None, extra: list[str] | None = None, jobs: int = 1, per_gpu: int | None = None,
+              executor: str = "local", nproc: int = 1, quiet: bool = False, command: str = "") -> Path:
+    """Run every cell of suite `name` (several runs at once with `jobs`; see taildistill.scheduler)
+    and write OUT/report.md; returns its path. Runs that failed are reported, and raise
+    :class:`SuiteFailed` after the report is written."""
+    import time
+
+    from .report import write_run_report
+    from .scheduler import (
+        SuiteFailed, accounting, default_per_gpu, failures_message, lock_output, make_executor, release_output, run_graph,
+        write_outcomes,
+    )
+
+    suite = load_suite(name, configs)
+    seeds = seeds or int(suite.get("seeds", 1))
+    out = Path(out)
+    specs = suite_specs(name, suite, out, seeds, tiny, configs, only, extra, nproc)
+    per_gpu = default_per_gpu(specs) if per_gpu is None else per_gpu
+    ex = make_executor(executor, jobs, per_gpu)
+    lock = lock_output(out, f"suite {name}")
+    try:
+        t0 = time.time()
+        outcomes = run_graph(specs, ex, desc=f"reproduce {name}", quiet=quiet)
+        wall = time.time() - t0
+        for o in outcomes:
+            if o.status == "finished":
+                write_run_report(o.run_dir)
+        cost = accounting(outcomes, wall, per_gpu, len(getattr(ex, "gpus", [])))
+        write_outcomes(out / "outcomes.json", outcomes, {"executor": ex.name, "jobs": jobs, "per_gpu": per_gpu,
+                                                        "command": command, "accounting": cost})
+        report = write_suite_report(name, suite, out, tiny=tiny, command=command, outcomes=outcomes, cost=cost, seeds=seeds)
+    finally:
+        release_output(lock)
+        if executor == "ray":
+            import ray
+
+            ray.shutdown()
+    problems = failures_message(outcomes)
+    if problems:
+        raise SuiteFailed(f"{problems}; the report has the runs that finished: {report}")
+    return report
+
+
+def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
+               seeds: int | None = None) -> tuple[list[str], list[list[str]], str]:
     from .report import group_keys, read_run, seed_cells, seed_list
 
-    paper = (suite.get("paper") or {}).get(label) or {}
+    paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
     runs = {}
     policy = ""
     for run in suite["runs"]:
-        finals = [read_run(d) for d in sorted((out / label / run["name"]).glob("seed*")) if RunDir(d).is_finished()]
+        dirs = sorted((out / label / run["name"]).glob("seed*"))
+        if seeds is not None:  # the seeds this invocation asked for, not whatever else the folder holds
+            keep = {"seed0"} if run.get("teacher_run") else {f"seed{k}" for k in range(seeds)}
+            dirs = [d for d in dirs if d.name in keep]
+        finals = [read_run(d) for d in dirs if RunDir(d).is_finished()]
         if finals:
             runs[run["name"]] = finals
             policy = finals[0].get("group_policy", policy)
@@ -148,40 +182,79 @@ def _cell_rows(suite: dict, out: Path, label: str) -> tuple[list[str], list[list
     base_all = seed_cells(base, [])[1] if base else None
     paper_base = paper.get(suite["baseline"])
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
-             [f"gain vs {suite['baseline']}", "paper All", "paper gain"]
+             [f"gain vs {suite['baseline']}"] + (["paper All", "paper gain"] if paper_column else [])
     rows = []
     for name, finals in runs.items():
         cells, all_m = seed_cells(finals, gcols)
         gain = f"{all_m - base_all:+.2f}" if base_all is not None and all_m is not None else "–"
-        p = paper.get(name)
-        pgain = f"{p - paper_base:+.1f}" if p is not None and paper_base is not None else "–"
-        rows.append([name, finals[0]["method"], seed_list(finals)] + cells + [gain, "–" if p is None else f"{p}", pgain])
+        row = [name, finals[0]["method"], seed_list(finals)] + cells + [gain]
+        if paper_column:
+            p = paper.get(name)
+            row += ["–" if p is None else f"{p}", f"{p - paper_base:+.1f}" if p is not None and paper_base is not None else "–"]
+        rows.append(row)
     return header, rows, policy
 
 
-def write_suite_report(name: str, suite: dict, out: Path, cells=None) -> Path:
-    from .report import markdown_table
+def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, command: str = "",
+                       outcomes: list | None = None, cost: dict | None = None, seeds: int | None = None) -> Path:
+    """OUT/report.md and OUT/results.json: per cell, our numbers (mean ± std over seeds, per group,
+    gain over the baseline) beside the paper's, unless the runs are not the paper's experiment
+    (--tiny, or a suite that says how it differs): then the first lines say so and no paper column
+    is printed. Failed runs, the cost of the grid and the provenance follow."""
+    from .report import empty_groups, markdown_table, read_run
 
-    cells = cells or grid_cells(suite.get("grid", {}))
-    lines = [f"# Reproduction: {name}", "", suite.get("description", ""), "",
-             "Last-epoch test accuracy (%), mean ± std over seeds; gains are over the "
-             f"`{suite['baseline']}` student on the same data. The paper's numbers are on its own data "
-             "(e.g. lossless CIFAR); compare the gains, not the absolute values.", ""]
+    cells = grid_cells(suite.get("grid", {}))
+    if tiny:
+        cells = cells[:1]
+    differs = suite.get("not_the_paper", "")
+    paper_column = not tiny and not differs and bool(suite.get("paper"))
+    lines = []
+    if tiny:
+        lines += [f"# TINY smoke run of the suite {name}: NOT the paper's experiment", "",
+                  "Digits data, 2 epochs of 2 steps per run, the first grid cell only: this checks that every run "
+                  "of the suite trains, nothing else. No paper numbers are shown.", ""]
+    else:
+        lines += [f"# Reproduction: {name}", ""]
+        if differs:
+            lines += [f"**Not the paper's experiment:** {differs} The paper's numbers are therefore not shown.", ""]
+    lines += [suite.get("description", ""), "",
+              "Last-epoch test accuracy (%), mean ± std over seeds; gains are over the "
+              f"`{suite['baseline']}` student on the same data."
+              + (" The paper's numbers are on its own data (e.g. lossless CIFAR); compare the gains, not the absolute values."
+                 if paper_column else ""), ""]
     results = {}
     for label, _ in cells:
-        header, rows, policy = _cell_rows(suite, out, label)
+        header, rows, policy = _cell_rows(suite, out, label, paper_column, seeds)
         if not rows:
             continue
-        lines += [f"## {label}", "", f"groups: `{policy}` policy", "", markdown_table(header, rows), ""]
+        finals = [read_run(d) for d in sorted(out.glob(f"{label}/*/seed*")) if RunDir(d).is_finished()]
+        note = empty_groups(finals)
+        lines += [f"## {label}", "", f"groups: `{policy}` policy" + (f". {note}" if note else ""), "",
+                  markdown_table(header, rows), ""]
         results[label] = {"header": header, "rows": rows, "group_policy": policy}
+    bad = [o for o in outcomes or [] if o.status in ("failed", "skipped")]
+    if bad:
+        lines += ["## Runs that did not finish", ""] + [f"- `{o.key}`: {o.status} — {o.reason}" for o in bad] + [""]
+    if cost:
+        lines += ["## Cost of this invocation", "",
+                  f"- wall time {cost['wall_seconds']:.0f} s for {cost['runs_trained']} runs trained "
+                  f"({cost['gpus_visible']} GPU(s) visible); {cost['gpu_hours']:.3f} GPU-hours "
+                  f"(each run's time × its GPU share); aggregate {cost['aggregate_images_per_s'] or 0:.0f} images/s", ""]
+        if cost["per_run"]:
+            lines += [markdown_table(["run", "seconds", "GPU", "median images/s"],
+                                     [[r["run"], f"{r['seconds']:.0f}", ",".join(map(str, r["gpus"])) or "cpu",
+                                       "–" if r["median_images_per_s"] is None else f"{r['median_images_per_s']:.0f}"]
+                                      for r in cost["per_run"]]), ""]
     finished = [RunDir(d) for d in sorted(out.glob("*/*/seed*")) if RunDir(d).is_finished()]
     if finished:
         env = finished[0].env()
-        lines += ["## Provenance", "", f"- command: `taildistill reproduce {name}` (runs under `{out}`)",
+        lines += ["## Provenance", "", f"- command: `{command or 'taildistill reproduce ' + name}` (runs under `{out}`)",
                   f"- commit: {env.get('commit')}", f"- hardware: {env.get('hardware')}",
                   f"- versions: {json.dumps(env.get('versions', {}))}", ""]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    from .files import write_text_atomic
+
+    write_text_atomic(out / "results.json", json.dumps({"tiny": tiny, "paper_column": paper_column, "cells": results}, indent=1))
     report = out / "report.md"
-    report.write_text("\n".join(lines))
+    write_text_atomic(report, "\n".join(lines))
     return report

