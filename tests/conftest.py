@@ -78,3 +78,25 @@ def finished(run, test_size: int | None = None) -> dict:
         if acc is not None:
             assert acc == pytest.approx(100.0 * cm[c, c] / rows[c])
     return final
+
+
+class hold_lock:
+    """A separate process holding taildistill's exclusive lock on `path` (a second writer)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", (
+            "import time, pathlib; from taildistill.files import lock_exclusive; "
+            f"lock_exclusive(pathlib.Path({str(self.path)!r}), 'x'); print('locked', flush=True); time.sleep(60)")],
+            stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+        return self.proc
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()

@@ -8,7 +8,7 @@ from taildistill import config as C
 from taildistill.config import dump_config
 from taildistill.errors import ConfigError
 from taildistill.experiment import build_config, load_config
-from taildistill.methods import CRITERIA, METHODS, resolve_params
+from taildistill.methods import METHODS, resolve_params
 from taildistill.typed import choices
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"

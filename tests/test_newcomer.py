@@ -1,7 +1,6 @@
 """What a new user meets first: the Python API and the examples, any timm / torchvision model,
 progress and logs, readable output, configs found from anywhere, data errors that say what to do."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -21,7 +21,7 @@ from taildistill.config import DataConfig
 from taildistill.data import build_data
 from taildistill.engine.trainer import fit
 
-from conftest import finished, write_image_folder
+from conftest import finished, hold_lock, write_image_folder
 from test_engine import tiny
 
 BASE = """
@@ -113,17 +113,9 @@ def test_a_different_cifar_archive_of_the_same_name_and_size_is_not_served_from_
 
 
 def test_a_second_writer_of_a_run_is_refused_naming_the_holder(tmp_path, trained, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from taildistill.files import lock_exclusive; "
-        f"lock_exclusive(__import__('pathlib').Path({str(trained / '.lock')!r}), 'x'); print('locked', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with hold_lock(trained / ".lock") as holder:
         assert main(["train", "--resume", str(trained)]) == 2
         one_error(capsys, "in use by another process", f"pid {holder.pid}")
-    finally:
-        holder.kill()
-        holder.wait()
     assert main(["train", "--resume", str(trained)]) == 0  # released by the OS when the holder died
 
 

@@ -11,9 +11,8 @@ import pytest
 from taildistill.cli import main
 from taildistill.errors import ConfigError
 from taildistill.reproduce import grid_cells, list_suites, load_suite, run_suite, suite_specs
-from taildistill.scheduler import SuiteFailed
 
-from conftest import finished
+from conftest import finished, hold_lock
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"
 SUITES = ["bkd-cifar10", "ltkd-tinyimagenet", "ltkd-cifar", "deitlt-cifar10", "ltsf-cifar10", "acckd-cifar10"]
@@ -172,17 +171,9 @@ def test_bad_scheduling_input(tmp_path, capsys, monkeypatch):
 def test_two_suites_into_one_folder_are_refused(tmp_path, capsys):
     out = tmp_path / "busy"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time, pathlib; from taildistill.files import lock_exclusive; "
-        f"lock_exclusive(pathlib.Path({str(out / '.suite.lock')!r}), 'x'); print('locked', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with hold_lock(out / ".suite.lock") as holder:
         assert main(["reproduce", "bkd-cifar10", "--tiny", "--out", str(out), "--quiet"]) == 2
         assert f"in use by another process (pid {holder.pid})" in capsys.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_the_ray_executor_runs_a_suite_through_a_local_ray_instance(tmp_path):

@@ -3,7 +3,6 @@ the wall time of a whole recipe (teacher training + distillation + evaluation)."
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import tempfile
 import time

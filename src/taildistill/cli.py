@@ -350,7 +350,6 @@ def _command_line() -> str:
 
 def cmd_reproduce(args) -> int:
     from .reproduce import list_suites, run_suite
-    from .scheduler import SuiteFailed
 
     if args.list or not args.name:
         for name, desc in list_suites(args.configs_dir):
@@ -358,9 +357,17 @@ def cmd_reproduce(args) -> int:
         return 0 if args.list else 2
     # a smoke run never shares a folder with the real suite
     out = Path(args.out or f"runs/reproduce/{args.name}{'-tiny' if args.tiny else ''}")
+    return _scheduled(lambda: run_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only,
+                                        list(args.overrides), args.jobs, args.per_gpu, args.executor,
+                                        args.nproc_per_node, args.quiet, _command_line()))
+
+
+def _scheduled(run) -> int:
+    """A suite or sweep: its report printed, or exit code 1 when runs failed (the report is still written)."""
+    from .scheduler import SuiteFailed
+
     try:
-        report = run_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only, list(args.overrides),
-                           args.jobs, args.per_gpu, args.executor, args.nproc_per_node, args.quiet, _command_line())
+        report = run()
     except SuiteFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -370,19 +377,11 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .scheduler import SuiteFailed
     from .sweep import run_sweep
 
     files, overrides = split_configs(args.configs, "sweep")
-    try:
-        report = run_sweep(files, overrides, args.set, args.seeds, Path(args.out), args.jobs, args.per_gpu,
-                           args.executor, args.quiet, _command_line())
-    except SuiteFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(report.read_text())
-    print(f"report: {report}")
-    return 0
+    return _scheduled(lambda: run_sweep(files, overrides, args.set, args.seeds, Path(args.out), args.jobs, args.per_gpu,
+                                        args.executor, args.quiet, _command_line()))
 
 
 def _add_scheduling(p: argparse.ArgumentParser) -> None:

@@ -123,42 +123,15 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
     """Run every cell of suite `name` (several runs at once with `jobs`; see taildistill.scheduler)
     and write OUT/report.md; returns its path. Runs that failed are reported, and raise
     :class:`SuiteFailed` after the report is written."""
-    import time
-
-    from .report import write_run_report
-    from .scheduler import (
-        SuiteFailed, accounting, default_per_gpu, failures_message, lock_output, make_executor, release_output, run_graph,
-        write_outcomes,
-    )
+    from .scheduler import execute
 
     suite = load_suite(name, configs)
     seeds = seeds or int(suite.get("seeds", 1))
     out = Path(out)
     specs = suite_specs(name, suite, out, seeds, tiny, configs, only, extra, nproc)
-    per_gpu = default_per_gpu(specs) if per_gpu is None else per_gpu
-    ex = make_executor(executor, jobs, per_gpu)
-    lock = lock_output(out, f"suite {name}")
-    try:
-        t0 = time.time()
-        outcomes = run_graph(specs, ex, desc=f"reproduce {name}", quiet=quiet)
-        wall = time.time() - t0
-        for o in outcomes:
-            if o.status == "finished":
-                write_run_report(o.run_dir)
-        cost = accounting(outcomes, wall, per_gpu, len(getattr(ex, "gpus", [])))
-        write_outcomes(out / "outcomes.json", outcomes, {"executor": ex.name, "jobs": jobs, "per_gpu": per_gpu,
-                                                        "command": command, "accounting": cost})
-        report = write_suite_report(name, suite, out, tiny=tiny, command=command, outcomes=outcomes, cost=cost, seeds=seeds)
-    finally:
-        release_output(lock)
-        if executor == "ray":
-            import ray
-
-            ray.shutdown()
-    problems = failures_message(outcomes)
-    if problems:
-        raise SuiteFailed(f"{problems}; the report has the runs that finished: {report}")
-    return report
+    return execute(specs, out, f"reproduce {name}", executor, jobs, per_gpu, quiet, command,
+                   lambda outcomes, cost: write_suite_report(name, suite, out, tiny=tiny, command=command,
+                                                             outcomes=outcomes, cost=cost, seeds=seeds))
 
 
 def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,

@@ -384,6 +384,38 @@ def make_executor(kind: str, jobs: int, per_gpu: int, threads: int | None = None
     raise ConfigError(f"--executor must be local, inline or ray, got '{kind}'")
 
 
+def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local", jobs: int = 1,
+            per_gpu: int | None = None, quiet: bool = False, command: str = "", report=None) -> Path | None:
+    """Run a graph into output folder `out` (locked for the time being), write the run reports and
+    OUT/outcomes.json (statuses and the cost), then `report(outcomes, cost)` -> the report's path.
+    Raises :class:`SuiteFailed` after the report is written when runs failed or were skipped."""
+    from .report import write_run_report
+
+    per_gpu = default_per_gpu(specs) if per_gpu is None else per_gpu
+    ex = make_executor(executor, jobs, per_gpu)
+    lock = lock_output(out, what)
+    try:
+        t0 = time.time()
+        outcomes = run_graph(specs, ex, desc=what, quiet=quiet)
+        for o in outcomes:
+            if o.status == "finished":
+                write_run_report(o.run_dir)
+        cost = accounting(outcomes, time.time() - t0, per_gpu, len(getattr(ex, "gpus", [])))
+        write_outcomes(out / "outcomes.json", outcomes, {"executor": ex.name, "jobs": jobs, "per_gpu": per_gpu,
+                                                        "command": command, "accounting": cost})
+        path = report(outcomes, cost) if report is not None else None
+    finally:
+        release_output(lock)
+        if executor == "ray":
+            import ray
+
+            ray.shutdown()
+    problems = failures_message(outcomes)
+    if problems:
+        raise SuiteFailed(f"{problems}" + (f"; the report has the runs that finished: {path}" if path else ""))
+    return path
+
+
 def lock_output(out: Path, what: str) -> Path:
     """One suite or sweep per output folder at a time."""
     out.mkdir(parents=True, exist_ok=True)

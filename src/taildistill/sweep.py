@@ -3,7 +3,6 @@ the same scheduler as the suites, with a comparison report over every run."""
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 
 from .errors import ConfigError
@@ -44,10 +43,7 @@ def run_sweep(files: list[str], overrides: list[str], sets: list[str], seeds: in
               per_gpu: int | None = None, executor: str = "local", quiet: bool = False, command: str = "") -> Path:
     from .report import write_comparison
     from .rundir import RunDir
-    from .scheduler import (
-        RunSpec, SuiteFailed, accounting, default_per_gpu, failures_message, lock_output, make_executor, release_output,
-        run_graph, write_outcomes,
-    )
+    from .scheduler import RunSpec, execute
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
@@ -59,24 +55,8 @@ def run_sweep(files: list[str], overrides: list[str], sets: list[str], seeds: in
         for seed in range(seeds):
             specs.append(RunSpec(f"{label}/seed{seed}", out / label / f"seed{seed}", list(files),
                                  [*overrides, *(f"{k}={v}" for k, v in point), f"train.seed={seed}", f"name={label}"]))
-    per_gpu = default_per_gpu(specs) if per_gpu is None else per_gpu
-    ex = make_executor(executor, jobs, per_gpu)
-    lock = lock_output(out, "sweep")
-    try:
-        t0 = time.time()
-        outcomes = run_graph(specs, ex, desc="sweep", quiet=quiet)
-        cost = accounting(outcomes, time.time() - t0, per_gpu, len(getattr(ex, "gpus", [])))
-        write_outcomes(out / "outcomes.json", outcomes, {"executor": ex.name, "jobs": jobs, "per_gpu": per_gpu,
-                                                        "command": command, "accounting": cost})
+    def report(outcomes, cost):
         done = [o.run_dir for o in outcomes if RunDir(o.run_dir).is_finished()]
-        report = write_comparison(done, out, title=f"Sweep over {', '.join(k for k, _ in grid) or 'seeds'}") if done else None
-    finally:
-        release_output(lock)
-        if executor == "ray":
-            import ray
+        return write_comparison(done, out, title=f"Sweep over {', '.join(k for k, _ in grid) or 'seeds'}") if done else None
 
-            ray.shutdown()
-    problems = failures_message(outcomes)
-    if problems:
-        raise SuiteFailed(f"{problems}" + (f"; the report has the runs that finished: {report}" if report else ""))
-    return report
+    return execute(specs, out, "sweep", executor, jobs, per_gpu, quiet, command, report)
