@@ -103,3 +103,37 @@ def test_batch_scalars_come_from_the_host_generator():
     assert torch.equal(a["x"], b["x"]) and float(a["mix_lam"]) == float(b["mix_lam"])
     assert float(a["mix_lam"]) != float(c["mix_lam"]) and torch.equal(a["mix_perm"], c["mix_perm"])
     assert sorted(a["mix_perm"].tolist()) == list(range(16))
+
+
+def test_autoaugment_and_randaugment_draw_per_image():
+    """Each image draws its own sub-policy (AutoAugment) or operations (RandAugment): applying the
+    policy to a batch of identical images gives many different results."""
+    x = torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8).expand(32, -1, -1, -1).contiguous()
+    for cfg in (AugmentConfig(autoaugment="cifar10", normalize=False), AugmentConfig(randaugment_n=2, normalize=False)):
+        aug = BatchAugment(cfg, [0.0] * 3, [1.0] * 3, 10)
+        out = aug(x, None, gen(0), host=gen(5))["x"]
+        distinct = {tuple(o.flatten()[:64].tolist()) for o in out}
+        assert len(distinct) > 4, cfg  # kornia's own forward would give one sub-policy to the whole batch
+    # and the draws are the host generator's: the same host seed, the same images
+    aug = BatchAugment(AugmentConfig(autoaugment="cifar10", normalize=False), [0.0] * 3, [1.0] * 3, 10)
+    assert torch.equal(aug(x, None, gen(0), host=gen(9))["x"], aug(x, None, gen(0), host=gen(9))["x"])
+
+
+def test_random_resized_crop_rotation_and_pixel_erasing():
+    from taildistill.data.augment import random_erasing, random_resized_crop, random_rotation
+
+    x = torch.rand(8, 3, 32, 32)
+    out = random_resized_crop(x, 64, gen(0))
+    assert out.shape == (8, 3, 64, 64) and out.min() >= 0 and out.max() <= 1
+    full = random_resized_crop(x, 32, gen(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))  # the whole image, same size
+    assert torch.allclose(full, x, atol=1e-5)
+    still = random_rotation(x, 0.0001, gen(0))
+    assert torch.allclose(still, x, atol=1e-2) and not torch.allclose(random_rotation(x, 45, gen(0)), x, atol=1e-2)
+    ones = torch.ones(64, 3, 16, 16)
+    const = random_erasing(ones, 1.0, gen(1))
+    pixel = random_erasing(ones, 1.0, gen(1), mode="pixel")
+    erased = const == 0
+    assert erased.any() and torch.equal(erased, pixel != 1)  # the same boxes
+    assert pixel[erased].std() > 0.5  # filled with per-pixel noise, not a constant
+    aug = BatchAugment(AugmentConfig(random_resized_crop=24), [0.5] * 3, [0.25] * 3, 10)
+    assert aug.eval_view(torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8)).shape == (2, 3, 24, 24)

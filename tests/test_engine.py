@@ -302,6 +302,12 @@ def test_eval_cli_analyses(tmp_path, capsys):
     assert "mean attention distance per ViT block" in printed and "feature rank" in printed
     res = json.loads((run / "eval_test.json").read_text())["analysis"]
     assert len(res["attention"]["mean_distance_per_block"]) == 2 and set(res["rank"]) >= {"cls", "dist"}
+    att = res["attention"]  # over the tail classes' test images only, per head, in pixels
+    tail = res["rank"]["tail_classes"]
+    assert att["images"] == sum(json.loads((run / "final.json").read_text())["test"]["confusion"][c][k]
+                                for c in tail for k in range(10))
+    assert len(att["mean_distance_per_block_and_head"][0]) == 2 and att["unit"].startswith("pixels")
+    assert len(res["rank"]["per_block"]["dist"]) == 2
     assert main(["eval", str(run), "--analysis", "firing"]) == 2
     assert "spiking model" in capsys.readouterr().err
 

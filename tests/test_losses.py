@@ -201,9 +201,24 @@ def test_classification_losses_hand_computed():
     m = L.ldam_margins([100, 10, 1], 0.5)
     assert m.tolist() == pytest.approx([0.5 * (100 ** -0.25) / 1.0, 0.5 * (10 ** -0.25), 0.5])
     cos = torch.tensor([[0.5, 0.1, -0.2]])
-    ldam = F.cross_entropy(30 * torch.tensor([[0.5 - m[0].item(), 0.1, -0.2]]), y).item()
-    assert L.ldam_loss(cos, y, m, 30.0).item() == pytest.approx(ldam, rel=1e-5)
+    ldam = F.cross_entropy(30 * torch.tensor([[0.5 - m[0].item(), 0.1, -0.2]]), y).item()  # Cao et al.: s (cos - m)
+    assert L.ldam_loss(30 * cos, y, m, 30.0).item() == pytest.approx(ldam, rel=1e-5)  # the head gives s cos
     assert torch.allclose(L.posthoc_logit_adjustment(z, prior, 1.0), z - prior.log())
+
+
+def test_ldam_on_a_scaled_cosine_head_is_numerically_the_old_loss():
+    """The cosine head now applies s; LDAM scales only its margins: the same loss and gradient as
+    CE(s * (cos - m)) on raw cosines, to float precision."""
+    g = torch.Generator().manual_seed(0)
+    cos = (torch.rand(64, 10, generator=g) * 2 - 1).requires_grad_(True)
+    y = torch.randint(0, 10, (64,), generator=g)
+    m = L.ldam_margins([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 0.5)
+    w = L.class_balanced_weights([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 0.9999)
+    old = F.cross_entropy(30 * (cos - F.one_hot(y, 10) * m[y][:, None]), y, weight=w)
+    (g_old,) = torch.autograd.grad(old, cos)
+    new = L.ldam_loss(30 * cos, y, m, 30.0, w)
+    (g_new,) = torch.autograd.grad(new, cos)
+    assert new.item() == pytest.approx(old.item(), rel=1e-6) and torch.allclose(g_new, g_old, atol=1e-7)
 
 
 def test_soft_targets_and_label_smoothing():

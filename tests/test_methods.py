@@ -54,8 +54,6 @@ def approx(v):
     ({"sup_loss": "cb", "cb_beta": 0.99}, lambda s, y: F.cross_entropy(s, y, weight=L.class_balanced_weights(COUNTS, 0.99))),
     ({"sup_loss": "cb_focal", "cb_beta": 0.99, "focal_gamma": 0.5},
      lambda s, y: L.focal_loss(s, y, 0.5, L.class_balanced_weights(COUNTS, 0.99))),
-    ({"sup_loss": "ldam", "ldam_max_margin": 0.3, "ldam_scale": 10.0},
-     lambda s, y: L.ldam_loss(s, y, L.ldam_margins(COUNTS, 0.3), 10.0)),
     ({"sup_loss": "la", "la_tau": 1.5}, lambda s, y: L.logit_adjusted_loss(s, y, torch.tensor(COUNTS) / sum(COUNTS), 1.5)),
     ({"sup_loss": "bsce"}, lambda s, y: L.balanced_softmax_loss(s, y, COUNTS)),
 ])
@@ -63,6 +61,16 @@ def test_supervised_losses(setup, params, expected):
     *_, batch, s, t = setup
     m = make("ce", {**params, "sup_weight": 0.7}, setup)
     assert terms(m, batch) == {"sup": approx(0.7 * expected(s, batch["y"]).item())}
+
+
+def test_ldam_on_a_cosine_head(setup):
+    *_, batch, s, t = setup
+    student = build_model("resnet20", C, 1, 8, cosine_head=True, cosine_scale=10.0).eval()
+    m = make("ce", {"sup_loss": "ldam", "ldam_max_margin": 0.3, "ldam_scale": 10.0}, setup, student=student)
+    with torch.no_grad():
+        z = student(batch["x"])["logits"]  # 10 * cos
+    expect = F.cross_entropy(z - 10.0 * F.one_hot(batch["y"], C) * L.ldam_margins(COUNTS, 0.3)[batch["y"]][:, None], batch["y"])
+    assert terms(m, batch) == {"sup": approx(expect.item())}
 
 
 def test_deferred_reweighting_switches_the_class_balanced_weights_on(setup):
@@ -274,3 +282,55 @@ def test_every_registered_method_is_covered_here():
     source = inspect.getsource(sys.modules[__name__])
     missing = [n for n in METHODS.names() if not n.startswith("_") and f'"{n}"' not in source]
     assert not missing, missing
+
+
+def test_a_trained_cosine_head_teacher_is_confident_and_ldam_checks_its_head(tmp_path):
+    """A cosine head's logits are s * cos: a teacher trained with LDAM-DRW gives confident
+    softmaxes on its training images (raw cosines gave ~0.23 on 10 classes), and LDAM refuses a
+    head without s, or with another s than its own."""
+    from taildistill.engine.trainer import Trainer
+    from taildistill.errors import ConfigError
+    from taildistill.experiment import build_config
+
+    raw = {"name": "ldam", "data": {"source": "digits", "profile": "exp", "ratio": 10},
+           "model": {"name": "resnet20", "kwargs": {"cosine_head": True}},
+           "optim": {"lr": 0.05}, "schedule": {"name": "cosine", "warmup_epochs": 1},
+           "train": {"epochs": 6, "batch_size": 64, "device": "cpu", "tensorboard": False, "progress": False},
+           "method": {"name": "ce", "sup_loss": "ldam", "drw_epoch": 4}}
+    trainer = Trainer(build_config(raw), tmp_path / "ldam", quiet=True)
+    trainer.run()
+    probs = torch.softmax(trainer.predict_split(trainer.data.train)["logits"], 1)
+    assert probs.max(1).values.mean() > 0.6
+    with pytest.raises(ConfigError, match="needs a cosine head"):
+        build_method("ce", {"sup_loss": "ldam"}, build_model("resnet20", 10, 1, 8), None, trainer.data.info)
+    with pytest.raises(ConfigError, match="differs from method.ldam_scale"):
+        build_method("ce", {"sup_loss": "ldam", "ldam_scale": 16.0},
+                     build_model("resnet20", 10, 1, 8, cosine_head=True), None, trainer.data.info)
+
+
+def test_the_teacher_sees_its_own_normalisation(tmp_path):
+    """A teacher trained on inputs normalised another way (here: not at all) receives each
+    student batch mapped back to its own normalisation, on the device."""
+    from taildistill.engine.trainer import fit
+    from taildistill.experiment import build_config, load_teacher
+    from taildistill.models.common import Renormalized
+
+    common = {"data": {"source": "digits", "profile": "exp", "ratio": 10},
+              "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "tensorboard": False, "progress": False},
+              "model": {"name": "convnet_small", "kwargs": {"width": 8}}}
+    teacher_run = fit(build_config({**common, "name": "t", "augment": {"normalize": False}}), tmp_path / "t", quiet=True)
+    cfg = build_config({**common, "method": {"name": "kd"}, "teacher": {"run": str(teacher_run)}})
+    from taildistill.data import build_data
+
+    info = build_data(cfg.data).info
+    teacher = load_teacher(cfg, info)
+    assert isinstance(teacher, Renormalized)
+    raw = teacher.inner.eval()
+    u = torch.rand(5, 1, 8, 8)  # images in [0, 1], as the teacher was trained on them
+    x_student = (u - torch.tensor(info.mean).view(1, -1, 1, 1)) / torch.tensor(info.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(teacher.eval()(x_student)["logits"], raw(u)["logits"], atol=1e-5)
+    assert teacher.feature_dim == raw.feature_dim and teacher.fc is raw.fc  # the model's own attributes
+    same = build_config({**common, "method": {"name": "kd"}, "teacher": {"run": str(
+        fit(build_config({**common, "name": "t2"}), tmp_path / "t2", quiet=True))}})
+    assert not isinstance(load_teacher(same, info), Renormalized)  # the same statistics: nothing to map

@@ -35,10 +35,12 @@ def test_forward_backward_and_features(name):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_cosine_head_bounds_logits():
-    m = build_model("resnet32", 10, cosine_head=True)
-    logits = m(torch.randn(4, 3, 32, 32))["logits"]
-    assert logits.abs().max() <= 1.0 + 1e-5
+def test_cosine_head_gives_scaled_cosines():
+    m = build_model("resnet32", 10, cosine_head=True, cosine_scale=16.0)
+    x = torch.randn(4, 3, 32, 32)
+    out = m(x)
+    cos = torch.nn.functional.normalize(out["features"]["pooled"], dim=1) @ torch.nn.functional.normalize(m.fc.weight, dim=1).t()
+    assert torch.allclose(out["logits"], 16.0 * cos, atol=1e-5) and out["logits"].abs().max() <= 16.0 + 1e-4
 
 
 def test_bad_model_kwargs_is_config_error():

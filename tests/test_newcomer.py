@@ -152,9 +152,9 @@ def test_methods_and_config_commands(capsys):
     assert main(["methods", "bkd"]) == 0
     out = capsys.readouterr().out
     assert "bkd_start_epoch" in out and "effective-number beta of the class weights" in out and "2.0" in out
-    assert main(["config", "digits/_base", "methods/ltkd", "method.ltkd_alpha=6"]) == 0
+    assert main(["config", "digits/_base", "methods/ltkd", "method.ltkd_alpha=2"]) == 0
     out = capsys.readouterr().out
-    assert "ltkd_alpha: 6.0" in out and "ltkd_beta: 1.0" in out and "name: ltkd" in out
+    assert "ltkd_alpha: 2.0" in out and "ltkd_beta: 6.0" in out and "name: ltkd" in out  # the override, the method file
 
 
 def test_configs_and_suites_are_found_from_anywhere(tmp_path, capsys, monkeypatch):

@@ -15,7 +15,8 @@ from taildistill.reproduce import grid_cells, list_suites, load_suite, run_suite
 from conftest import finished, hold_lock
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"
-SUITES = ["bkd-cifar10", "ltkd-tinyimagenet", "ltkd-cifar", "deitlt-cifar10", "ltsf-cifar10", "acckd-cifar10"]
+SUITES = ["bkd-cifar10", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar10-small",
+          "ltsf-cifar10", "acckd-cifar10"]
 
 
 def outcomes(out: Path) -> dict[str, str]:

@@ -84,8 +84,32 @@ def test_vit_two_heads_and_attention_distance():
     # a block attending only to itself has distance 0
     eye = torch.eye(18).expand(1, 1, 18, 18)
     assert mean_attention_distance([eye], grid=4).item() == pytest.approx(0.0)
+    # uniform attention over the 2 x 2 patch grid, 8 pixels apart: (0 + 8 + 8 + 8 sqrt 2) / 4 pixels per query
+    uniform = torch.full((1, 1, 6, 6), 1 / 6)
+    expect = (0 + 8 + 8 + 8 * math.sqrt(2)) / 4 * (4 / 6)  # the weights' share on the 4 patch keys is 4/6
+    assert mean_attention_distance([uniform], grid=2, patch_size=8).item() == pytest.approx(expect)
 
 
 def test_vit_224_patch16():
     m = build_model("deit_ti_distilled", 3, 3, 224, patch_size=16, depth=1)
     assert m(torch.randn(1, 3, 224, 224))["logits"].shape == (1, 3)
+
+
+def test_lt_spikingformer_head_exits_and_dual_spike_attention():
+    from taildistill.models.spiking import DualSpikeAttention
+
+    six = build_model("spikingformer", 10, 3, 32, dim=32, depth=6, heads=2, time_steps=2, attention="dual")
+    assert six.exits == [1, 3, 5]  # three equal segments of two blocks (Sec. 4.1)
+    assert six.head_lif is None  # Eq. 9: Y = FC(GAP(F(X))), no spiking layer before the pooling
+    assert build_model("spikingformer", 10, 3, 32, dim=32, depth=4, heads=2).exits == []  # 4 blocks: no equal thirds
+    assert isinstance(six.blocks[0].attn, DualSpikeAttention)
+    out = six(torch.randn(3, 3, 32, 32))
+    assert set(out["features"]) == {"exit1", "exit2", "exit3", "pooled"}
+    out["logits"].sum().backward()
+    assert all(p.grad is not None for p in six.parameters() if p.requires_grad)
+    # the attention map is itself spikes (Eq. 7) and so is the output (Eq. 8); the scales follow the firing rates
+    attn = six.blocks[0].attn
+    x = torch.randn(2, 3, 16, 32) * 3
+    y = attn(x)
+    assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
+    assert 0 < attn.attn_lif.firing_rate < 1 and 0 < attn.out_lif.firing_rate < 1  # neither silent nor saturated

@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "paper's numbers. Finished runs are reused, so an interrupted suite continues.")
     rp.add_argument("name", nargs="?", help="suite name (see --list)")
     rp.add_argument("--list", action="store_true", help="list the suites")
+    rp.add_argument("--print", action="store_true", help="print each run's resolved recipe (the values that differ from "
+                                                          "the defaults), one line per run, and train nothing")
     rp.add_argument("--out", help="output folder (default runs/reproduce/NAME, or NAME-tiny with --tiny)")
     rp.add_argument("--seeds", type=int, help="student seeds (default: the suite's)")
     rp.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (their teachers still run)")
@@ -357,6 +359,11 @@ def cmd_reproduce(args) -> int:
         return 0 if args.list else 2
     # a smoke run never shares a folder with the real suite
     out = Path(args.out or f"runs/reproduce/{args.name}{'-tiny' if args.tiny else ''}")
+    if args.print:
+        from .reproduce import print_suite
+
+        print("\n".join(print_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only, list(args.overrides))))
+        return 0
     return _scheduled(lambda: run_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only,
                                         list(args.overrides), args.jobs, args.per_gpu, args.executor,
                                         args.nproc_per_node, args.quiet, _command_line()))

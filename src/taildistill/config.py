@@ -88,12 +88,16 @@ class AugmentConfig:
     """Batch augmentation, run on the training device (see ``taildistill.data.augment``)."""
 
     crop_padding: int = 0  # pad-and-random-crop padding (4 for CIFAR), 0 = off
+    random_resized_crop: int = 0  # random-resized-crop to this size (DeiT-LT's 32 -> 224 px; evaluation resizes to it), 0 = off
+    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # the crop's area range, as a share of the image
     flip: bool = False  # random horizontal flip
+    rotation: float = 0.0  # random rotation in [-degrees, degrees] (LT-SpikingFormer's weak augmentation), 0 = off
     autoaugment: AutoAugmentPolicy = "none"  # AutoAugment policy (cifar10 for CIFAR)
     randaugment_n: int = 0  # RandAugment operations per image (0 = off)
     randaugment_m: int = 9  # RandAugment magnitude (0-30)
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
     random_erasing: float = 0.0  # probability of erasing a random rectangle
+    random_erasing_mode: Literal["const", "pixel"] = "const"  # fill: the mean (const) or per-pixel noise (pixel, timm / DeiT)
     mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha); 0 = off
     cutmix_alpha: float = 0.0  # cutmix Beta(alpha, alpha); 0 = off
     mix_prob: float = 1.0  # probability that a batch is mixed when mixup/cutmix are on
@@ -128,6 +132,9 @@ class TeacherConfig:
     model: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
     allow_unfinished: bool = False  # distil from a teacher run that has not finished (warns with the epoch it reached)
+    mean: list[float] = field(default_factory=list)  # teacher.checkpoint: its inputs' channel mean (default: the student's)
+    std: list[float] = field(default_factory=list)  # teacher.checkpoint: its inputs' channel std (default: the student's)
+    normalize: bool = True  # teacher.checkpoint: whether it takes normalised inputs (a run records its own)
 
 
 @dataclass
@@ -139,6 +146,7 @@ class OptimConfig:
     weight_decay: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     sam_rho: float = 0.0  # > 0 wraps the optimizer in sharpness-aware minimisation
+    decay_norm_and_bias: bool = False  # weight decay on 1-D parameters (norms, biases) and ViT tokens too (the BKD / LDAM / mdistiller code); off as in timm
 
     def validate(self, prefix: str) -> None:
         _positive(prefix, lr=self.lr)
@@ -181,9 +189,11 @@ class TrainConfig:
     tensorboard: bool = True
     max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (smoke tests, benchmarks)
     calibrate: bool = False  # fit a temperature on the validation split after training (saved into cosine heads)
+    report_best_test: bool = False  # also evaluate the test split every eval_every epochs and report the best epoch's accuracy (the papers' protocol: optimistic, never used for selection)
+    grad_accum: int = 1  # optimizer step every N batches (effective batch = batch_size x N x processes)
 
     def validate(self, prefix: str) -> None:
-        _positive(prefix, batch_size=self.batch_size)
+        _positive(prefix, batch_size=self.batch_size, grad_accum=self.grad_accum)
         _non_negative(prefix, epochs=self.epochs, eval_every=self.eval_every, checkpoint_every=self.checkpoint_every,
                       grad_clip=self.grad_clip, max_steps_per_epoch=self.max_steps_per_epoch)
         if not _DEVICE.match(self.device):

@@ -40,7 +40,7 @@ DEMO_STUDENTS = [
     ("kd", _files("kd"), lambda e: []),
     ("wkd", _files("wkd"), lambda e: []),
     ("bkd", _files("bkd"), lambda e: []),
-    ("ltkd", _files("ltkd"), lambda e: []),
+    ("ltkd", [DIGITS / "ltkd.yaml"], lambda e: []),
     ("dkd", [DIGITS / "dkd.yaml"], lambda e: []),
     ("dist", _files("dist"), lambda e: []),
     ("dive", _files("dive"), lambda e: []),

@@ -60,13 +60,13 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
 
 ANALYSIS_HELP = {
     "rank": "feature rank of the tail group's features (DeiT-LT suppl. G): the least k such that the top-k principal "
-            "directions of all test features reconstruct the tail features within 1 %; lower = tail features "
-            "collapse onto fewer directions",
+            "directions of all the split's features reconstruct the tail features within 1 %; lower = tail features "
+            "collapse onto fewer directions (for a ViT also per block, CLS and DIST tokens)",
     "deviation": "per class, 1 - cos(mean train feature, mean test feature) (CCKD Fig. 4a; larger = the class's "
                  "training features represent its test features worse) and separability (Fig. 4b; distance to the "
                  "own class centre over the mean distance to the others; lower = better separated)",
-    "attention": "mean attention distance per ViT block (DeiT-LT Fig. 4b): how far, on average, each block's "
-                 "attention reaches; small = local (CNN-like) attention",
+    "attention": "mean attention distance per ViT block and head (DeiT-LT Fig. 4b, Suppl. F), in pixels, over the "
+                 "tail classes' images: how far each head's attention reaches; small = local (CNN-like) attention",
     "firing": "mean spike rate of every LIF layer on the split (LT-SpikingFormer)",
 }
 
@@ -98,22 +98,36 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_analyses(model, data, split, augment, device, analyses: list[str]) -> dict:
-    """The requested analyses on `split` (the training split too, for the feature deviation)."""
+def run_analyses(model, data, split, augment, device, analyses: list[str], batch_size: int = 256) -> dict:
+    """The requested analyses on `split` (the training split too, for the feature deviation). The
+    tail is the highest group of the data's policy (CIFAR-10-LT: classes 7, 8, 9)."""
+    from .models.vit import DistilledViT, attention_maps, block_tokens, mean_attention_distance
+
     info = data.info
     out: dict = {}
     probe = model.eval()(augment.eval_view(_first_batch(split, info, device)))
     names = [n for n in ("cls", "dist", "pooled") if n in probe["features"]]
+    y = torch.as_tensor(split.y, dtype=torch.long)
+    tail_group = max(info.groups.class_to_group)
+    tail = [c for c, g in enumerate(info.groups.class_to_group) if g == tail_group]
+    tail_mask = torch.isin(y, torch.tensor(tail))
+    tail_idx = np.flatnonzero(tail_mask.numpy())
     if {"rank", "deviation"} & set(analyses):
         feats = predict_split(model, split, info, augment, device, features=tuple(names))
-        y = torch.as_tensor(split.y, dtype=torch.long)
-        tail = [c for c, g in enumerate(info.groups.class_to_group) if g == max(info.groups.class_to_group)]
-        tail_mask = torch.isin(y, torch.tensor(tail))
         if "rank" in analyses:
-            out["rank"] = {"tail_group": info.groups.names[max(info.groups.class_to_group)]}
+            out["rank"] = {"tail_group": info.groups.names[tail_group], "tail_classes": tail}
             for n in names:
                 f = feats[f"features/{n}"]
                 out["rank"][n] = feature_rank(f, f[tail_mask]) if tail_mask.any() else None
+            if isinstance(model, DistilledViT) and tail_mask.any():  # per block, CLS and DIST (Suppl. G)
+                per: dict[str, list] = {"cls": [], "dist": []}
+                chunks = [block_tokens(model, augment.eval_view(to_device_tensor(split.subset(np.arange(i, min(i + batch_size, len(split)))), info, device)))
+                          for i in range(0, len(split), batch_size)]
+                for b in range(len(chunks[0])):
+                    for t, key in enumerate(("cls", "dist")):
+                        f = torch.cat([c[b][t].cpu() for c in chunks])
+                        per[key].append(feature_rank(f, f[tail_mask]))
+                out["rank"]["per_block"] = per
         if "deviation" in analyses:
             n = names[-1]
             train = predict_split(model, data.train, info, augment, device, features=(n,))
@@ -121,14 +135,21 @@ def run_analyses(model, data, split, augment, device, analyses: list[str]) -> di
             out["deviation"] = {"feature": n, "per_class": feature_deviation(train[f"features/{n}"], ty, feats[f"features/{n}"], y, info.num_classes),
                                 "separability": feature_separability(feats[f"features/{n}"], y, info.num_classes)}
     if "attention" in analyses:
-        from .models.vit import DistilledViT, attention_maps, mean_attention_distance
-
         if not isinstance(model, DistilledViT):
             raise ConfigError("the attention analysis needs a ViT student (deit_*_distilled)")
-        x = augment.eval_view(_first_batch(split, info, device, 256))
-        maps = attention_maps(model, x)
-        grid = int(round((maps[0].shape[-1] - 2) ** 0.5))
-        out["attention"] = {"mean_distance_per_block": mean_attention_distance(maps, grid).mean(1).tolist()}
+        if not len(tail_idx):
+            raise ConfigError(f"the split has no image of the tail group ({info.groups.names[tail_group]})")
+        sums, n = None, 0
+        for i in range(0, len(tail_idx), batch_size):  # every tail-class image of the split (Suppl. F)
+            idx = tail_idx[i:i + batch_size]
+            maps = attention_maps(model, augment.eval_view(to_device_tensor(split.subset(idx), info, device)))
+            grid = int(round((maps[0].shape[-1] - 2) ** 0.5))
+            d = mean_attention_distance(maps, grid, patch_size=model.patch_size).cpu() * len(idx)
+            sums, n = (d if sums is None else sums + d), n + len(idx)
+        per_head = sums / n
+        out["attention"] = {"unit": "pixels of the model's input", "images": n, "tail_classes": tail,
+                            "mean_distance_per_block_and_head": per_head.tolist(),
+                            "mean_distance_per_block": per_head.mean(1).tolist()}
     if "firing" in analyses:
         if "firing_rates" not in probe:
             raise ConfigError("the firing analysis needs a spiking model")

@@ -14,6 +14,7 @@ from .data import SOURCES, DataBundle, build_data
 from .errors import ConfigError
 from .methods import Method, build_method, method_class, resolve_params
 from .models import build_model, check_model_name
+from .models.common import Renormalized, renormalizer
 from .rundir import RunDir, load_weights
 
 
@@ -50,10 +51,13 @@ def load_config(paths, overrides: list[str] | None = None) -> ExperimentConfig:
     return cfg
 
 
-def model_input_args(info) -> dict:
+def model_input_args(info, augment=None) -> dict:
+    """The model's input: channels and image size (the training crop's size when augmentation
+    resizes, e.g. DeiT-LT's 224 px students on 32 px CIFAR)."""
     if info.input_kind == "tokens":
         return {"in_channels": 0, "image_size": info.input_shape[0]}
-    return {"in_channels": info.input_shape[0], "image_size": info.input_shape[-1]}
+    size = augment.random_resized_crop if augment is not None and augment.random_resized_crop else info.input_shape[-1]
+    return {"in_channels": info.input_shape[0], "image_size": size}
 
 
 def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None) -> nn.Module:
@@ -63,7 +67,7 @@ def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None) -> nn.
         kwargs.setdefault("vocab_size", info.vocab_size)
         if kwargs.get("vectors"):
             kwargs["vocab"] = vocab
-    return build_model(cfg.model.name, info.num_classes, **model_input_args(info), **kwargs)
+    return build_model(cfg.model.name, info.num_classes, **model_input_args(info, cfg.augment), **kwargs)
 
 
 def load_weights_into(model: nn.Module, path: Path, what: str) -> nn.Module:
@@ -112,6 +116,7 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
         name, kwargs = tcfg.model.name, dict(tcfg.model.kwargs)
         weights = run.last_weights
         tdata = run.data_info()
+        t_mean, t_std, t_norm = tdata.get("mean") or info.mean, tdata.get("std") or info.std, tcfg.augment.normalize
         if tdata and tdata.get("num_classes") != info.num_classes:
             raise ConfigError(f"teacher run {run} has {tdata.get('num_classes')} classes, the data has {info.num_classes}")
         if tdata and tdata.get("input_kind", "image") == "image" and info.input_kind == "image" \
@@ -119,7 +124,8 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
             raise ConfigError(f"teacher run {run} was trained on {tdata['input_shape'][0]}-channel inputs "
                               f"({tdata.get('description', '')}), the data has {info.input_shape[0]} channels: "
                               "it is another benchmark's teacher")
-        in_args = {"in_channels": tdata["input_shape"][0], "image_size": tdata["input_shape"][-1]} if tdata else model_input_args(info)
+        in_args = ({"in_channels": tdata["input_shape"][0],
+                    "image_size": tcfg.augment.random_resized_crop or tdata["input_shape"][-1]} if tdata else model_input_args(info))
         if tdata.get("input_kind") == "tokens":
             in_args = model_input_args(info)
             kwargs.setdefault("vocab_size", tdata.get("vocab_size", info.vocab_size))
@@ -128,11 +134,16 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
             raise ConfigError("teacher.checkpoint needs teacher.model (the architecture name)")
         name, kwargs, weights = t.model, dict(t.kwargs), Path(t.checkpoint).expanduser()
         in_args = model_input_args(info)
+        t_mean, t_std, t_norm = (t.mean or info.mean), (t.std or info.std), t.normalize
     teacher = build_model(name, info.num_classes, **in_args, **kwargs)
     load_weights_into(teacher, weights, f"teacher weights (model '{name}')")
     bad = [k for k, v in teacher.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ConfigError(f"teacher weights {weights} hold non-finite values (in {bad[:3]}): the teacher is broken")
+    if info.input_kind == "image":  # the teacher sees each batch normalised as it was trained, not as the student
+        mapping = renormalizer(info.mean, info.std, cfg.augment.normalize, t_mean, t_std, t_norm)
+        if mapping is not None:
+            teacher = Renormalized(teacher, *mapping)
     return teacher
 
 

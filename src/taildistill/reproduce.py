@@ -12,6 +12,11 @@ A suite is a YAML file `configs/reproduce/NAME.yaml`:
       - {name: bkd, config: cifar10_lt/bkd.yaml, teacher: ce_teacher, overrides: [...]}
     paper: {ratio100: {ce: 70.4, bkd: 82.5}}   # the paper's overall accuracy per cell label and run
     tiny: [...]                 # extra overrides for --tiny (CPU smoke runs); a run may add its own `tiny`
+    overrides: [...]            # overrides for every run of the suite (e.g. train.report_best_test=true)
+    not_the_paper: "..."        # a suite that cannot be the paper's experiment says how; its report shows no paper column
+
+A run may set `cells: [ratio100]` (only in those grid cells: an ablation the paper has at one
+setting), `ddp: true` (trained over --nproc-per-node GPUs) and `small: false` (a whole GPU).
 
 Every run writes its normal run directory under OUT/<cell>/<run>/seed<k>; a run whose final.json
 exists is reused, so an interrupted suite continues where it stopped.
@@ -54,7 +59,7 @@ def _read(p: Path) -> dict:
 
 
 def list_suites(configs: str | Path | None = None) -> list[tuple[str, str]]:
-    return [(p.stem, _read(p).get("description", "")) for p in sorted(suites_dir(configs).glob("*.yaml"))]
+    return sorted((p.stem, _read(p).get("description", "")) for p in suites_dir(configs).glob("*.yaml"))
 
 
 def load_suite(name: str, configs: str | Path | None = None) -> dict:
@@ -100,9 +105,11 @@ def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, confi
         for run in suite["runs"]:
             if only and run["name"] not in only and not run.get("teacher_run"):
                 continue
+            if run.get("cells") and label not in run["cells"] and not tiny:
+                continue
             for seed in ([0] if run.get("teacher_run") else range(seeds)):
-                overrides = cell_over + list(run.get("overrides", [])) + [f"train.seed={seed}", "data.seed=0",
-                                                                          f"name={run['name']}"]
+                overrides = cell_over + list(suite.get("overrides", [])) + list(run.get("overrides", [])) + \
+                    [f"train.seed={seed}", "data.seed=0", f"name={run['name']}"]
                 deps = []
                 if run.get("teacher"):
                     overrides.append(f"teacher.run={out / label / run['teacher'] / 'seed0'}")
@@ -115,6 +122,25 @@ def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, confi
                                      [str(root / f) for f in files], overrides, deps,
                                      nproc=nproc if run.get("ddp") and not tiny else 1, small=bool(run.get("small", True))))
     return specs
+
+
+def print_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs=None,
+                only: list[str] | None = None, extra: list[str] | None = None) -> list[str]:
+    """One line per run: its resolved recipe, every value that differs from the typed defaults
+    (the suite's runs as `taildistill train` would train them; nothing is trained)."""
+    from .experiment import build_config, load_config
+    from .rundir import flat_config
+
+    suite = load_suite(name, configs)
+    seeds = seeds or int(suite.get("seeds", 1))
+    lines = []
+    for spec in suite_specs(name, suite, Path(out), seeds, tiny, configs, only, extra):
+        cfg = load_config(spec.config_files, spec.overrides)
+        default = flat_config(build_config({"method": {"name": cfg.method.name}}))  # the typed defaults of its method
+        mine = flat_config(cfg)
+        diff = [f"{k}={v}" for k, v in mine.items() if k not in ("name", "out_dir") and default.get(k) != v]
+        lines.append(f"{spec.key}: " + " ".join(diff))
+    return lines
 
 
 def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs: str | Path | None = None,
@@ -136,7 +162,7 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
 
 def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
                seeds: int | None = None) -> tuple[list[str], list[list[str]], str]:
-    from .report import group_keys, read_run, seed_cells, seed_list
+    from .report import group_keys, mean_std, read_run, seed_cells, seed_list
 
     paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
     runs = {}
@@ -154,13 +180,17 @@ def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
     base = runs.get(suite["baseline"])
     base_all = seed_cells(base, [])[1] if base else None
     paper_base = paper.get(suite["baseline"])
+    best_col = any("best_epoch_test" in f for finals in runs.values() for f in finals)
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
-             [f"gain vs {suite['baseline']}"] + (["paper All", "paper gain"] if paper_column else [])
+             [f"gain vs {suite['baseline']}"] + (["best epoch All*"] if best_col else []) + \
+             (["paper All", "paper gain"] if paper_column else [])
     rows = []
     for name, finals in runs.items():
         cells, all_m = seed_cells(finals, gcols)
         gain = f"{all_m - base_all:+.2f}" if base_all is not None and all_m is not None else "–"
         row = [name, finals[0]["method"], seed_list(finals)] + cells + [gain]
+        if best_col:
+            row.append(mean_std([f.get("best_epoch_test", {}).get("top1") for f in finals])[0])
         if paper_column:
             p = paper.get(name)
             row += ["–" if p is None else f"{p}", f"{p - paper_base:+.1f}" if p is not None and paper_base is not None else "–"]
@@ -204,6 +234,10 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
         note = empty_groups(finals)
         lines += [f"## {label}", "", f"groups: `{policy}` policy" + (f". {note}" if note else ""), "",
                   markdown_table(header, rows), ""]
+        if any(h.startswith("best epoch") for h in header):
+            lines += ["\\* best epoch: the best test accuracy over the evaluated epochs, the protocol of the papers' "
+                      "code (BKD, LDAM-DRW): optimistic, since the epoch is chosen on the test set; shown only to compare "
+                      "with the papers. The other columns are the last epoch's.", ""]
         results[label] = {"header": header, "rows": rows, "group_policy": policy}
     bad = [o for o in outcomes or [] if o.status in ("failed", "skipped")]
     if bad:

@@ -52,8 +52,40 @@ def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
     return x.clamp(0, 1)
 
 
-def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, area=(0.02, 0.33), ratio=(0.3, 3.3)) -> torch.Tensor:
-    """Erase one random rectangle (filled with 0 after normalisation = the mean) per chosen sample."""
+def random_resized_crop(x: torch.Tensor, size: int, g: torch.Generator, scale=(0.08, 1.0),
+                        ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per sample, a random box of area `scale` x the image and aspect `ratio` (log-uniform), cropped
+    and resized to (size, size) with bicubic interpolation (torchvision / timm's RandomResizedCrop;
+    a box larger than the image is clipped to it). x float (B, C, H, W) -> (B, C, size, size)."""
+    B, _, H, W = x.shape
+    dev = x.device
+    area = scale[0] + (scale[1] - scale[0]) * _rand(g, B, dev)
+    logr = torch.log(torch.tensor(ratio, device=dev))
+    r = torch.exp(logr[0] + (logr[1] - logr[0]) * _rand(g, B, dev))
+    w = torch.sqrt(area * r).clamp(max=1.0)  # box width / W
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (w / 2 + (1 - w) * _rand(g, B, dev)) * 2 - 1  # box centre in [-1, 1]
+    cy = (h / 2 + (1 - h) * _rand(g, B, dev)) * 2 - 1
+    theta = torch.zeros(B, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = F.affine_grid(theta, (B, x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(0, 1)
+
+
+def random_rotation(x: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
+    """Rotate each sample by an angle drawn uniformly from [-degrees, degrees] (zero fill). x float."""
+    B = x.shape[0]
+    a = (2 * _rand(g, B, x.device) - 1) * (degrees * torch.pi / 180)
+    theta = torch.zeros(B, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
+    grid = F.affine_grid(theta, tuple(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, area=(0.02, 0.33), ratio=(0.3, 3.3),
+                   mode: str = "const") -> torch.Tensor:
+    """Erase one random rectangle per chosen sample: with 0 after normalisation (the mean; `const`)
+    or with per-pixel normal noise (`pixel`, timm's mode, which DeiT uses)."""
     B, _, H, W = x.shape
     dev = x.device
     a = (area[0] + (area[1] - area[0]) * _rand(g, B, dev)) * H * W
@@ -68,6 +100,9 @@ def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, area=(0.02, 0.
     my = (ys >= top[:, None]) & (ys < (top + h)[:, None])
     mx = (xs >= left[:, None]) & (xs < (left + w)[:, None])
     mask = (my[:, :, None] & mx[:, None, :])[:, None] & (_rand(g, B, dev) < p)[:, None, None, None]
+    if mode == "pixel":
+        noise = torch.randn(x.shape, generator=g, device=g.device).to(dev, x.dtype)
+        return torch.where(mask, noise, x)
     return x.masked_fill(mask, 0.0)
 
 
@@ -140,16 +175,38 @@ class BatchAugment:
         return RandAugment(n=cfg.randaugment_n, m=cfg.randaugment_m)
 
     def _apply_policy(self, x: torch.Tensor, host: torch.Generator) -> torch.Tensor:
-        """AutoAugment / RandAugment (kornia, which draws from the global RNG), run on a forked global
-        RNG seeded from the CPU generator: the policy's choices depend on (seed, epoch, batch) only,
-        never on what else (dropout, other code) consumed the global RNG, which is left untouched."""
-        seed = int(torch.randint(2**62, (1,), generator=_on_cpu(host)))
+        """AutoAugment / RandAugment drawn per image, as in timm and torchvision (kornia's own
+        forward picks one sub-policy for the whole batch): each image draws its sub-policy
+        (AutoAugment) or its n operations (RandAugment, with replacement) from the CPU generator;
+        the batch is grouped by draw and each group runs through its kernels on the device (the
+        group indices are uploaded once, no device read). The operations' own probabilities and
+        magnitudes come from kornia on a forked global RNG seeded from the CPU generator, so they
+        depend on (seed, epoch, batch) only and leave the global RNG untouched."""
+        host = _on_cpu(host)
+        seed = int(torch.randint(2**62, (1,), generator=host))
+        grey = x.shape[1] == 1
+        if grey:
+            x = x.expand(-1, 3, -1, -1)
+        children = list(self._policy.children())
+        rounds = self.cfg.randaugment_n if self.cfg.autoaugment == "none" else 1
+        B = x.shape[0]
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            if x.shape[1] == 1:
-                x = self._policy(x.expand(-1, 3, -1, -1))[:, :1]
-            else:
-                x = self._policy(x)
+            for _ in range(rounds):
+                choice = torch.randint(len(children), (B,), generator=host)
+                order = torch.argsort(choice)
+                counts = torch.bincount(choice, minlength=len(children)).tolist()
+                index = order.to(x.device, non_blocking=True)
+                out = torch.empty_like(x)
+                start = 0
+                for k, n in enumerate(counts):
+                    if n:
+                        idx = index[start:start + n]
+                        out.index_copy_(0, idx, children[k](x.index_select(0, idx)))
+                        start += n
+                x = out
+        if grey:
+            x = x[:, :1]
         return x.clamp(0, 1)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,8 +221,15 @@ class BatchAugment:
         return (x - mean) / std
 
     def eval_view(self, x: torch.Tensor) -> torch.Tensor:
-        """The un-augmented view of a batch for evaluation: images normalised, tokens unchanged."""
-        return self.normalize(x) if self.kind == "image" else x
+        """The un-augmented view of a batch for evaluation: images (resized to the training crop's
+        size when it differs: DeiT-LT's 32 -> 224 px) normalised, tokens unchanged."""
+        if self.kind != "image":
+            return x
+        size = self.cfg.random_resized_crop
+        if size and x.shape[-1] != size:
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        return self.normalize(x)
 
     def geometric(self, x: torch.Tensor, g: torch.Generator, host: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample crop/flip/policy/jitter/erasing on a uint8 batch; returns normalised float."""
@@ -175,13 +239,17 @@ class BatchAugment:
         if c.flip:
             x = random_flip(x, g)
         x = x.float().div_(255.0)
+        if c.random_resized_crop > 0:
+            x = random_resized_crop(x, c.random_resized_crop, g, tuple(c.rrc_scale))
+        if c.rotation > 0:
+            x = random_rotation(x, c.rotation, g)
         if self._policy is not None:
             x = self._apply_policy(x, host if host is not None else g)
         if c.color_jitter > 0:
             x = color_jitter(x, c.color_jitter, g)
         x = self.normalize(x)
         if c.random_erasing > 0:
-            x = random_erasing(x, c.random_erasing, g)
+            x = random_erasing(x, c.random_erasing, g, mode=c.random_erasing_mode)
         return x
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, train: bool = True, epoch: int = 0,

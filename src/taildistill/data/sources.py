@@ -321,7 +321,9 @@ def tinyimagenet(cfg) -> SourceData:
     def build():
         from tqdm import tqdm
 
-        wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
+        # classes in sorted-wnid order, as an ImageFolder over train/ gives them: the LTKD paper does not
+        # state an order, and the exp profile's head and tail depend on it (wnids.txt is not sorted)
+        wnids = sorted(w.strip() for w in wnids_file.read_text().split() if w.strip())
         index = {w: i for i, w in enumerate(wnids)}
         xs, ys = [], []
         for w in tqdm(wnids, desc="decode tinyimagenet train", unit="class", leave=False):

@@ -8,13 +8,16 @@ import torch
 from ..errors import ConfigError
 
 
-def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norm weights and token/position embeddings (1-D parameters)."""
+def param_groups(module: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict]:
+    """No weight decay on biases, norm weights and token/position embeddings (1-D parameters), as
+    timm does; with `decay_norm_and_bias`, decay on every parameter, as the BKD / LDAM-DRW /
+    mdistiller reference code does (torch.optim.SGD(model.parameters(), weight_decay=...))."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "dist_token", "pos_embed")) else decay).append(p)
+        exempt = p.ndim <= 1 or name.endswith(("cls_token", "dist_token", "pos_embed"))
+        (no_decay if exempt and not decay_norm_and_bias else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -23,7 +26,7 @@ def build_optimizer(cfg, module: torch.nn.Module, device_type: str) -> torch.opt
     (one multi-tensor kernel per step instead of a launch per parameter): the same code path the
     CPU tests run is the one a GPU run takes."""
     # empty groups dropped; a model with nothing to train (an NCM head, 0 epochs) keeps one
-    groups = [g for g in param_groups(module, cfg.weight_decay) if g["params"]] or [{"params": []}]
+    groups = [g for g in param_groups(module, cfg.weight_decay, cfg.decay_norm_and_bias) if g["params"]] or [{"params": []}]
     fast = {"fused": True} if device_type in ("cuda", "cpu") else {}
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **fast)

@@ -12,10 +12,13 @@ from .optim import SAM
 
 class TrainStep:
     """`step(batch, epoch) -> (loss, terms, logits)`, all detached and left on the device (reading
-    them is the caller's choice: a read waits for the device)."""
+    them is the caller's choice: a read waits for the device). With `grad_accum` k > 1, each call
+    back-propagates loss / k and the optimizer steps on every k-th call (an effective batch k times
+    larger); under DDP the gradients are synchronised on that call only."""
 
     def __init__(self, method: Method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 bf16: bool = False, sam_rho: float = 0.0, grad_clip: float = 0.0, cudagraphs: bool = False):
+                 bf16: bool = False, sam_rho: float = 0.0, grad_clip: float = 0.0, cudagraphs: bool = False,
+                 grad_accum: int = 1):
         self.method = method  # the method itself (parameters, clipping)
         self.model = model  # what is called: the method, or its DDP wrapper
         self.optimizer = optimizer
@@ -26,6 +29,8 @@ class TrainStep:
         # CUDA graphs (reduce-overhead) replay into the same output buffers: each forward is marked
         # so that a graph never overwrites outputs the previous step may still hold
         self.cudagraphs = cudagraphs
+        self.grad_accum = grad_accum
+        self.calls = 0
 
     def _forward(self, batch: Batch, epoch: int):
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
@@ -35,9 +40,15 @@ class TrainStep:
             return self.model(batch, epoch)
 
     def __call__(self, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        out = self._forward(batch, epoch)
-        loss = sum(out.terms.values())
-        loss.backward()
+        self.calls += 1
+        stepping = self.calls % self.grad_accum == 0
+        sync = nullcontext() if stepping or not hasattr(self.model, "no_sync") else self.model.no_sync()
+        with sync:
+            out = self._forward(batch, epoch)
+            loss = sum(out.terms.values())
+            (loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
+        if not stepping:  # gradients accumulate until the k-th batch
+            return loss.detach(), {k: v.detach() for k, v in out.terms.items()}, out.logits.detach()
         if self.sam is not None:  # the gradient at the perturbed weights w + rho g/|g|
             self.sam.first_step()
             sum(self._forward(batch, epoch).terms.values()).backward()

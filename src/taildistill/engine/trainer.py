@@ -124,8 +124,11 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             model = DDP(self.method, device_ids=[self.device.index] if cuda else None)
+        if tc.grad_accum > 1 and cfg.optim.sam_rho > 0:
+            raise ConfigError("optim.sam_rho with train.grad_accum > 1 is not supported (SAM's two passes need the "
+                              "whole batch's gradient); use a larger train.batch_size or more processes")
         self.step = TrainStep(self.method, model, self.optimizer, self.device, self.bf16, cfg.optim.sam_rho,
-                              tc.grad_clip, cudagraphs)
+                              tc.grad_clip, cudagraphs, tc.grad_accum)
 
         split = self.data.train
         input_cls = TensorInput if split.x is not None else StreamInput
@@ -136,6 +139,7 @@ class Trainer:
         self.steps = self.inputs.steps_per_epoch()
         if tc.max_steps_per_epoch > 0:
             self.steps = min(self.steps, tc.max_steps_per_epoch)
+        self.steps -= self.steps % tc.grad_accum  # whole accumulation groups only: an epoch ends on an optimizer step
         if self.steps == 0:
             raise ConfigError(f"train.batch_size {tc.batch_size} leaves no full batch of the {len(split)} training images")
 
@@ -315,7 +319,12 @@ class Trainer:
             for epoch in epochs:
                 record = self.train_epoch(epoch, bar)
                 last = epoch == cfg.train.epochs - 1
-                if self.data.val is not None and (last or (cfg.train.eval_every > 0 and (epoch + 1) % cfg.train.eval_every == 0)):
+                eval_now = last or (cfg.train.eval_every > 0 and (epoch + 1) % cfg.train.eval_every == 0)
+                if cfg.train.report_best_test and self.data.test is not None and eval_now:
+                    # the papers' protocol, reported beside the last epoch and never used to choose anything
+                    test = summary(self.evaluate(self.data.test, "test/"), self.data.info.groups)
+                    record.update({k: v for k, v in test.items() if k in ("test/top1",) or k.startswith("test/group/")})
+                if self.data.val is not None and eval_now:
                     val = summary(self.evaluate(self.data.val, "val/"), self.data.info.groups)
                     record.update({k: v for k, v in val.items() if k != "val/group_policy"})
                     if val["val/top1"] > self.state.best_val:
@@ -360,14 +369,15 @@ class Trainer:
             student.set_class_means(out["features/embedding"], torch.as_tensor(self.data.train.y))
 
     def _calibrate(self) -> float:
-        """Temperature scaling on the validation split; folded into a cosine head's logit scale."""
+        """Temperature scaling on the validation split; folded into the cosine head's logit scale."""
         if self.data.val is None:
             raise ConfigError("train.calibrate needs a validation split (data.val_per_class > 0)")
+        scales = [m.logit_scale for m in self.method.student.modules() if isinstance(getattr(m, "logit_scale", None), torch.Tensor)]
+        if not scales:
+            raise ConfigError("train.calibrate folds the temperature into a cosine head's scale; this model has none")
         logits = self.predict_split(self.data.val)["logits"]
         temperature = fit_temperature(logits, torch.as_tensor(self.data.val.y))
-        scale = getattr(self.method.student, "logit_scale", None)
-        if isinstance(scale, torch.Tensor):
-            scale.div_(temperature)
+        scales[-1].div_(temperature)
         return temperature
 
     def _teacher_record(self) -> dict:
@@ -399,6 +409,14 @@ class Trainer:
             final["test"] = self.evaluate(self.data.test, progress=f"{self.cfg.name} test")
         if self.data.val is not None:
             final["val"] = summary(self.evaluate(self.data.val), info.groups)
+        tested = [r for r in self.rundir.metrics() if "test/top1" in r]
+        if tested:
+            best = max(tested, key=lambda r: r["test/top1"])
+            final["best_epoch_test"] = {
+                "protocol": "the best test accuracy over the evaluated epochs, as the papers' code reports it; optimistic "
+                            "(chosen on the test set) and never used for selection",
+                "epoch": best["epoch"], "epochs_evaluated": len(tested), "top1": best["test/top1"],
+                **{k[5:]: v for k, v in best.items() if k.startswith("test/group/")}}
         if self.data.test is not None and self.rundir.best_weights.is_file():
             current = {k: v.clone() for k, v in self.method.student.state_dict().items()}
             self.method.student.load_state_dict(load_weights(self.rundir.best_weights))

@@ -70,11 +70,12 @@ def ldam_margins(class_counts: Sequence[int], max_margin: float = 0.5) -> torch.
 
 def ldam_loss(logits: torch.Tensor, target: torch.Tensor, margins: torch.Tensor, scale: float = 30.0,
               weight: torch.Tensor | None = None) -> torch.Tensor:
-    """LDAM: subtract the class margin from the true-class logit, scale by `s`, then (weighted)
-    cross-entropy. `logits` should come from a cosine head (values in [-1, 1])."""
+    """LDAM (Cao et al. 2019): (weighted) CE(s * (cos - m_y 1_y)) = CE(z - s m_y 1_y) with
+    z = s * cos the logits of a cosine head of scale `scale` (s), which applies s itself. Margins
+    `margins` (C,) are in cosine units, so the true-class logit is lowered by s * m_y."""
     margins = margins.to(logits.device)
-    adjusted = logits.float() - F.one_hot(target, logits.shape[1]).float() * margins[target][:, None]
-    return F.cross_entropy(scale * adjusted, target, weight=weight)
+    adjusted = logits.float() - F.one_hot(target, logits.shape[1]).float() * (scale * margins[target])[:, None]
+    return F.cross_entropy(adjusted, target, weight=weight)
 
 
 def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, class_prior: torch.Tensor,

@@ -35,7 +35,7 @@ class ACCKD(Method):
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
-        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts, student)
         self.cckd = CCKD(pick(CCKDParams, params), info)
         self.projector: nn.Module | None = None
         if params.alpha2 > 0:

@@ -82,7 +82,7 @@ class SupervisedParams:
     cb_beta: float = 0.9999  # effective-number beta of the cb / cb_focal / DRW weights
     focal_gamma: float = 1.0  # focal / cb_focal: focusing parameter
     ldam_max_margin: float = 0.5  # ldam: the largest class margin
-    ldam_scale: float = 30.0  # ldam: logit scale s (applied by a cosine head, see CosineLinear)
+    ldam_scale: float = 30.0  # ldam: the cosine head's logit scale s (the head applies it; the margins are s * m)
     la_tau: float = 1.0  # la: logit-adjustment strength tau
 
     def validate(self, prefix: str) -> None:
@@ -97,9 +97,11 @@ class SupervisedLoss(nn.Module):
     CE (+ label smoothing), focal, class-balanced CE / focal, LDAM, logit adjustment, balanced
     softmax; deferred re-weighting switches the class-balanced weights on at `drw_epoch`."""
 
-    def __init__(self, params: SupervisedParams, class_counts: list[int]):
+    def __init__(self, params: SupervisedParams, class_counts: list[int], student: nn.Module | None = None):
         super().__init__()
         self.params = params
+        if params.sup_loss == "ldam" and student is not None:
+            check_ldam_head(student, params.ldam_scale)
         counts = torch.tensor(class_counts, dtype=torch.float32)
         self.register_buffer("class_counts", counts, persistent=False)
         self.register_buffer("class_prior", counts / counts.sum(), persistent=False)
@@ -126,6 +128,17 @@ class SupervisedLoss(nn.Module):
         if p.sup_loss == "la":
             return logit_adjusted_loss(logits, target, self.class_prior, p.la_tau)
         return balanced_softmax_loss(logits, target, self.class_counts)
+
+
+def check_ldam_head(student: nn.Module, scale: float) -> None:
+    """LDAM needs a cosine head whose scale is the loss's s (its margins are in those units)."""
+    scales = [float(m.logit_scale) for m in student.modules()
+              if isinstance(getattr(m, "logit_scale", None), torch.Tensor) and hasattr(m, "weight")]
+    if not scales:
+        raise ConfigError("sup_loss: ldam needs a cosine head (model.kwargs.cosine_head: true)")
+    if abs(scales[-1] - scale) > 1e-6:
+        raise ConfigError(f"the cosine head's scale ({scales[-1]:g}, model.kwargs.cosine_scale) differs from "
+                          f"method.ldam_scale ({scale:g}); LDAM's margins are in the head's units: make them equal")
 
 
 def mixed_hard_labels(loss_fn, batch: Batch) -> torch.Tensor:

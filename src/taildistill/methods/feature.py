@@ -84,7 +84,7 @@ class ReviewKD(Method):
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
-        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts, student)
         if len(params.student_features) != len(params.teacher_features) or not params.student_features:
             raise ConfigError("reviewkd: method.student_features and method.teacher_features must name the same number (>= 1) of features")
         s_shapes = probe_features(student, info.input_shape, params.student_features, "student")
@@ -143,7 +143,7 @@ class CATKD(Method):
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
-        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts, student)
         linear_head(student, "student")
         linear_head(teacher, "teacher")
         for model, role in ((student, "student"), (teacher, "teacher")):

@@ -21,7 +21,7 @@ class Supervised(Method):
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
-        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts, student)
 
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         out = self.student_outputs(batch["x"])
@@ -43,7 +43,7 @@ class LogitDistill(Method):
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
-        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts, student)
         self.criterion = self.Criterion(pick(self.Criterion.Params, params), info)
 
     def prepare(self, teacher_on) -> None:

@@ -47,7 +47,7 @@ class LTSpikingFormer(Method):
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
-        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts)
+        self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts, student)
         self.glo = KD(pick(KDParams, params), info)
         t_dim = getattr(teacher, "feature_dim", None)
         s_dim = getattr(student, "feature_dim", None)
@@ -70,7 +70,8 @@ class LTSpikingFormer(Method):
         out = self.student_outputs(batch["x"])
         missing = [e for e in p.student_exits if e not in out["features"]]
         if missing:
-            raise ConfigError(f"student has no feature(s) {missing}; ltsf expects a spiking transformer's exit points")
+            raise ConfigError(f"student has no feature(s) {missing}; ltsf expects a spiking transformer's exit points "
+                              "(three equal segments: a depth that is a multiple of 3)")
         t_out = self.teacher_outputs(batch["x"])
         benchmark = self.theta(self.class_means[batch["y"]]).norm(dim=1) + p.delta_theta
         l_t = norm_guided_loss(benchmark, self.theta(t_out["features"][p.teacher_feature].float()))

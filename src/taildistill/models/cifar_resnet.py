@@ -11,15 +11,20 @@ from .common import pooled_head, run_stages
 
 
 class CosineLinear(nn.Module):
-    """Cosine-normalised classifier: logits = normalise(x) @ normalise(W)^T (LDAM's head).
-    The scale is applied by the loss (LDAM's s = 30)."""
+    """Cosine-normalised classifier (LDAM's head): logits = s * normalise(x) @ normalise(W)^T.
 
-    def __init__(self, in_features: int, num_classes: int):
+    The head applies its scale s itself (30, LDAM's; a buffer that temperature calibration
+    rescales), so its logits are calibrated scores like any other head's: a teacher's softmax is as
+    confident as its training made it, whichever head it has, and every method reads them alike.
+    The LDAM loss then applies its margins in the same units (s * m), never the scale a second time."""
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = 30.0):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+        self.register_buffer("logit_scale", torch.tensor(float(scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+        return self.logit_scale * (F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t())
 
 
 class BasicBlock(nn.Module):
@@ -54,7 +59,7 @@ class CifarResNet(nn.Module):
     """3x3 stem, three stages of `n` basic blocks (strides 1, 2, 2), global pool, linear head."""
 
     def __init__(self, n: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3,
-                 shortcut: str = "A", cosine_head: bool = False):
+                 shortcut: str = "A", cosine_head: bool = False, cosine_scale: float = 30.0):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
@@ -67,7 +72,7 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.feature_dim = cin
-        self.fc = CosineLinear(cin, num_classes) if cosine_head else nn.Linear(cin, num_classes)
+        self.fc = CosineLinear(cin, num_classes, cosine_scale) if cosine_head else nn.Linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -81,8 +86,9 @@ class CifarResNet(nn.Module):
 def _cifar_resnet(depth: int, widths, shortcut: str):
     n = (depth - 2) // 6
 
-    def factory(num_classes: int, in_channels: int = 3, image_size: int = 32, cosine_head: bool = False):
-        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head)
+    def factory(num_classes: int, in_channels: int = 3, image_size: int = 32, cosine_head: bool = False,
+                cosine_scale: float = 30.0):
+        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head, cosine_scale)
 
     return factory
 

@@ -41,3 +41,38 @@ def pooled_head(h: torch.Tensor, fc: nn.Module, feats: dict) -> dict:
     pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
     feats["pooled"] = pooled
     return {"logits": fc(pooled), "features": feats}
+
+
+class Renormalized(nn.Module):
+    """A model that takes inputs normalised with other statistics than its own: each batch is
+    mapped channel-wise (x * a + b, on the device) to the model's own normalisation first. Other
+    attributes (fc, feature_dim, ...) are the model's."""
+
+    def __init__(self, model: nn.Module, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.inner = model
+        self.register_buffer("scale", scale.view(1, -1, 1, 1).float())
+        self.register_buffer("shift", shift.view(1, -1, 1, 1).float())
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return self.inner(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
+
+
+def renormalizer(src_mean, src_std, src_normalized: bool, dst_mean, dst_std, dst_normalized: bool):
+    """(a, b) mapping inputs normalised as `src` to inputs normalised as `dst` (x_dst = a x_src + b),
+    or None when the two are the same. u = x_src * std + mean (or x_src when not normalised)."""
+    sm, ss = torch.tensor(src_mean or [0.0]), torch.tensor(src_std or [1.0])
+    dm, ds = torch.tensor(dst_mean or [0.0]), torch.tensor(dst_std or [1.0])
+    if not src_normalized:
+        sm, ss = torch.zeros_like(sm), torch.ones_like(ss)
+    if not dst_normalized:
+        dm, ds = torch.zeros_like(dm), torch.ones_like(ds)
+    if sm.shape == dm.shape and torch.allclose(sm, dm) and torch.allclose(ss, ds):
+        return None
+    return ss / ds, (sm - dm) / ds

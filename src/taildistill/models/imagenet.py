@@ -45,7 +45,7 @@ class TorchvisionResNet(nn.Module):
 
 def _tv(builder: str):
     def factory(num_classes: int, in_channels: int = 3, image_size: int = 224, weights: str = "",
-                cosine_head: bool = False):
+                cosine_head: bool = False, cosine_scale: float = 30.0):
         import torchvision.models as tvm
         from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -61,7 +61,7 @@ def _tv(builder: str):
         if cosine_head:  # LDAM's normalised classifier
             from .cifar_resnet import CosineLinear
 
-            net.fc = CosineLinear(net.fc.in_features, num_classes)
+            net.fc = CosineLinear(net.fc.in_features, num_classes, cosine_scale)
         return model
 
     return factory

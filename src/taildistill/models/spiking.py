@@ -7,9 +7,21 @@ Multi-step LIF neurons follow LT-SpikingFormer Eq. 1-3 exactly:
     V[t] = U[t] (1 - S[t]) + V_reset S[t]                     (hard reset)
 
 Tensors inside the network carry time first: (T, B, ...). The input image is repeated over T
-time steps (direct encoding); logits are averaged over time. Feature taps ``exit1..3`` are the
-outputs of three equal-depth segments of the transformer blocks (the paper's exit points),
-pooled over tokens and time; ``firing_rates`` maps each LIF layer to its mean spike rate.
+time steps (direct encoding); the head is Y = FC(GAP(F(X))) (Eq. 9: no spiking layer before the
+pooling), averaged over time. Feature taps ``exit1..3`` are the outputs of three equal segments of
+the transformer blocks (Sec. 4.1: the depth must be a multiple of 3), pooled over tokens and time;
+``firing_rates`` maps each LIF layer to its mean spike rate.
+
+Attention (``attention``): ``ssa`` is Spikingformer's spike-driven self-attention (Q K^T V with a
+fixed scale, spikes, then a projection); ``dual`` is LT-SpikingFormer's Eq. 7-8:
+
+    Attn(X) = SN(E^T(X, X; BN(Conv(X))) * s1)     SSA(X) = SN(E(Attn(X), X; BN(Conv(X))) * s2)
+
+with E the dual-spike product of two spike tensors (Q K^T, then Attn V) and s1, s2 set from the
+average firing rates "of the input features and the attention map". The paper gives no formula for
+them; ours makes each product's expected value 1 (the firing threshold's order):
+s1 = 1 / (d r_Q r_K) for a head of width d, s2 = 1 / (N r_A r_V) over N tokens, with the batch's
+firing rates r (detached, so the scales are statistics, not parameters).
 """
 from __future__ import annotations
 
@@ -152,6 +164,37 @@ class SpikingSelfAttention(nn.Module):
         return self.proj_bn(self.proj(y).flatten(0, 1).transpose(1, 2)).transpose(1, 2).reshape(T, B, N, D)
 
 
+class DualSpikeAttention(nn.Module):
+    """LT-SpikingFormer's attention (Eq. 7-8, see the module docstring): a spiking attention map
+    and a spiking output, each scaled from the firing rates of its two factors."""
+
+    def __init__(self, dim: int, heads: int, lif):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"spiking transformer dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_lif = lif()
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))  # Conv1x1 on tokens
+        self.q_bn, self.k_bn, self.v_bn = (nn.BatchNorm1d(dim) for _ in range(3))
+        self.q_lif, self.k_lif, self.v_lif, self.attn_lif, self.out_lif = lif(), lif(), lif(), lif(), lif()
+
+    _branch = SpikingSelfAttention._branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, N, D = x.shape
+        d = D // self.heads
+        s = self.in_lif(x)
+        q = self._branch(s, self.q, self.q_bn, self.q_lif)
+        k = self._branch(s, self.k, self.k_bn, self.k_lif)
+        v = self._branch(s, self.v, self.v_bn, self.v_lif)
+        eps = 1e-3
+        s1 = 1.0 / (d * q.detach().mean().clamp_min(eps) * k.detach().mean().clamp_min(eps))
+        attn = self.attn_lif(q @ k.transpose(-2, -1) * s1)  # (T, B, h, N, N) spikes: Eq. 7
+        s2 = 1.0 / (N * attn.detach().mean().clamp_min(eps) * v.detach().mean().clamp_min(eps))
+        y = (attn @ v) * s2  # (T, B, h, N, d)
+        return self.out_lif(y.transpose(2, 3).reshape(T, B, N, D))  # Eq. 8
+
+
 class SpikingMLP(nn.Module):
     """Two feed-forward layers FFL(.) = BN(Linear(SN(.)))."""
 
@@ -169,9 +212,9 @@ class SpikingMLP(nn.Module):
 class SpikingBlock(nn.Module):
     """X^ = SSA(X) + X; X' = SMLP(X^) + X^ (LT-SpikingFormer Eq. 5-6)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, lif):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, lif, attention: str = "ssa"):
         super().__init__()
-        self.attn = SpikingSelfAttention(dim, heads, lif)
+        self.attn = DualSpikeAttention(dim, heads, lif) if attention == "dual" else SpikingSelfAttention(dim, heads, lif)
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), lif)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,19 +226,20 @@ class SpikingTransformer(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4,
                  dim: int = 384, depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0, time_steps: int = 4,
                  tau: float = 2.0, v_threshold: float = 1.0, v_reset: float = 0.0, surrogate: str = "sigmoid",
-                 detach_reset: bool = True):
+                 detach_reset: bool = True, attention: str = "ssa", spiking_head: bool = False):
         super().__init__()
-        if depth < 3:
-            raise ConfigError("the spiking transformer needs depth >= 3 (three exit points)")
+        if attention not in ("ssa", "dual"):
+            raise ConfigError(f"spiking attention must be ssa or dual (LT-SpikingFormer Eq. 7-8), got '{attention}'")
 
         def lif():
             return MultiStepLIF(tau, v_threshold, v_reset, surrogate, detach_reset)
 
         self.time_steps = time_steps
         self.tokenizer = SpikingTokenizer(in_channels, dim, patch_size, lif)
-        self.blocks = nn.ModuleList(SpikingBlock(dim, heads, mlp_ratio, lif) for _ in range(depth))
-        self.exits = sorted({round(depth * k / 3) - 1 for k in (1, 2, 3)})
-        self.head_lif = lif()
+        self.blocks = nn.ModuleList(SpikingBlock(dim, heads, mlp_ratio, lif, attention) for _ in range(depth))
+        # three equal segments, each ending at an exit point (Sec. 4.1); none when depth % 3 != 0
+        self.exits = [depth // 3 * k - 1 for k in (1, 2, 3)] if depth % 3 == 0 else []
+        self.head_lif = lif() if spiking_head else None  # Spikingformer's; LT-SpikingFormer Eq. 9 has none
         self.head = nn.Linear(dim, num_classes)
         self.feature_dim = dim
 
@@ -206,8 +250,7 @@ class SpikingTransformer(nn.Module):
             h = blk(h)
             if i in self.exits:
                 feats[f"exit{self.exits.index(i) + 1}"] = h.mean(dim=(0, 2))  # (B, D)
-        s = self.head_lif(h)
-        pooled = s.mean(2)  # (T, B, D) spikes averaged over tokens
+        pooled = (self.head_lif(h) if self.head_lif is not None else h).mean(2)  # (T, B, D): GAP over tokens
         logits = self.head(pooled).mean(0)
         feats["pooled"] = pooled.mean(0)
         rates = {name: m.firing_rate for name, m in self.named_modules() if isinstance(m, MultiStepLIF)}
@@ -217,7 +260,9 @@ class SpikingTransformer(nn.Module):
 @MODELS.register("spikingformer")
 def spikingformer(num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4, dim: int = 384,
                   depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0, time_steps: int = 4, tau: float = 2.0,
-                  v_threshold: float = 1.0, v_reset: float = 0.0, surrogate: str = "sigmoid", detach_reset: bool = True):
-    """Spikingformer CIFAR configuration by default: depth 4, dim 384, patch 4, T = 4."""
+                  v_threshold: float = 1.0, v_reset: float = 0.0, surrogate: str = "sigmoid", detach_reset: bool = True,
+                  attention: str = "ssa", spiking_head: bool = False):
+    """Spikingformer's CIFAR configuration by default: depth 4, dim 384, patch 4, T = 4 (exit points
+    need a depth that is a multiple of 3); attention `dual` is LT-SpikingFormer's Eq. 7-8."""
     return SpikingTransformer(num_classes, in_channels, image_size, patch_size, dim, depth, heads, mlp_ratio,
-                              time_steps, tau, v_threshold, v_reset, surrogate, detach_reset)
+                              time_steps, tau, v_threshold, v_reset, surrogate, detach_reset, attention, spiking_head)

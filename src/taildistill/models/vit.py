@@ -32,6 +32,7 @@ class DistilledViT(nn.Module):
             embed_dim=embed_dim or d, depth=depth or n, num_heads=num_heads or h, drop_path_rate=drop_path)
         self.feature_dim = embed_dim or d
         self.image_size = image_size
+        self.patch_size = patch_size
 
     def forward(self, x: torch.Tensor) -> dict:
         tokens = self.vit.forward_features(x)  # (B, 2 + N, D), final norm applied
@@ -64,18 +65,36 @@ def attention_maps(model: DistilledViT, x: torch.Tensor) -> list[torch.Tensor]:
     return maps
 
 
-def mean_attention_distance(maps: list[torch.Tensor], grid: int, prefix_tokens: int = 2) -> torch.Tensor:
-    """Mean attention distance per block and head (in patches), over patch queries and keys:
-    sum_k a_qk * ||pos_q - pos_k||, averaged over queries and the batch. Returns (blocks, heads)."""
+def mean_attention_distance(maps: list[torch.Tensor], grid: int, prefix_tokens: int = 2,
+                            patch_size: int = 1) -> torch.Tensor:
+    """Mean attention distance (Raghu et al. 2021, as DeiT-LT Suppl. F uses it) per block and head,
+    in pixels: for each patch query, sum_k a_qk * ||pos_q - pos_k|| over the patch keys (the
+    attention weights as the softmax gave them, the class/distillation tokens' share left out),
+    averaged over queries and images. Positions are patch centres `patch_size` pixels apart.
+    Returns (blocks, heads)."""
     ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
-    dist = torch.cdist(pos, pos)  # (N, N)
+    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float() * patch_size
+    dist = torch.cdist(pos, pos)  # (N, N) pixels
     out = []
     for a in maps:
         p = a[:, :, prefix_tokens:, prefix_tokens:]
-        p = p / p.sum(-1, keepdim=True)
         out.append((p * dist.to(p.device)).sum(-1).mean(dim=(0, 2)))
     return torch.stack(out)
+
+
+@torch.no_grad()
+def block_tokens(model: DistilledViT, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(CLS, DIST) token outputs of every block: list of ((B, D), (B, D)), for the feature rank per
+    block (DeiT-LT Suppl. G)."""
+    out: list = []
+    hooks = [blk.register_forward_hook(lambda m, i, o: out.append((o[:, 0].float(), o[:, 1].float())))
+             for blk in model.vit.blocks]
+    try:
+        model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
 
 
 def _vit(size: str):

@@ -1,0 +1,116 @@
+"""The papers' protocols the suites depend on: best-epoch test accuracy beside the last epoch,
+weight decay on every parameter, gradient accumulation, ablations at the paper's setting only,
+reports that show no paper column beside another experiment."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from taildistill.config import OptimConfig
+from taildistill.engine.optim import build_optimizer
+from taildistill.engine.step import TrainStep
+from taildistill.engine.trainer import fit
+from taildistill.methods import MethodOutput
+from taildistill.reproduce import load_suite, run_suite, suite_specs, write_suite_report
+
+from conftest import finished
+from test_engine import tiny
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"
+
+
+def test_best_epoch_test_accuracy_is_reported_beside_the_last_and_labelled(tmp_path):
+    run = fit(tiny("b", epochs=3, train={"report_best_test": True, "eval_every": 1}), tmp_path / "b", quiet=True)
+    final = finished(run)
+    tested = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in tested if "test/top1" in r] == [0, 1, 2]
+    best = max(tested, key=lambda r: r["test/top1"])
+    assert final["best_epoch_test"]["top1"] == best["test/top1"] and final["best_epoch_test"]["epoch"] == best["epoch"]
+    assert "optimistic" in final["best_epoch_test"]["protocol"]
+    assert tested[-1]["test/top1"] == pytest.approx(final["test"]["top1"])  # the last epoch's is the headline
+
+
+def test_weight_decay_on_every_parameter_when_asked():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    timm_like = build_optimizer(OptimConfig(weight_decay=0.1), net, "cpu")
+    everything = build_optimizer(OptimConfig(weight_decay=0.1, decay_norm_and_bias=True), net, "cpu")
+    assert [(len(g["params"]), g["weight_decay"]) for g in timm_like.param_groups] == [(1, 0.1), (3, 0.0)]
+    assert [(len(g["params"]), g["weight_decay"]) for g in everything.param_groups] == [(4, 0.1)]
+
+
+class _Linear(torch.nn.Module):
+    """A method around a linear model, whose loss is a mean over samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, batch, epoch):
+        z = self.lin(batch["x"])
+        return MethodOutput({"sup": torch.nn.functional.cross_entropy(z, batch["y"])}, z)
+
+
+def test_gradient_accumulation_is_one_step_on_the_whole_batch():
+    torch.manual_seed(0)
+    a = _Linear()
+    b = copy.deepcopy(a)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.5, momentum=0.9)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.5, momentum=0.9)
+    TrainStep(a, a, opt_a, torch.device("cpu"))({"x": x, "y": y}, 0)
+    step = TrainStep(b, b, opt_b, torch.device("cpu"), grad_accum=2)
+    before = [p.clone() for p in b.parameters()]
+    step({"x": x[:4], "y": y[:4]}, 0)
+    assert all(torch.equal(p, q) for p, q in zip(b.parameters(), before))  # no step after the first half
+    step({"x": x[4:], "y": y[4:]}, 0)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_grad_accum_and_sam_together_are_refused(tmp_path):
+    from taildistill.engine.trainer import Trainer
+    from taildistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sam_rho with train.grad_accum"):
+        Trainer(tiny("x", epochs=1, optim={"sam_rho": 0.05}, train={"grad_accum": 2}), tmp_path / "x", quiet=True)
+
+
+def test_ablations_run_only_where_the_paper_has_them(tmp_path):
+    suite = load_suite("ltsf-cifar10", CONFIGS)
+    keys = {s.key for s in suite_specs("ltsf-cifar10", suite, tmp_path, 1, False, CONFIGS, None, None)}
+    assert {"ratio100/snn_mixup/seed0", "ratio100/ltsf_glo/seed0", "ratio100/ltsf_loc/seed0"} <= keys
+    assert not any(k.startswith(("ratio50/ltsf_", "ratio10/snn_mixup")) for k in keys)
+    assert {"ratio50/ltsf/seed0", "ratio10/snn_ce/seed0"} <= keys
+
+
+def test_a_suite_that_is_not_the_papers_experiment_says_so_first_and_shows_no_paper_column(tmp_path):
+    out = tmp_path / "acckd"
+    run_suite("acckd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["ce", "la"], executor="inline", quiet=True)
+    text = write_suite_report("acckd-cifar10", load_suite("acckd-cifar10", CONFIGS), out, tiny=False, seeds=1).read_text()
+    assert text.splitlines()[2].startswith("**Not the paper's experiment:** The paper distils CLIP ViT-B/16 teachers")
+    assert "paper All" not in text and "| la |" in text
+    bkd = load_suite("bkd-cifar10", CONFIGS)
+    assert "not_the_paper" not in bkd and bkd["paper"]["ratio100"]["bkd"] == 82.5  # a faithful suite keeps its column
+
+
+def test_the_faithful_recipes_resolve_to_the_papers_values():
+    from taildistill.experiment import load_config
+
+    bkd = load_config(CONFIGS / "cifar10_lt" / "bkd.yaml")
+    assert (bkd.method.params.temperature, bkd.method.params.bkd_beta, bkd.method.params.bkd_start_epoch) == (2.0, 0.9999, 160)
+    assert (bkd.train.epochs, bkd.train.batch_size, bkd.optim.lr, bkd.optim.weight_decay) == (200, 128, 0.1, 2e-4)
+    assert bkd.optim.decay_norm_and_bias and bkd.schedule.milestones == [160, 180]
+    ltkd = load_config([CONFIGS / "cifar100_lt" / "_base.yaml", CONFIGS / "methods" / "ltkd.yaml"])
+    assert (ltkd.method.params.ltkd_alpha, ltkd.method.params.ltkd_beta) == (6.0, 6.0)
+    deit = load_config(CONFIGS / "cifar10_lt" / "deitlt.yaml")
+    assert (deit.model.name, deit.augment.random_resized_crop, deit.train.batch_size * deit.train.grad_accum) == \
+        ("deit_b_distilled", 224, 1024)
+    assert (deit.train.epochs, deit.method.params.dist.drw_epoch, deit.augment.mix_until_epoch) == (1200, 1100, 1100)
+    assert deit.augment.random_erasing_mode == "pixel" and deit.method.params.teacher_image_size == 32
+    assert load_config(CONFIGS / "cifar10_lt" / "ldam_drw_sam_teacher.yaml").optim.sam_rho == 0.8
+    snn = load_config(CONFIGS / "cifar10_lt" / "snn_ce.yaml")
+    assert snn.augment.autoaugment == "none" and snn.augment.mixup_alpha == 0 and snn.augment.rotation > 0
+    ltsf = load_config(CONFIGS / "cifar10_lt" / "ltsf.yaml")
+    assert ltsf.model.kwargs["depth"] % 3 == 0 and ltsf.model.kwargs["attention"] == "dual"
+    assert load_config(CONFIGS / "cifar10_lt" / "ce_teacher.yaml").data.group_cuts == [3, 7]
