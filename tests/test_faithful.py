@@ -114,3 +114,15 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     ltsf = load_config(CONFIGS / "cifar10_lt" / "ltsf.yaml")
     assert ltsf.model.kwargs["depth"] % 3 == 0 and ltsf.model.kwargs["attention"] == "dual"
     assert load_config(CONFIGS / "cifar10_lt" / "ce_teacher.yaml").data.group_cuts == [3, 7]
+
+
+def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):
+    from taildistill.cli import main
+
+    assert main(["reproduce", "deitlt-cifar10", "--print", "--seeds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * 3  # two cells x (teacher, vit_ce, deitlt)
+    deit = next(ln for ln in lines if ln.startswith("ratio100/deitlt/seed0:"))
+    for value in ("model.name=deit_b_distilled", "train.grad_accum=8", "augment.random_resized_crop=224",
+                  "method.params.dist.drw_epoch=1100", "teacher.run=runs/reproduce/deitlt-cifar10/ratio100/ldam_drw_sam_teacher/seed0"):
+        assert value in deit, value
