@@ -13,6 +13,7 @@ LAYERS = [
     {"registry", "typed", "files"},
     {"config"},
     {"rundir"},
+    {"teachers"},
     {"data"},
     {"models"},
     {"losses"},

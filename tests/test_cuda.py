@@ -56,3 +56,46 @@ def test_cuda_and_cpu_give_the_same_fp32_predictions(tmp_path):
     gpu = json.loads((run / "final.json").read_text())["test"]["top1"]
     cpu = evaluate_target(run, None, ["train.device=cpu"])["summary"]["top1"]
     assert abs(gpu - cpu) <= 1.0  # TF32 convolutions may flip a borderline prediction
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+    from taildistill.demo import demo_config, DIGITS
+
+    out = tmp_path_factory.mktemp("cuda_methods")
+    cfg = demo_config("ce_teacher", [DIGITS / "ce_teacher.yaml"], ["train.device=cuda", "train.progress=false"], 2, out)
+    fit(cfg, out / "ce_teacher", quiet=True)
+    return out
+
+
+def _demo_students():
+    from taildistill.demo import DEMO_STUDENTS
+
+    return [pytest.param(name, files, over, id=name) for name, files, over in DEMO_STUDENTS]
+
+
+@pytest.mark.parametrize("name,files,overrides", _demo_students())
+def test_every_methods_training_step_never_waits_for_the_device(digits_teacher, name, files, overrides):
+    # every method of the demo, as the demo configures it on CUDA: after a warm-up epoch, a whole
+    # epoch of steps (batch building, augmentation, teacher, student, loss, optimizer) under
+    # CUDA's sync debug mode, which raises on any host synchronisation
+    from taildistill.demo import demo_config
+
+    cfg = demo_config(name, files, overrides(4) + ["train.device=cuda", "train.progress=false"], 4, digits_teacher)
+    trainer = Trainer(cfg, digits_teacher / name, quiet=True)
+    try:
+        trainer._prepare_heads()
+        trainer.method.prepare(trainer.teacher_on)
+        trainer.method.train()
+        for batch in trainer.inputs.epoch(0):
+            trainer.step(batch, 0)
+        torch.cuda.synchronize()
+        epoch = cfg.train.epochs - 1  # the last epoch: deferred re-weighting and late losses are on
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for batch in trainer.inputs.epoch(epoch):
+                trainer.step(batch, epoch)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    finally:
+        trainer.close()

@@ -113,3 +113,41 @@ def test_lt_spikingformer_head_exits_and_dual_spike_attention():
     y = attn(x)
     assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
     assert 0 < attn.attn_lif.firing_rate < 1 and 0 < attn.out_lif.firing_rate < 1  # neither silent nor saturated
+
+
+@pytest.mark.parametrize("surrogate", ["sigmoid", "arctan"])
+@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize("tau,v_th,v_reset", [(2.0, 1.0, 0.0), (1.5, 0.5, -0.2)])
+def test_fused_lif_equals_the_step_by_step_loop(surrogate, detach_reset, tau, v_th, v_reset):
+    # the one-node recurrence must give the loop's spikes exactly and autograd's gradients through
+    # the loop (a wrong reset derivative, a missing (1 - 1/tau) leak or an off-by-one step would differ)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(5, 3, 7, generator=g, dtype=torch.float64) * 3 - 0.5)
+    upstream = torch.randn(5, 3, 7, generator=g, dtype=torch.float64)
+    lif = MultiStepLIF(tau, v_th, v_reset, surrogate, detach_reset)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    fused, loop = lif(a), lif.loop(b)
+    assert torch.equal(fused, loop)
+    (fused * upstream).sum().backward()
+    (loop * upstream).sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    assert a.grad.abs().sum() > 0
+
+
+def test_spiking_transformer_is_the_same_network_with_either_neuron():
+    torch.manual_seed(0)
+    model = build_model("spikingformer", 10, image_size=16, patch_size=4, dim=32, depth=3, heads=2, time_steps=3,
+                        attention="dual").double()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    grads = []
+    for fused in (True, False):
+        for m in model.modules():
+            if isinstance(m, MultiStepLIF):
+                m.fused = fused
+        model.zero_grad()
+        out = model(x)
+        out["logits"].square().sum().backward()
+        grads.append((out["logits"].detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert len(grads[0][1]) == len(grads[1][1]) > 0
+    assert all(torch.allclose(g1, g2, rtol=1e-9, atol=1e-12) for g1, g2 in zip(grads[0][1], grads[1][1]))

@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import TaildistillError
+from .errors import Interrupted, TaildistillError
 
 EPILOG = """examples:
   taildistill demo                                   # digits-LT: teacher + every method, one table
@@ -26,6 +26,16 @@ EPILOG = """examples:
 Configs are named relative to the package's configs/ folder (or $TAILDISTILL_CONFIG_PATH, searched
 first) or given as paths; `taildistill methods` lists the methods.
 """
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -177,6 +187,29 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_teachers(args) -> int:
+    from . import teachers
+
+    if args.export:
+        run, name = args.export
+        dest = teachers.export(run, name, Path(args.to) if args.to else teachers.roots()[0], args.overwrite)
+        print(f"teacher '{name}' written to {dest}; use it with teacher.pretrained={name}"
+              + ("" if args.to is None or Path(args.to).resolve() in [r.resolve() for r in teachers.roots()]
+                 else f" (add {Path(args.to)} to $TAILDISTILL_TEACHERS)"))
+        return 0
+    found = teachers.available()
+    if not found:
+        print(f"no teachers found in {', '.join(map(str, teachers.roots()))}")
+        return 0
+    print(f"{'name':<24} {'model':<14} {'epochs':>6} {'test top1':>9}  data")
+    for folder in found.values():
+        d = teachers.describe(folder)
+        top1 = "–" if d["test_top1"] is None else f"{d['test_top1']:.2f}"
+        print(f"{d['name']:<24} {d['model']:<14} {d['epochs']:>6} {top1:>9}  {d['data']} "
+              f"(commit {str(d['commit'])[:8]}, {d['hardware']})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -290,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     m.set_defaults(func=cmd_models)
 
+    te = sub.add_parser("teachers", help="list the trained teachers a config can name (teacher.pretrained: NAME), or export one",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Trained teachers, shipped with the package or in the folders of $TAILDISTILL_TEACHERS.\n"
+                                    "A student then needs no teacher run of its own:\n\n"
+                                    "  taildistill train configs/cifar10_lt/bkd.yaml teacher.pretrained=cifar10_lt_r100_ce\n\n"
+                                    "--export RUN_DIR NAME turns a finished run into one (config, data, provenance, final\n"
+                                    "metrics and the last weights).")
+    te.add_argument("--export", nargs=2, metavar=("RUN_DIR", "NAME"), help="make a teacher NAME from a finished run")
+    te.add_argument("--to", metavar="DIR", help="with --export: the folder to write into (default: the first of "
+                                               "$TAILDISTILL_TEACHERS, else the package's teachers/)")
+    te.add_argument("--overwrite", action="store_true", help="with --export: replace a teacher of that name")
+    te.set_defaults(func=cmd_teachers)
+
     rp = sub.add_parser("reproduce", help="run a paper's table (teachers cached, several seeds) beside the paper's numbers",
                         description="Runs every cell of a reproduction suite (configs/reproduce/NAME.yaml): "
                                     "teachers first (trained once per cell and reused), then each student for "
@@ -302,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "the defaults), one line per run, and train nothing")
     rp.add_argument("--out", help="output folder (default runs/reproduce/NAME, or NAME-tiny with --tiny)")
     rp.add_argument("--seeds", type=int, help="student seeds (default: the suite's)")
-    rp.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (their teachers still run)")
+    rp.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (and the teachers they need)")
+    rp.add_argument("--cells", nargs="+", metavar="CELL", help="only these grid cells (e.g. ratio100; --print lists "
+                                                              "the runs of each cell)")
     rp.add_argument("--tiny", action="store_true", help="CPU smoke scale: digits data, 2 epochs of 2 steps, first grid "
                                                         "cell only, into its own folder; the report says TINY and has no paper column")
     rp.add_argument("--configs", dest="configs_dir", default=None, help="a configs folder holding reproduce/ (default: the package's)")
@@ -362,22 +410,28 @@ def cmd_reproduce(args) -> int:
     if args.print:
         from .reproduce import print_suite
 
-        print("\n".join(print_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only, list(args.overrides))))
+        print("\n".join(print_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only, list(args.overrides),
+                                     args.cells)))
         return 0
     return _scheduled(lambda: run_suite(args.name, out, args.seeds, args.tiny, args.configs_dir, args.only,
                                         list(args.overrides), args.jobs, args.per_gpu, args.executor,
-                                        args.nproc_per_node, args.quiet, _command_line()))
+                                        args.nproc_per_node, args.quiet, _command_line(), _seconds(args.time_limit),
+                                        args.cells))
 
 
 def _scheduled(run) -> int:
-    """A suite or sweep: its report printed, or exit code 1 when runs failed (the report is still written)."""
-    from .scheduler import SuiteFailed
+    """A suite or sweep: its report printed, or exit code 1 when runs failed (the report is still
+    written), 75 when it stopped before its end (time limit, SIGTERM: the same command continues)."""
+    from .scheduler import SuiteFailed, SuiteStopped
 
     try:
         report = run()
     except SuiteFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except SuiteStopped as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -388,7 +442,11 @@ def cmd_sweep(args) -> int:
 
     files, overrides = split_configs(args.configs, "sweep")
     return _scheduled(lambda: run_sweep(files, overrides, args.set, args.seeds, Path(args.out), args.jobs, args.per_gpu,
-                                        args.executor, args.quiet, _command_line()))
+                                        args.executor, args.quiet, _command_line(), _seconds(args.time_limit)))
+
+
+def _seconds(minutes: float | None) -> float | None:
+    return None if minutes is None else minutes * 60
 
 
 def _add_scheduling(p: argparse.ArgumentParser) -> None:
@@ -400,6 +458,9 @@ def _add_scheduling(p: argparse.ArgumentParser) -> None:
                    help="local: separate processes on this machine (default); inline: one run at a time in this "
                         "process (debugging); ray: Ray tasks with fractional GPUs on a Ray cluster (RAY_ADDRESS; "
                         "pip install 'taildistill[ray]'), the output folder shared by the nodes")
+    p.add_argument("--time-limit", type=_positive_float, default=None, metavar="MINUTES",
+                   help="stop after MINUTES: no run starts, running ones write a checkpoint and stop (as on SIGTERM); "
+                        "exit code 75; the same command later reuses what finished and resumes the rest")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -468,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
             # for this command only: its configs record them in `imports`, the processes it starts inherit them
             os.environ["TAILDISTILL_IMPORTS"] = ",".join(dict.fromkeys([*env_imports(), *args.imports]))
         return args.func(args)
+    except Interrupted as exc:  # not an error: the run stopped where it was asked to, resumable
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except TaildistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,3 +15,20 @@ class DataError(TaildistillError):
 
 class TrainingError(TaildistillError):
     """Training cannot continue (non-finite loss, incompatible checkpoint, ...)."""
+
+
+class Interrupted(TaildistillError):
+    """A run stopped on a signal after writing a resumable checkpoint."""
+
+    def __init__(self, signum: int, where: str, run_dir):
+        import signal
+
+        self.signum = int(signum)
+        self.run_dir = run_dir
+        name = signal.Signals(self.signum).name
+        super().__init__(f"stopped by {name} at {where}; the checkpoint is written: continue with "
+                         f"`taildistill train --resume {run_dir}`")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for a process ended by a signal

@@ -32,6 +32,14 @@ def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentCon
         check_model_name(cfg.teacher.model)
     cls = method_class(cfg.method.name)
     cfg.method.params = resolve_params(cfg.method.name, cfg.method.params)
+    if cfg.teacher.pretrained:
+        from .teachers import find
+
+        found = str(find(cfg.teacher.pretrained).resolve())
+        if cfg.teacher.checkpoint or (cfg.teacher.run and cfg.teacher.run != found):  # (a saved config has both, equal)
+            raise ConfigError("teacher.pretrained names a teacher, but teacher.run / teacher.checkpoint is set too; "
+                              "keep one (e.g. teacher.run= teacher.pretrained=NAME)")
+        cfg.teacher.run = found
     has_teacher = bool(cfg.teacher.run or cfg.teacher.checkpoint)
     if cls.needs_teacher and not has_teacher:
         cfg.teacher.run = str(Path(cfg.out_dir) / "ce_teacher")  # the benchmark's CE teacher run

@@ -90,20 +90,34 @@ def grid_cells(grid: dict) -> list[tuple[str, list[str]]]:
     return cells
 
 
+def select_cells(suite: dict, wanted: list[str] | None, name: str = "") -> list[tuple[str, list[str]]]:
+    """The grid cells to run: all, or the ones named (an unknown name is an error listing the cells)."""
+    cells = grid_cells(suite.get("grid", {}))
+    if not wanted:
+        return cells
+    labels = [label for label, _ in cells]
+    unknown = [w for w in wanted if w not in labels]
+    if unknown:
+        raise ConfigError(f"suite {name} has no cell {', '.join(unknown)}; its cells: {', '.join(labels)}")
+    return [c for c in cells if c[0] in wanted]
+
+
 def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, configs, only: list[str] | None,
-                extra: list[str] | None, nproc: int = 1) -> list:
+                extra: list[str] | None, nproc: int = 1, cells: list[str] | None = None) -> list:
     """The suite's runs as a dependency graph: each cell's teachers first, each student waiting
-    for its teacher. A run's directory is OUT/<cell>/<run>/seed<k>."""
+    for its teacher. A run's directory is OUT/<cell>/<run>/seed<k>. `cells` limits the grid."""
     from .scheduler import RunSpec
 
-    cells = grid_cells(suite.get("grid", {}))
+    cells = select_cells(suite, cells, name)
     if tiny:  # a smoke run: the first cell is enough to exercise every run of the suite
         cells = cells[:1]
     root = configs_root(configs)
+    if only:  # the runs named, and the teachers they need
+        only = set(only) | {r["teacher"] for r in suite["runs"] if r["name"] in only and r.get("teacher")}
     specs = []
     for label, cell_over in cells:
         for run in suite["runs"]:
-            if only and run["name"] not in only and not run.get("teacher_run"):
+            if only and run["name"] not in only:
                 continue
             if run.get("cells") and label not in run["cells"] and not tiny:
                 continue
@@ -125,7 +139,7 @@ def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, confi
 
 
 def print_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs=None,
-                only: list[str] | None = None, extra: list[str] | None = None) -> list[str]:
+                only: list[str] | None = None, extra: list[str] | None = None, cells: list[str] | None = None) -> list[str]:
     """One line per run: its resolved recipe, every value that differs from the typed defaults
     (the suite's runs as `taildistill train` would train them; nothing is trained)."""
     from .experiment import build_config, load_config
@@ -134,7 +148,7 @@ def print_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = Fal
     suite = load_suite(name, configs)
     seeds = seeds or int(suite.get("seeds", 1))
     lines = []
-    for spec in suite_specs(name, suite, Path(out), seeds, tiny, configs, only, extra):
+    for spec in suite_specs(name, suite, Path(out), seeds, tiny, configs, only, extra, cells=cells):
         cfg = load_config(spec.config_files, spec.overrides)
         default = flat_config(build_config({"method": {"name": cfg.method.name}}))  # the typed defaults of its method
         mine = flat_config(cfg)
@@ -145,7 +159,8 @@ def print_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = Fal
 
 def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs: str | Path | None = None,
               only: list[str] | None = None, extra: list[str] | None = None, jobs: int = 1, per_gpu: int | None = None,
-              executor: str = "local", nproc: int = 1, quiet: bool = False, command: str = "") -> Path:
+              executor: str = "local", nproc: int = 1, quiet: bool = False, command: str = "",
+              time_limit: float | None = None, cells: list[str] | None = None) -> Path:
     """Run every cell of suite `name` (several runs at once with `jobs`; see taildistill.scheduler)
     and write OUT/report.md; returns its path. Runs that failed are reported, and raise
     :class:`SuiteFailed` after the report is written."""
@@ -154,10 +169,11 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
     suite = load_suite(name, configs)
     seeds = seeds or int(suite.get("seeds", 1))
     out = Path(out)
-    specs = suite_specs(name, suite, out, seeds, tiny, configs, only, extra, nproc)
+    specs = suite_specs(name, suite, out, seeds, tiny, configs, only, extra, nproc, cells)
     return execute(specs, out, f"reproduce {name}", executor, jobs, per_gpu, quiet, command,
                    lambda outcomes, cost: write_suite_report(name, suite, out, tiny=tiny, command=command,
-                                                             outcomes=outcomes, cost=cost, seeds=seeds))
+                                                             outcomes=outcomes, cost=cost, seeds=seeds),
+                   time_limit)
 
 
 def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
@@ -239,7 +255,7 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
                       "code (BKD, LDAM-DRW): optimistic, since the epoch is chosen on the test set; shown only to compare "
                       "with the papers. The other columns are the last epoch's.", ""]
         results[label] = {"header": header, "rows": rows, "group_policy": policy}
-    bad = [o for o in outcomes or [] if o.status in ("failed", "skipped")]
+    bad = [o for o in outcomes or [] if o.status in ("failed", "skipped", "stopped")]
     if bad:
         lines += ["## Runs that did not finish", ""] + [f"- `{o.key}`: {o.status} — {o.reason}" for o in bad] + [""]
     if cost:

@@ -275,6 +275,12 @@ class RunDir:
         old.setdefault("resumed", []).append(env)
         write_text_atomic(self.env_file, json.dumps(old, indent=1))
 
+    def note(self, key: str, value) -> None:
+        """Record a fact about how the run was executed (not its result) in env.json under `key`."""
+        env = self.env()
+        env[key] = value
+        write_text_atomic(self.env_file, json.dumps(env, indent=1))
+
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")

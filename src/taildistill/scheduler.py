@@ -7,7 +7,9 @@ Every run is an ordinary `taildistill train` process writing its own run directo
 - a finished run whose resolved config matches is reused; one trained with another config is
   trained again (said so);
 - an unfinished run with a checkpoint resumes from it (`train --resume`), exactly;
-- a failed run does not stop the others; the runs that need it are skipped, with the reason.
+- a failed run does not stop the others; the runs that need it are skipped, with the reason;
+- after a time limit, or on SIGTERM, no run starts and the running ones are sent SIGTERM (each
+  writes a checkpoint at its next step): the same command later continues them.
 
 Runs per GPU (`--per-gpu`): a ResNet-32 step at batch 128 uses a small part of an H100 (measured:
 7.1k images/s at batch 128 eager, against 73.8k at batch 512 with CUDA graphs, so one small run
@@ -48,7 +50,7 @@ class RunSpec:
 @dataclass
 class Outcome:
     key: str
-    status: str  # finished | reused | failed | skipped
+    status: str  # finished | reused | failed | skipped | stopped (time limit or SIGTERM: resumes next time)
     run_dir: Path
     seconds: float = 0.0
     gpus: list[int] = field(default_factory=list)
@@ -126,6 +128,9 @@ def _run_process(cmd: list[str], log: Path, env: dict) -> int:
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
+STOP_GRACE = 60  # seconds a stopped run has to write its checkpoint (one step plus the write)
+
+
 class LocalExecutor:
     """Runs processes on this machine: `jobs` at a time; on CUDA, each GPU has `per_gpu` slots, a
     small run takes one, a large run (or each GPU of a DDP run) a whole GPU."""
@@ -184,13 +189,16 @@ class LocalExecutor:
             time.sleep(0.1)
 
     def stop(self) -> None:
+        """SIGTERM to every run (each writes a checkpoint at its next step and exits), then wait;
+        a run still alive after STOP_GRACE seconds is killed (it resumes from its last checkpoint)."""
         for proc, *_ in self.running.values():
             proc.terminate()
         for proc, *_ in self.running.values():
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
 
 class InlineExecutor:
@@ -301,14 +309,31 @@ class RayExecutor:
         return out
 
     def stop(self) -> None:
+        """Ray cancels a task by killing its worker: such a run resumes from its last epoch checkpoint."""
         for ref in self.running:
             self.ray.cancel(ref, force=True)
 
 
-def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = False) -> list[Outcome]:
+def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = False,
+              time_limit: float | None = None) -> list[Outcome]:
     """Execute the graph: each run when its dependencies have finished, as many at once as the
-    executor allows. Returns one outcome per run (in the graph's order)."""
+    executor allows. Returns one outcome per run (in the graph's order).
+
+    After `time_limit` seconds, or on SIGTERM, no run starts and the running ones are stopped
+    (SIGTERM: each writes a checkpoint and exits); they and the runs not started are `stopped`,
+    and the same graph run again continues them."""
+    import signal
+    import threading
+
     from tqdm import tqdm
+
+    deadline = time.time() + time_limit if time_limit else None
+    stop: list[str] = []
+
+    def on_sigterm(signum, frame):
+        stop.append("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
 
     by_key = {s.key: s for s in specs}
     for s in specs:
@@ -335,8 +360,32 @@ def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = 
         bar.set_postfix_str(f"done {done}, running {running}, failed {failed}, skipped {skipped}, reused {reused}")
 
     waiting = list(todo)
+
+    def finish(key, rc, seconds, gpus, stopped_why=""):
+        s = by_key[key]
+        ok = rc == 0 and RunDir(s.run_dir).is_finished()
+        if ok:
+            outcomes[key] = Outcome(key, "finished", s.run_dir, seconds, gpus, "", time.time())
+        elif stopped_why:
+            outcomes[key] = Outcome(key, "stopped", s.run_dir, seconds, gpus, stopped_why, time.time())
+        else:
+            outcomes[key] = Outcome(key, "failed", s.run_dir, seconds, gpus,
+                                    f"exit code {rc}; log: {s.run_dir / 'train.log'}", time.time())
+        bar.update(1)
+
     try:
         while waiting or executor.running:
+            if stop or (deadline is not None and time.time() >= deadline):
+                why = ("stopped by SIGTERM" if stop else f"stopped at the time limit ({time_limit / 60:g} min)") + \
+                    "; the same command continues it"
+                executor.stop()
+                while executor.running:  # collect the stopped runs (one that just finished counts as finished)
+                    for item in executor.poll(1.0):
+                        finish(*item, stopped_why=why)
+                for s in waiting:
+                    outcomes[s.key] = Outcome(s.key, "stopped", s.run_dir, reason=why + " (not started)")
+                waiting = []
+                break
             started = False
             for s in list(waiting):
                 dep_status = [outcomes[d].status if d in outcomes else None for d in s.deps]
@@ -355,17 +404,15 @@ def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = 
                 waiting.remove(s)
                 started = True
             refresh()
-            for key, rc, seconds, gpus in executor.poll(0.05 if started else 0.5):
-                s = by_key[key]
-                ok = rc == 0 and RunDir(s.run_dir).is_finished()
-                outcomes[key] = Outcome(key, "finished" if ok else "failed", s.run_dir, seconds, gpus,
-                                        "" if ok else f"exit code {rc}; log: {s.run_dir / 'train.log'}", time.time())
-                bar.update(1)
+            for item in executor.poll(0.05 if started else 0.5):
+                finish(*item)
                 refresh()
     except KeyboardInterrupt:
         executor.stop()
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         bar.close()
     return [outcomes[s.key] for s in specs]
 
@@ -385,10 +432,12 @@ def make_executor(kind: str, jobs: int, per_gpu: int, threads: int | None = None
 
 
 def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local", jobs: int = 1,
-            per_gpu: int | None = None, quiet: bool = False, command: str = "", report=None) -> Path | None:
+            per_gpu: int | None = None, quiet: bool = False, command: str = "", report=None,
+            time_limit: float | None = None) -> Path | None:
     """Run a graph into output folder `out` (locked for the time being), write the run reports and
     OUT/outcomes.json (statuses and the cost), then `report(outcomes, cost)` -> the report's path.
-    Raises :class:`SuiteFailed` after the report is written when runs failed or were skipped."""
+    Raises :class:`SuiteFailed` after the report is written when runs failed or were skipped, and
+    :class:`SuiteStopped` when the time limit (seconds) or a SIGTERM stopped it before its end."""
     from .report import write_run_report
 
     per_gpu = default_per_gpu(specs) if per_gpu is None else per_gpu
@@ -396,7 +445,7 @@ def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local",
     lock = lock_output(out, what)
     try:
         t0 = time.time()
-        outcomes = run_graph(specs, ex, desc=what, quiet=quiet)
+        outcomes = run_graph(specs, ex, desc=what, quiet=quiet, time_limit=time_limit)
         for o in outcomes:
             if o.status == "finished":
                 write_run_report(o.run_dir)
@@ -413,6 +462,12 @@ def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local",
     problems = failures_message(outcomes)
     if problems:
         raise SuiteFailed(f"{problems}" + (f"; the report has the runs that finished: {path}" if path else ""))
+    stopped = [o for o in outcomes if o.status == "stopped"]
+    if stopped:
+        done = sum(o.status in ("finished", "reused") for o in outcomes)
+        raise SuiteStopped(f"{stopped[0].reason.split(';')[0]}: {done} of {len(outcomes)} runs finished, "
+                           f"{len(stopped)} stopped (each resumes from its checkpoint); run the same command again "
+                           f"to continue" + (f"; the report so far: {path}" if path else ""))
     return path
 
 
@@ -465,3 +520,9 @@ def failures_message(outcomes: list[Outcome]) -> str:
 
 class SuiteFailed(TaildistillError):
     """Some runs of a suite or sweep failed; the report was written with the others."""
+
+
+class SuiteStopped(TaildistillError):
+    """A suite or sweep stopped before its end (time limit, SIGTERM); running it again continues it."""
+
+    exit_code = 75  # EX_TEMPFAIL: not an error, try again

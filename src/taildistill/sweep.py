@@ -40,7 +40,8 @@ def label_of(assignment: list[tuple[str, str]]) -> str:
 
 
 def run_sweep(files: list[str], overrides: list[str], sets: list[str], seeds: int, out: Path, jobs: int = 1,
-              per_gpu: int | None = None, executor: str = "local", quiet: bool = False, command: str = "") -> Path:
+              per_gpu: int | None = None, executor: str = "local", quiet: bool = False, command: str = "",
+              time_limit: float | None = None) -> Path:
     from .report import write_comparison
     from .rundir import RunDir
     from .scheduler import RunSpec, execute
@@ -59,4 +60,4 @@ def run_sweep(files: list[str], overrides: list[str], sets: list[str], seeds: in
         done = [o.run_dir for o in outcomes if RunDir(o.run_dir).is_finished()]
         return write_comparison(done, out, title=f"Sweep over {', '.join(k for k, _ in grid) or 'seeds'}") if done else None
 
-    return execute(specs, out, "sweep", executor, jobs, per_gpu, quiet, command, report)
+    return execute(specs, out, "sweep", executor, jobs, per_gpu, quiet, command, report, time_limit)

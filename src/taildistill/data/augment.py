@@ -9,6 +9,8 @@ Input: uint8 images (B, C, H, W) on any device. Output: float images, normalised
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -60,7 +62,7 @@ def random_resized_crop(x: torch.Tensor, size: int, g: torch.Generator, scale=(0
     B, _, H, W = x.shape
     dev = x.device
     area = scale[0] + (scale[1] - scale[0]) * _rand(g, B, dev)
-    logr = torch.log(torch.tensor(ratio, device=dev))
+    logr = (math.log(ratio[0]), math.log(ratio[1]))  # host floats: a device tensor from a list is a copy per batch
     r = torch.exp(logr[0] + (logr[1] - logr[0]) * _rand(g, B, dev))
     w = torch.sqrt(area * r).clamp(max=1.0)  # box width / W
     h = torch.sqrt(area / r).clamp(max=1.0)
@@ -89,7 +91,7 @@ def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, area=(0.02, 0.
     B, _, H, W = x.shape
     dev = x.device
     a = (area[0] + (area[1] - area[0]) * _rand(g, B, dev)) * H * W
-    logr = torch.log(torch.tensor(ratio, device=dev))
+    logr = (math.log(ratio[0]), math.log(ratio[1]))
     r = torch.exp(logr[0] + (logr[1] - logr[0]) * _rand(g, B, dev))
     h = torch.sqrt(a * r).clamp(1, H).long()
     w = torch.sqrt(a / r).clamp(1, W).long()

@@ -104,8 +104,10 @@ class TensorInput(_Base):
         self.x = to_device_tensor(split, info, device)
         self.y = self.labels.to(device)
 
-    def epoch(self, epoch: int):
-        g, host = self.generators(epoch)
+    def epoch(self, epoch: int, start: int = 0, generators=None):
+        """The epoch's batches from batch `start` on; `generators` (the epoch's (g, host), in the
+        state they had after batch start - 1) continue an interrupted epoch exactly."""
+        g, host = generators or self.generators(epoch)
         batches = self.index_batches(epoch)
         if not batches:
             return
@@ -117,7 +119,7 @@ class TensorInput(_Base):
             balanced = self.balanced.indices(epoch)
             j = torch.cat([(s * self.batch_size + torch.arange(n)) % len(balanced) for s, n in enumerate(sizes)])
             paired = _upload(balanced[j], self.device).split(sizes)
-        for idx, j in zip(order, paired):
+        for idx, j in zip(order[start:], paired[start:]):
             batch = self.augment(self.x[idx], self.y[idx], g, epoch=epoch, host=host)
             bx, by = (self.x[j], self.y[j]) if j is not None else (None, None)
             yield self._finish(batch, g, host, bx, by)
@@ -145,13 +147,15 @@ class StreamInput(_Base):
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=[i.tolist() for i in idx],
                                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
-    def epoch(self, epoch: int):
-        g, host = self.generators(epoch)
-        batches = self.index_batches(epoch)
+    def epoch(self, epoch: int, start: int = 0, generators=None):
+        """As :meth:`TensorInput.epoch`."""
+        g, host = generators or self.generators(epoch)
+        batches = self.index_batches(epoch)[start:]
         balanced = None
         if self.balanced is not None:
             bidx = self.balanced.indices(epoch)
-            balanced = iter(self._load([bidx[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(batches))]))
+            balanced = iter(self._load([bidx[i * self.batch_size:(i + 1) * self.batch_size]
+                                        for i in range(start, start + len(batches))]))
         for x, y in self._load(batches):
             batch = self.augment(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), g,
                                  epoch=epoch, host=host)

@@ -6,6 +6,10 @@ are written by the caller (the CLI, the suites), not here.
 """
 from __future__ import annotations
 
+import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +19,7 @@ import torch
 
 from ..config import ExperimentConfig, dump_config
 from ..data.samplers import EpochSampler
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, Interrupted, TrainingError
 from ..eval import evaluate_split, predict_split, summary
 from ..eval.calibration import fit_temperature
 from ..experiment import Experiment, assemble, load_config
@@ -64,6 +68,10 @@ class RunState:
     epoch: int = 0  # next epoch to run
     best_val: float = -1.0
     best_epoch: int = -1
+
+
+# a checkpoint may take at most this share of the training time when train.checkpoint_every is auto
+CHECKPOINT_BUDGET = 0.02
 
 
 class Trainer:
@@ -144,6 +152,13 @@ class Trainer:
             raise ConfigError(f"train.batch_size {tc.batch_size} leaves no full batch of the {len(split)} training images")
 
         self.state = RunState()
+        self.partial: dict | None = None  # an interrupted epoch's position, from a mid-epoch checkpoint
+        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: checkpoint after this step and stop
+        self.stop_everywhere = False  # DDP: some rank was asked to stop (agreed at the epoch's end)
+        self.epoch_rng = None  # the running epoch's (g, host) generators, for a mid-epoch checkpoint
+        ce = tc.checkpoint_every
+        self.checkpoint_every = ce if ce != "auto" else 1  # auto on CUDA: re-chosen after the first checkpoint
+        self.checkpoint_auto = ce == "auto" and cuda
         if resume:
             self._load_checkpoint()
         if self.is_main:
@@ -175,13 +190,19 @@ class Trainer:
         return method
 
     # ------------------------------------------------------------------ files
-    def _save_checkpoint(self, epoch: int) -> None:
+    def _save_checkpoint(self, epoch: int, partial: dict | None = None) -> None:
         """last_state.pt holds everything resume needs in one atomically written file (the method's
         trainable state, optimizer, epoch), so a crash between two writes can never pair weights
-        of one epoch with an optimizer of another; last.safetensors is the student for users."""
-        save_state({"epoch": epoch, "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
-                    "optimizer": self.optimizer.state_dict(), "best_val": self.state.best_val,
-                    "best_epoch": self.state.best_epoch}, self.rundir.last_state)
+        of one epoch with an optimizer of another; last.safetensors is the student for users.
+        `partial` marks a checkpoint inside epoch `epoch` (after an interrupt): the next step, the
+        epoch's running sums and every random generator's state, so that resuming continues the
+        epoch exactly where it stopped."""
+        state = {"epoch": epoch, "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+                 "optimizer": self.optimizer.state_dict(), "best_val": self.state.best_val,
+                 "best_epoch": self.state.best_epoch}
+        if partial is not None:
+            state["partial"] = partial
+        save_state(state, self.rundir.last_state)
         save_weights(student_state(self.method), self.rundir.last_weights, {"epoch": str(epoch), "model": self.cfg.model.name})
 
     def _load_checkpoint(self) -> None:
@@ -194,6 +215,8 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise TrainingError(f"checkpoint {self.rundir.last_state} does not fit this run's model and method: {exc}") from None
         self.state = RunState(int(state["epoch"]) + 1, float(state["best_val"]), int(state["best_epoch"]))
+        if "partial" in state:  # stopped inside the next epoch: it continues from the step where it stopped
+            self.partial = state["partial"]
         self.rundir.keep_metrics_before(self.state.epoch)
 
     def _log(self, record: dict) -> None:
@@ -243,13 +266,23 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
-        seen = 0
-        t0 = time.perf_counter()
+        seen, start, before = 0, 0, 0.0
+        self.epoch_rng = self.inputs.generators(epoch)
         lr = 0.0
+        if self.partial is not None and self.partial["epoch"] == epoch:  # continue an interrupted epoch
+            p, self.partial = self.partial, None
+            start, seen, before = p["step"], p["seen"], p["seconds"]
+            total, correct = p["total"].to(self.device), p["correct"].to(self.device)
+            sums = {k: v.to(self.device) for k, v in p["sums"].items()}
+            self._set_rng(p["rng"])
+            if bar is not None:
+                bar.update(start)
+        t0 = time.perf_counter()
         # reading a device value waits for the queue to drain: on CUDA the loop looks at the loss
         # only every 100 steps (non-finite check, progress) and at the end of the epoch
         check_every = 1 if self.device.type == "cpu" else 100
-        for step, batch in enumerate(self.inputs.epoch(epoch)):
+        single = not self.dist.enabled
+        for step, batch in enumerate(self.inputs.epoch(epoch, start, self.epoch_rng), start):
             if step >= self.steps:
                 break
             lr = set_lr(self.optimizer, cfg.optim.lr, lr_factor(cfg.schedule, epoch + step / self.steps, cfg.train.epochs))
@@ -259,6 +292,9 @@ class Trainer:
                 sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v
             correct += (logits.argmax(1) == batch["y"]).sum()
             seen += len(batch["y"])
+            if self.stop_signal is not None and single and self.step.calls % cfg.train.grad_accum == 0:
+                # a host-side flag, no device read: stop between two optimizer steps (DDP ranks agree at the epoch's end)
+                self._stop_mid_epoch(epoch, step + 1, total, correct, seen, sums, before + time.perf_counter() - t0)
             if (step + 1) % check_every == 0 and not torch.isfinite(total):
                 self._non_finite(epoch, step, terms, batch)
             if bar is not None:
@@ -269,17 +305,73 @@ class Trainer:
         if not torch.isfinite(total):
             self._non_finite(epoch, self.steps - 1, sums, batch)
         broadcast_buffers(self.method, self.dist)
-        stats = torch.stack([total, correct, torch.tensor(float(seen), device=self.device)] + list(sums.values()))
+        stop = torch.tensor(float(self.stop_signal is not None), device=self.device)
+        stats = torch.stack([total, correct, torch.tensor(float(seen), device=self.device)] + list(sums.values()) + [stop])
         stats = all_reduce_sum(stats, self.dist)
+        self.stop_everywhere = bool(stats[-1] > 0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - t0
+        elapsed = before + time.perf_counter() - t0
         steps = self.steps * self.dist.world_size
         record = {"epoch": epoch, "lr": lr, "loss": float(stats[0]) / steps, "train_acc": float(stats[1] / stats[2]) * 100,
                   "images_per_s": float(stats[2]) / elapsed, "epoch_s": elapsed}
         for i, k in enumerate(sums):
             record[f"loss/{k}"] = float(stats[3 + i]) / steps
         return record
+
+    def _rng(self) -> dict:
+        """Every random generator a step draws from: the epoch's two, torch's global CPU (and CUDA) one."""
+        g, host = self.epoch_rng
+        rng = {"g": g.get_state(), "host": host.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _set_rng(self, rng: dict) -> None:
+        g, host = self.epoch_rng
+        g.set_state(rng["g"])
+        host.set_state(rng["host"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def _stop_mid_epoch(self, epoch: int, next_step: int, total, correct, seen: int, sums: dict, seconds: float):
+        """Write a checkpoint inside the epoch (the run resumes at `next_step`) and stop."""
+        partial = {"epoch": epoch, "step": next_step, "seen": seen, "seconds": seconds, "total": total.detach().cpu(),
+                   "correct": correct.detach().cpu(), "sums": {k: v.detach().cpu() for k, v in sums.items()},
+                   "rng": self._rng()}
+        # the epoch in the file is the last whole one, so an old reader would redo this epoch, never skip it
+        self._save_checkpoint(epoch - 1, partial)
+        raise Interrupted(self.stop_signal, f"epoch {epoch}, step {next_step} of {self.steps}", self.rundir.path)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, keeping the previous checkpoint
+        self.stop_signal = signum
+        if self.is_main and not self.quiet:
+            print(f"\n{signal.Signals(signum).name}: writing a checkpoint after this step, then stopping "
+                  "(Ctrl-C again stops at once)", file=sys.stderr)
+
+    def _handle_signals(self) -> dict:
+        """SIGTERM (a scheduler's or cluster's stop) and SIGINT (Ctrl-C) end the run at the next step
+        boundary with a resumable checkpoint. Returns the handlers to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signals are delivered to the main thread only
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _timed_checkpoint(self, epoch: int, epoch_seconds: float) -> None:
+        """Write the checkpoint; with checkpoint_every auto on CUDA, the first one's cost sets how
+        often the next are written: the fewest epochs that keep checkpoints under CHECKPOINT_BUDGET
+        of the training time (a killed run loses at most that many epochs; a stopped one none)."""
+        t0 = time.perf_counter()
+        self._save_checkpoint(epoch)
+        if self.checkpoint_auto:
+            self.checkpoint_auto = False
+            spent = time.perf_counter() - t0
+            self.checkpoint_every = max(1, math.ceil(spent / (CHECKPOINT_BUDGET * max(epoch_seconds, 1e-9))))
+            record = {"checkpoint_seconds": round(spent, 4), "epoch_seconds": round(epoch_seconds, 3),
+                      "checkpoint_every": self.checkpoint_every}
+            self.rundir.note("checkpoints", record)
 
     def _non_finite(self, epoch: int, step: int, terms: dict, batch=None) -> None:
         bad = {k: float(v) for k, v in terms.items()}
@@ -306,7 +398,7 @@ class Trainer:
                 self.tb = SummaryWriter(str(self.rundir.tensorboard))
             except ImportError:
                 self.tb = None
-        if self.state.epoch == 0:
+        if self.state.epoch == 0 and self.partial is None:  # (an interrupted first epoch has prepared already)
             self._prepare_heads()
             self.method.prepare(self.teacher_on)
         epochs = range(self.state.epoch, cfg.train.epochs)
@@ -315,6 +407,7 @@ class Trainer:
         bar = tqdm(total=len(epochs) * self.steps, desc=f"{cfg.name or 'train'} [{cfg.method.name}]", unit="step",
                    disable=not show, dynamic_ncols=True, leave=self.leave_bar, position=self.bar_position,
                    mininterval=0.5)
+        previous = self._handle_signals()
         try:
             for epoch in epochs:
                 record = self.train_epoch(epoch, bar)
@@ -333,18 +426,23 @@ class Trainer:
                             save_weights(student_state(self.method), self.rundir.best_weights, {"epoch": str(epoch)})
                 bar.set_postfix(epoch=epoch, loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}",
                                 img_s=f"{record['images_per_s']:.0f}", **({"val": f"{record['val/top1']:.1f}"} if "val/top1" in record else {}))
+                stopping = self.stop_everywhere or self.stop_signal is not None
                 if self.is_main:
                     self._log(record)
-                    if last or (cfg.train.checkpoint_every > 0 and (epoch + 1) % cfg.train.checkpoint_every == 0):
-                        self._save_checkpoint(epoch)
+                    if last or stopping or (epoch + 1) % self.checkpoint_every == 0:
+                        self._timed_checkpoint(epoch, record["epoch_s"])
                 self.state.epoch = epoch + 1
                 barrier(self.dist)
+                if stopping and not last:
+                    raise Interrupted(self.stop_signal or signal.SIGTERM, f"the end of epoch {epoch}", self.rundir.path)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, record)
             bar.close()
             if self.is_main:
                 self._log_final(self.finish())
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             bar.close()
             if self.tb is not None:
                 self.tb.close()
@@ -386,6 +484,8 @@ class Trainer:
             return {"checkpoint": t.checkpoint, "model": t.model}
         run = RunDir(t.run)
         record = {"run": str(run.path), "config_hash": run.config_hash(with_seed=True)}
+        if t.pretrained:
+            record["pretrained"] = t.pretrained
         if run.is_finished():
             test = run.final().get("test", {})
             record.update({"test_top1": test.get("top1"), "test_groups": {k[6:]: v for k, v in test.items() if k.startswith("group/")}})

@@ -190,7 +190,8 @@ def pair_supervised_loss(student_logits: torch.Tensor, teacher_logits: torch.Ten
     pair = torch.stack([zt.gather(1, y_a[:, None]).squeeze(1), zt.gather(1, y_b[:, None]).squeeze(1)], 1)
     w = F.softmax(pair, dim=1)
     same = y_a == y_b
-    w = torch.where(same[:, None], torch.tensor([1.0, 0.0], device=w.device), w)
+    # (1, 0) for a sample mixed with its own class, built on the device (a host tensor would be a copy per step)
+    w = torch.where(same[:, None], F.one_hot(torch.zeros_like(y_a), 2).to(w.dtype), w)
     zs = student_logits.float()
     if log_train_prior is not None:
         zs = zs + log_train_prior.to(zs.device)[None, :]

@@ -67,19 +67,78 @@ def heaviside(x: torch.Tensor, surrogate: str = "sigmoid", alpha: float | None =
     return _Spike.apply(x, alpha if alpha is not None else default, grad_fn)
 
 
+class _FusedLIF(torch.autograd.Function):
+    """The T-step recurrence of Eq. 1-3, forward and backward in one autograd node.
+
+    The per-step loop (:meth:`MultiStepLIF.loop`) records ~10 autograd nodes per time step and
+    allocates a zero gradient per step in backward; this node saves only the pre-threshold
+    potentials h[t] = U[t] - V_th and the spikes, and runs backward as the reverse recurrence
+
+        dL/dU[t] = dL/dS[t] sg'(h[t]) + dL/dV[t] dV[t]/dU[t]
+        dV[t]/dU[t] = (1 - S[t])  [+ (V_reset - U[t]) sg'(h[t]) without the detached reset]
+        dL/dX[t] = dL/dU[t] / tau,   dL/dV[t-1] = dL/dU[t] (1 - 1/tau)
+
+    which is what autograd computes through the loop (tested to equal it)."""
+
+    @staticmethod
+    def forward(ctx, x, tau, v_th, v_reset, alpha, grad_fn, detach_reset):
+        v = torch.full_like(x[0], v_reset)
+        spikes = torch.empty_like(x)
+        h = torch.empty_like(x)
+        for t in range(x.shape[0]):
+            u = v + (x[t] - (v - v_reset)) / tau
+            torch.sub(u, v_th, out=h[t])
+            fired = h[t] >= 0
+            spikes[t] = fired
+            v = torch.where(fired, v_reset, u)  # = U (1 - S) + V_reset S for S in {0, 1}, in one op
+        ctx.save_for_backward(h, spikes)
+        ctx.consts = (tau, v_th, v_reset, alpha, grad_fn, detach_reset)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        h, spikes = ctx.saved_tensors
+        tau, v_th, v_reset, alpha, grad_fn, detach_reset = ctx.consts
+        # everything that does not depend on the recurrence, for all T steps at once
+        sg = grad_fn(h, alpha)
+        direct = grad_spikes * sg  # dL/dS[t] sg'(h[t])
+        dv_du = 1 - spikes
+        if not detach_reset:
+            dv_du = dv_du + (v_reset - (h + v_th)) * sg
+        grad_u = torch.empty_like(h)
+        grad_u[-1] = direct[-1]  # no later step after the last
+        for t in range(h.shape[0] - 2, -1, -1):
+            torch.addcmul(direct[t], grad_u[t + 1], dv_du[t], value=1 - 1 / tau, out=grad_u[t])
+        return grad_u / tau, None, None, None, None, None, None
+
+
 class MultiStepLIF(nn.Module):
-    """LIF neurons over T steps (Eq. 1-3). Input (T, ...) currents -> (T, ...) spikes in {0, 1}."""
+    """LIF neurons over T steps (Eq. 1-3). Input (T, ...) currents -> (T, ...) spikes in {0, 1}.
+
+    `fused` (default) runs the recurrence as one autograd node (:class:`_FusedLIF`); `fused=False`
+    is the plain per-step loop, kept as the reference the fused node is tested against. Under
+    `train.compile` the fused node's loops are traced and fused by torch.compile on the GPU."""
 
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float = 0.0,
-                 surrogate: str = "sigmoid", detach_reset: bool = True):
+                 surrogate: str = "sigmoid", detach_reset: bool = True, fused: bool = True):
         super().__init__()
         if surrogate not in SURROGATES:
             raise ConfigError(f"surrogate must be one of {', '.join(SURROGATES)}, got '{surrogate}'")
         self.tau, self.v_threshold, self.v_reset = tau, v_threshold, v_reset
-        self.surrogate, self.detach_reset = surrogate, detach_reset
+        self.surrogate, self.detach_reset, self.fused = surrogate, detach_reset, fused
         self.firing_rate = torch.zeros(())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            grad_fn, alpha = SURROGATES[self.surrogate]
+            out = _FusedLIF.apply(x, self.tau, self.v_threshold, self.v_reset, alpha, grad_fn, self.detach_reset)
+        else:
+            out = self.loop(x)
+        self.firing_rate = out.detach().mean()
+        return out
+
+    def loop(self, x: torch.Tensor) -> torch.Tensor:
+        """The recurrence step by step, each operation recorded by autograd (the reference)."""
         v = torch.full_like(x[0], self.v_reset)
         spikes = []
         for t in range(x.shape[0]):
@@ -88,9 +147,7 @@ class MultiStepLIF(nn.Module):
             s_reset = s.detach() if self.detach_reset else s
             v = u * (1 - s_reset) + self.v_reset * s_reset
             spikes.append(s)
-        out = torch.stack(spikes)
-        self.firing_rate = out.detach().mean()
-        return out
+        return torch.stack(spikes)
 
 
 def _seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -226,13 +283,13 @@ class SpikingTransformer(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4,
                  dim: int = 384, depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0, time_steps: int = 4,
                  tau: float = 2.0, v_threshold: float = 1.0, v_reset: float = 0.0, surrogate: str = "sigmoid",
-                 detach_reset: bool = True, attention: str = "ssa", spiking_head: bool = False):
+                 detach_reset: bool = True, attention: str = "ssa", spiking_head: bool = False, lif_fused: bool = True):
         super().__init__()
         if attention not in ("ssa", "dual"):
             raise ConfigError(f"spiking attention must be ssa or dual (LT-SpikingFormer Eq. 7-8), got '{attention}'")
 
         def lif():
-            return MultiStepLIF(tau, v_threshold, v_reset, surrogate, detach_reset)
+            return MultiStepLIF(tau, v_threshold, v_reset, surrogate, detach_reset, lif_fused)
 
         self.time_steps = time_steps
         self.tokenizer = SpikingTokenizer(in_channels, dim, patch_size, lif)
@@ -261,8 +318,10 @@ class SpikingTransformer(nn.Module):
 def spikingformer(num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4, dim: int = 384,
                   depth: int = 4, heads: int = 12, mlp_ratio: float = 4.0, time_steps: int = 4, tau: float = 2.0,
                   v_threshold: float = 1.0, v_reset: float = 0.0, surrogate: str = "sigmoid", detach_reset: bool = True,
-                  attention: str = "ssa", spiking_head: bool = False):
+                  attention: str = "ssa", spiking_head: bool = False, lif_fused: bool = True):
     """Spikingformer's CIFAR configuration by default: depth 4, dim 384, patch 4, T = 4 (exit points
-    need a depth that is a multiple of 3); attention `dual` is LT-SpikingFormer's Eq. 7-8."""
+    need a depth that is a multiple of 3); attention `dual` is LT-SpikingFormer's Eq. 7-8.
+    `lif_fused=false` runs every neuron as the per-step loop (the reference; slower)."""
     return SpikingTransformer(num_classes, in_channels, image_size, patch_size, dim, depth, heads, mlp_ratio,
-                              time_steps, tau, v_threshold, v_reset, surrogate, detach_reset, attention, spiking_head)
+                              time_steps, tau, v_threshold, v_reset, surrogate, detach_reset, attention, spiking_head,
+                              lif_fused)

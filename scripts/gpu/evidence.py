@@ -1,0 +1,348 @@
+#!/usr/bin/env python
+"""The GPU evidence run: verify the CUDA path, benchmark it, and measure the papers' tables at
+full schedule, unattended, in as many sittings as it takes.
+
+    python scripts/gpu/evidence.py --data ~/data --out evidence --minutes 25
+
+Each invocation works through the plan below until `--minutes` are spent and then stops cleanly:
+the running trainings write a checkpoint (the suite scheduler's time limit sends them SIGTERM),
+its progress is in OUT/evidence.log and OUT/SUMMARY.md, and the reports, per-run JSON and plots
+found so far are copied to OUT/results/. Run the same command again to continue: finished steps
+and runs are reused, interrupted runs resume from their checkpoints. Exit code 0 when the whole
+plan is done, 75 when time ran out first (run again), 2 when the environment cannot run it.
+
+The plan, in order (issue "GPU evidence"; `--steps` picks a subset):
+  tests   pytest tests/test_cuda.py, then the whole test suite, on this machine
+  bench   `taildistill bench` (teacher and BKD steps) on the BKD recipe's config
+  bkd     bkd-cifar10, ratio 100, 200 epochs, 3 seeds: CE teacher, CE, KD, KD+mixup, BKD w/o mixup,
+          BKD; its CE teacher exported to OUT/teachers/cifar10_lt_r100_ce (teacher.pretrained)
+  recipe  `taildistill bench --recipe`: the BKD recipe (teacher, then student) end to end, started
+          only when the remaining time exceeds twice its estimate from the bench step
+  ltkd    ltkd-cifar10, ratio 100, resnet32x4 -> resnet8x4: student, KD, DKD, DIST, LTKD
+  deitlt  deitlt-cifar10-small, ratio 100: ViT baseline, DeiT-LT (LDAM-DRW+SAM teacher)
+  ltsf    ltsf-cifar10, ratio 100: spiking baseline, LT-SpikingFormer
+  acckd   acckd-cifar10, ratio 100
+
+`--tiny` runs the same logic on CPU at smoke scale (digits data, 2 epochs of 2 steps; the
+suites' --tiny), which is how its logic is tested. Needs: torch >= 2.11, this repository
+installed (pip install -e .), the CIFAR-10 archives (cifar10-jpeg-train.tar.gz,
+cifar10-jpeg-test.tar.gz) in --data, and kornia for the suites with AutoAugment/RandAugment
+(ltsf, deitlt; they are skipped with a message without it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ARCHIVES = ("cifar10-jpeg-train.tar.gz", "cifar10-jpeg-test.tar.gz")
+TEACHER_NAME = "cifar10_lt_r100_ce"
+CIFAR10_LT_R100_TRAIN = 12406  # training images of CIFAR-10-LT, exp profile, ratio 100 (when bench does not say)
+
+# step -> (suite, cells, runs (None: all), needs kornia)
+SUITES = {
+    "bkd": ("bkd-cifar10", ["ratio100"], None, False),
+    "ltkd": ("ltkd-cifar10", ["ratio100"], ["student_r8x4", "kd_r8x4", "dkd_r8x4", "dist_r8x4", "ltkd_r8x4"], False),
+    "deitlt": ("deitlt-cifar10-small", ["ratio100"], ["vit_ce", "deitlt"], True),
+    "ltsf": ("ltsf-cifar10", ["ratio100"], ["snn_ce", "ltsf"], True),
+    "acckd": ("acckd-cifar10", ["ratio100"], None, False),
+}
+STEPS = ["tests", "bench", "bkd", "recipe", "ltkd", "deitlt", "ltsf", "acckd"]
+STOPPED = 75  # the suite scheduler's exit code when its time limit stopped it
+
+
+class Evidence:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.runs = Path(args.runs).resolve() if args.runs else self.out / "runs"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.deadline = time.time() + args.minutes * 60
+        self.state_file = self.out / "evidence-state.json"
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"steps": {}}
+        self.log_file = self.out / "evidence.log"
+
+    # ------------------------------------------------------------------ bookkeeping
+    def log(self, text: str) -> None:
+        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}"
+        print(line, flush=True)
+        with open(self.log_file, "a") as f:
+            f.write(line + "\n")
+
+    def record(self, step: str, status: str, **info) -> None:
+        self.state["steps"][step] = {"status": status, "at": time.strftime("%Y-%m-%d %H:%M:%S"), **info}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.state_file)
+
+    def done(self, step: str) -> bool:
+        return self.state["steps"].get(step, {}).get("status") == "done"
+
+    def remaining(self) -> float:
+        return self.deadline - time.time()
+
+    def taildistill(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "taildistill", *args]
+
+    def run(self, cmd: list[str], log_name: str, timeout: float | None = None) -> int:
+        """Run `cmd` with its output appended to OUT/logs/LOG_NAME; returns the exit code (124 on timeout)."""
+        logs = self.out / "logs"
+        logs.mkdir(exist_ok=True)
+        self.log(f"$ {' '.join(cmd)}  (output: logs/{log_name})")
+        with open(logs / log_name, "a") as f:
+            f.write(f"\n$ {' '.join(cmd)}\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.terminate()  # a training process writes its checkpoint on SIGTERM
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                return 124
+
+    # ------------------------------------------------------------------ environment
+    def check_environment(self) -> bool:
+        import torch
+
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+        version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+        info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+        try:
+            import kornia
+
+            info["kornia"] = kornia.__version__
+        except ImportError:
+            info["kornia"] = None
+        try:
+            info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                            check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            info["commit"] = None
+        (self.out / "environment.json").write_text(json.dumps(info, indent=1))
+        self.log(f"environment: {json.dumps(info)}")
+        problems = []
+        if version < (2, 11):
+            problems.append(f"torch {torch.__version__} is older than 2.11")
+        if not self.args.tiny:
+            if not torch.cuda.is_available():
+                problems.append("no CUDA device (use --tiny to test the logic on CPU)")
+            data = Path(self.args.data).expanduser()
+            missing = [a for a in ARCHIVES if not (data / a).is_file()]
+            if missing:
+                problems.append(f"--data {data} lacks {', '.join(missing)}")
+            self.env["TAILDISTILL_DATA"] = str(data.resolve())  # the configs' relative data paths resolve here
+        if info["kornia"] is None:
+            self.log("note: kornia is missing: AutoAugment/RandAugment need it, so the deitlt and ltsf steps are "
+                     "skipped; install it (pip install --no-deps kornia-*.whl kornia_rs-*.whl) to run them")
+        self.kornia = info["kornia"] is not None
+        self.info = info
+        for p in problems:
+            self.log(f"error: {p}")
+        return not problems
+
+    # ------------------------------------------------------------------ steps
+    def step_tests(self) -> str:
+        if self.args.tiny:  # the logic only: the CUDA tests (they skip on CPU)
+            rc = self.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"],
+                          "pytest-cuda.log", self.remaining())
+            return self._tests_result(rc, {"cuda": rc})
+        rcs = {}
+        for name, target in (("cuda", ["tests/test_cuda.py"]), ("all", [])):
+            rcs[name] = self.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *target],
+                                 f"pytest-{name}.log", self.remaining())
+            if rcs[name] == 124:
+                break
+        return self._tests_result(max(rcs.values()), rcs)
+
+    def _tests_result(self, rc: int, rcs: dict) -> str:
+        if rc == 124:
+            return "stopped"
+        self.record("tests", "done", exit_codes=rcs, passed=all(v in (0, 5) for v in rcs.values()))
+        if any(v not in (0, 5) for v in rcs.values()):
+            self.log("tests FAILED on this machine: see logs/pytest-*.log (the plan goes on; fix them first)")
+        return "done"
+
+    def bench_config(self) -> tuple[list[str], list[str]]:
+        if self.args.tiny:
+            return ["configs/digits/_base.yaml", "configs/methods/bkd.yaml"], ["train.device=cpu", "teacher.run="]
+        return ["configs/cifar10_lt/bkd.yaml"], ["teacher.run="]
+
+    def step_bench(self) -> str:
+        files, over = self.bench_config()
+        steps = ["--steps", "3", "--warmup", "1"] if self.args.tiny else ["--steps", "200", "--warmup", "30"]
+        return self._bench("bench", [*files, *over, *steps])
+
+    def _bench(self, step: str, args: list[str]) -> str:
+        """`taildistill bench ARGS`, its JSON kept in OUT/bench/STEP.json and in the state."""
+        result = self.out / "bench" / f"{step}.json"
+        rc = self.run(self.taildistill("bench", *args, "--out", str(result)), f"{step}.log", self.remaining())
+        if rc == 124:
+            return "stopped"
+        if rc != 0:
+            self.record(step, "failed", exit_code=rc)
+            return "failed"
+        self.record(step, "done", result=json.loads(result.read_text()))
+        return "done"
+
+    def step_recipe(self) -> str:
+        bench = self.state["steps"].get("bench", {}).get("result")
+        if self.args.tiny:
+            files = ["configs/digits/_base.yaml", "configs/methods/bkd.yaml"]
+            over = ["train.device=cpu", "train.epochs=2", "train.progress=false"]
+            teacher = "configs/digits/ce_teacher.yaml"
+            estimate = 60.0
+        else:
+            files, over = ["configs/cifar10_lt/bkd.yaml"], []
+            teacher = "configs/cifar10_lt/ce_teacher.yaml"
+            if not bench:
+                return "waiting"  # the estimate needs the step benchmark
+            rates = _rates(bench)
+            if not rates:
+                return "waiting"
+            # two 200-epoch trainings at the measured steady-state rates, plus data and evaluation
+            estimate = 200 * bench.get("train_images", CIFAR10_LT_R100_TRAIN) * (1 / rates[0] + 1 / rates[-1]) * 1.3 + 60
+        if self.remaining() < 2 * estimate:
+            self.log(f"recipe: needs about {estimate / 60:.0f} min, {self.remaining() / 60:.0f} min left: next time")
+            return "waiting"
+        return self._bench("recipe", [*files, "--recipe", teacher, *over])
+
+    def step_suite(self, step: str) -> str:
+        suite, cells, only, needs_kornia = SUITES[step]
+        if needs_kornia and not self.kornia:
+            self.record(step, "skipped", reason="kornia is not installed")
+            return "skipped"
+        out = self.runs / suite
+        args = ["reproduce", suite, "--out", str(out), "--cells", *cells, "--quiet", "--executor", self.args.executor]
+        if only:
+            args += ["--only", *only]
+        if self.args.tiny:
+            args += ["--tiny", "--seeds", "1"]
+        else:
+            args += ["--jobs", str(self.args.jobs)] + (["--per-gpu", str(self.args.per_gpu)] if self.args.per_gpu else [])
+        minutes = (self.remaining() - 90) / 60  # time to stop the runs and copy the results afterwards
+        if minutes < 1:
+            return "stopped"
+        rc = self.run(self.taildistill(*args, "--time-limit", f"{minutes:.2f}"), f"{suite}.log")
+        self.collect(suite, out)
+        if rc == STOPPED:
+            self.record(step, "stopped")
+            return "stopped"
+        if rc != 0:
+            self.record(step, "failed", exit_code=rc)
+            return "failed"
+        if step == "bkd":
+            self.export_teacher(out)
+        self.record(step, "done", report=str(self.out / "results" / suite / "report.md"))
+        return "done"
+
+    def export_teacher(self, suite_out: Path) -> None:
+        run = suite_out / "ratio100" / "ce_teacher" / "seed0"
+        rc = self.run(self.taildistill("teachers", "--export", str(run), TEACHER_NAME, "--to", str(self.out / "teachers"),
+                                       "--overwrite"), "teachers.log", 600)
+        self.log(f"teacher {TEACHER_NAME}: " + ("exported to teachers/" if rc == 0 else f"export failed (exit {rc})"))
+
+    def collect(self, suite: str, out: Path) -> None:
+        """The suite's reports, JSON and plots (no checkpoints) into OUT/results/SUITE."""
+        dest = self.out / "results" / suite
+        for f in ("report.md", "results.json", "outcomes.json"):
+            if (out / f).is_file():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(out / f, dest / f)
+        for run in sorted(out.glob("*/*/seed*")):
+            rel = run.relative_to(out)
+            for f in ("final.json", "metrics.jsonl", "config.yaml", "env.json", "data.json", "report.md"):
+                if (run / f).is_file():
+                    (dest / rel).mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(run / f, dest / rel / f)
+            if (run / "plots").is_dir():
+                shutil.copytree(run / "plots", dest / rel / "plots", dirs_exist_ok=True)
+
+    # ------------------------------------------------------------------ plan
+    def summary(self, steps: list[str]) -> None:
+        lines = ["# GPU evidence run", "", f"- command: `{' '.join([sys.executable, *sys.argv])}`",
+                 f"- commit: {self.info.get('commit')}", f"- GPU: {self.info.get('gpu')} ({self.info.get('gpus')} visible)",
+                 f"- torch {self.info.get('torch')}, CUDA {self.info.get('cuda')}, kornia {self.info.get('kornia')}",
+                 f"- updated {time.strftime('%Y-%m-%d %H:%M:%S')}", "", "| step | status | when |", "|---|---|---|"]
+        for s in steps:
+            st = self.state["steps"].get(s, {})
+            lines.append(f"| {s} | {st.get('status', 'not started')} | {st.get('at', '')} |")
+        todo = [s for s in steps if not self.done(s) and self.state["steps"].get(s, {}).get("status") != "skipped"]
+        lines += ["", "Still to do: " + (", ".join(todo) if todo else "nothing") +
+                  ("; run the same command again to continue." if todo else "."), ""]
+        (self.out / "SUMMARY.md").write_text("\n".join(lines))
+
+    def main(self) -> int:
+        if not self.check_environment():
+            return 2
+        scale = "tiny" if self.args.tiny else "full"
+        if self.state.setdefault("scale", scale) != scale:  # a smoke run's "done" must not count for the real one
+            self.log(f"error: {self.out} holds a {self.state['scale']} evidence run; use another --out for a {scale} one")
+            return 2
+        steps = [s for s in STEPS if s in self.args.steps]
+        self.log(f"plan: {', '.join(steps)}; {self.args.minutes:g} minutes")
+        status = "done"
+        try:
+            for step in steps:
+                if self.done(step) or self.state["steps"].get(step, {}).get("status") == "skipped":
+                    self.log(f"{step}: done already")
+                    continue
+                if self.remaining() < 60:
+                    status = "stopped"
+                    break
+                self.log(f"{step}: starting ({self.remaining() / 60:.1f} min left)")
+                result = self.step_suite(step) if step in SUITES else getattr(self, f"step_{step}")()
+                self.log(f"{step}: {result}")
+                if result == "stopped":
+                    status = "stopped"
+                    break
+                if result == "waiting":
+                    status = "stopped"
+        finally:
+            self.summary(steps)
+        unfinished = [s for s in steps if not self.done(s) and self.state["steps"].get(s, {}).get("status") != "skipped"]
+        failed = [s for s in steps if self.state["steps"].get(s, {}).get("status") == "failed"]
+        self.log(f"end of this sitting: {len(steps) - len(unfinished)} of {len(steps)} steps done"
+                 + (f"; failed: {', '.join(failed)}" if failed else "")
+                 + ("; run the same command again to continue" if unfinished else ""))
+        return 0 if not unfinished else (1 if failed and status == "done" else STOPPED)
+
+
+def _rates(bench: dict) -> list[float]:
+    """Images/s of the teacher and distillation steps from `taildistill bench` output."""
+    rates = []
+    for key in ("teacher", "distill"):
+        part = bench.get(key)
+        if isinstance(part, dict) and part.get("images_per_s"):
+            rates.append(float(part["images_per_s"]))
+    return rates
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="~/data", help="folder with the CIFAR-10 archives (default ~/data)")
+    p.add_argument("--out", required=True, help="output folder: log, summary, results, exported teacher")
+    p.add_argument("--runs", help="folder for the run directories (default OUT/runs); keep it between sittings")
+    p.add_argument("--minutes", type=float, default=25, help="time for this sitting (default 25)")
+    p.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS, help="steps to run (default: all, in order)")
+    p.add_argument("--jobs", type=int, default=8, help="trainings at once (default 8)")
+    p.add_argument("--per-gpu", type=int, default=None, help="trainings per GPU (default: the scheduler's)")
+    p.add_argument("--executor", default="local", choices=["local", "inline"], help="suite executor (default local)")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke scale, to test this script's logic")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(Evidence(parse_args()).main())

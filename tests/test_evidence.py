@@ -1,0 +1,55 @@
+"""The unattended GPU evidence script (scripts/gpu/evidence.py), its logic at --tiny scale on CPU."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from taildistill.experiment import build_config
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu" / "evidence.py"
+
+
+def _run(out, *args):
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--executor", "inline", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_the_evidence_run_measures_collects_exports_the_teacher_and_a_second_sitting_redoes_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "ev"
+    first = _run(out, "--steps", "bench", "bkd")
+    assert first.returncode == 0, first.stdout + first.stderr
+    bench = json.loads((out / "bench/bench.json").read_text())
+    assert bench["teacher"]["images_per_s"] > 0 and bench["distill_method"] == "bkd"
+    report = (out / "results/bkd-cifar10/report.md").read_text()
+    assert report.startswith("# TINY smoke run of the suite bkd-cifar10")
+    finals = sorted(p.parent.parent.name for p in (out / "results/bkd-cifar10/ratio100").glob("*/seed0/final.json"))
+    assert finals == ["bkd", "bkd_no_mixup", "ce", "ce_teacher", "kd", "kd_mixup"]
+    assert not list((out / "results").rglob("*.safetensors"))  # reports and JSON only, no checkpoints
+    # the suite's CE teacher is exported and a config can name it
+    monkeypatch.setenv("TAILDISTILL_TEACHERS", str(out / "teachers"))
+    cfg = build_config({"method": {"name": "kd"}, "teacher": {"pretrained": "cifar10_lt_r100_ce"}})
+    assert cfg.teacher.run == str((out / "teachers/cifar10_lt_r100_ce").resolve())
+    summary = (out / "SUMMARY.md").read_text()
+    assert "| bench | done |" in summary and "| bkd | done |" in summary and "Still to do: nothing." in summary
+
+    second = _run(out, "--steps", "bench", "bkd")
+    assert second.returncode == 0
+    assert "bench: done already" in second.stdout and "bkd: done already" in second.stdout
+    assert "$ " not in second.stdout.split("plan:", 1)[1]  # nothing was run again
+
+
+def test_a_sitting_without_time_left_stops_with_exit_75_and_says_what_remains(tmp_path):
+    out = tmp_path / "ev"
+    r = _run(out, "--steps", "bench", "bkd", "--minutes", "0.5")
+    assert r.returncode == 75, r.stdout + r.stderr
+    assert "Still to do: bench, bkd; run the same command again to continue." in (out / "SUMMARY.md").read_text()
+    assert not (out / "bench").exists()
+
+
+def test_a_smoke_runs_output_folder_is_not_taken_for_the_real_run(tmp_path):
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "evidence-state.json").write_text(json.dumps({"scale": "full", "steps": {}}))
+    r = _run(out, "--steps", "bench")
+    assert r.returncode == 2 and "holds a full evidence run" in r.stdout

@@ -1,0 +1,170 @@
+"""Stopping a run: SIGTERM/SIGINT write a resumable checkpoint at the next step boundary, and the
+resumed run is the uninterrupted one exactly; checkpoint frequency."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from taildistill.engine.step import TrainStep
+from taildistill.engine.trainer import Trainer, fit, resume
+from taildistill.errors import ConfigError, Interrupted
+from taildistill.rundir import load_state
+
+from test_engine import tiny
+
+
+def _signal_on_call(monkeypatch, call: int, signum=signal.SIGTERM):
+    """Deliver `signum` to this process during the `call`-th training step."""
+    original = TrainStep.__call__
+    count = {"n": 0}
+
+    def step(self, batch, epoch):
+        count["n"] += 1
+        if count["n"] == call:
+            os.kill(os.getpid(), signum)
+        return original(self, batch, epoch)
+
+    monkeypatch.setattr(TrainStep, "__call__", step)
+
+
+def _metrics(run):
+    timing = ("images_per_s", "epoch_s")
+    return [{k: v for k, v in json.loads(x).items() if k not in timing}
+            for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# mixup (per-batch scalars from the CPU generator, the permutation from the device one) and
+# random erasing (per-sample draws): a resume that restarted the epoch's generators would differ
+AUG = {"crop_padding": 2, "mixup_alpha": 1.0, "mix_prob": 0.5, "random_erasing": 0.5}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_epoch_checkpoints_and_the_resumed_run_is_the_uninterrupted_one(tmp_path, monkeypatch, signum):
+    full = fit(tiny(epochs=3, augment=AUG), tmp_path / "full", quiet=True)
+    _signal_on_call(monkeypatch, 10, signum)  # the third step of the second epoch (digits-LT at batch 64: 7 steps)
+    with pytest.raises(Interrupted) as info:
+        fit(tiny(epochs=3, augment=AUG), tmp_path / "cut", quiet=True)
+    monkeypatch.undo()
+    cut = tmp_path / "cut"
+    assert info.value.exit_code == 128 + signum and "epoch 1, step 3 of 7" in str(info.value)
+    state = load_state(cut / "checkpoints/last_state.pt")
+    assert state["partial"]["epoch"] == 1 and state["partial"]["step"] == 3 and state["epoch"] == 0
+    assert not (cut / "final.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are given back
+    resume(cut, quiet=True)
+    a, b = load_file(full / "checkpoints/last.safetensors"), load_file(cut / "checkpoints/last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(full) == _metrics(cut)  # the interrupted epoch's loss and accuracy too
+    fa, fb = (json.loads((r / "final.json").read_text()) for r in (full, cut))
+    assert fa["test"] == fb["test"]
+
+
+def test_a_signal_during_the_first_epoch_does_not_prepare_the_method_twice(tmp_path, monkeypatch):
+    # BKD's effective-number weights and an NCM head are fitted before the first step; a resumed first
+    # epoch must keep what was fitted, not refit it from the partly trained student
+    calls = []
+    from taildistill.methods.base import Method
+
+    original = Method.prepare
+    monkeypatch.setattr(Method, "prepare", lambda self, teacher_on: (calls.append(1), original(self, teacher_on))[1])
+    full = fit(tiny(epochs=2), tmp_path / "full", quiet=True)
+    _signal_on_call(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        fit(tiny(epochs=2), tmp_path / "cut", quiet=True)
+    resume(tmp_path / "cut", quiet=True)
+    assert len(calls) == 2  # the full run's and the cut run's first start; not the resume's
+    a, b = load_file(full / "checkpoints/last.safetensors"), load_file(tmp_path / "cut/checkpoints/last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_command_line_stops_on_sigterm_with_the_signals_exit_code_and_resumes(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {source: digits, profile: exp, ratio: 10}\nmodel: {name: convnet_small, kwargs: {width: 8}}\n"
+                   "train: {epochs: 400, batch_size: 64, device: cpu, tensorboard: false}\nmethod: {name: ce}\n")
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "taildistill", "train", str(cfg), "--out", str(run), "--quiet"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() and time.time() < deadline:  # training has begun
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and f"--resume {run}" in err and "Traceback" not in err
+    state = load_state(run / "checkpoints/last_state.pt")
+    done = state["epoch"] + 1 if "partial" not in state else state["partial"]["epoch"]
+    assert 0 < done < 400
+    assert not (run / "final.json").exists()
+
+
+def test_checkpoint_every_accepts_auto_or_a_positive_number():
+    assert tiny().train.checkpoint_every == "auto"
+    assert tiny(train={"checkpoint_every": 3}).train.checkpoint_every == 3
+    for bad in (0, -1, "often"):
+        with pytest.raises(ConfigError, match="checkpoint_every"):
+            tiny(train={"checkpoint_every": bad})
+
+
+def test_checkpoint_every_n_epochs_writes_every_nth_and_the_last(tmp_path, monkeypatch):
+    written = []
+    original = Trainer._save_checkpoint
+    monkeypatch.setattr(Trainer, "_save_checkpoint", lambda self, epoch, partial=None: (written.append(epoch), original(self, epoch, partial))[1])
+    fit(tiny(epochs=5, train={"checkpoint_every": 2}), tmp_path / "r", quiet=True)
+    assert written == [1, 3, 4]
+
+
+def test_auto_checkpointing_spaces_checkpoints_by_their_measured_cost(tmp_path, monkeypatch):
+    # on CUDA `auto` times the first checkpoint and keeps the rest under 2% of the training time;
+    # here the CUDA rule is forced on CPU, where a checkpoint costs a large share of a tiny epoch
+    written = []
+    original = Trainer._save_checkpoint
+    monkeypatch.setattr(Trainer, "_save_checkpoint", lambda self, epoch, partial=None: (written.append(epoch), original(self, epoch, partial))[1])
+    trainer = Trainer(tiny(epochs=12), tmp_path / "r", quiet=True)
+    trainer.checkpoint_auto = True
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    note = json.loads((tmp_path / "r/env.json").read_text())["checkpoints"]
+    n = note["checkpoint_every"]
+    assert n == max(1, math.ceil(note["checkpoint_seconds"] / (0.02 * note["epoch_seconds"])))
+    assert n > 1  # a checkpoint is far more than 2% of a 5-step digits epoch
+    assert written == [0] + [e for e in range(1, 12) if (e + 1) % n == 0 and e != 11] + [11]
+
+
+def test_a_time_limited_sweep_stops_its_runs_resumably_and_the_same_command_continues_them(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {source: digits, profile: exp, ratio: 10}\nmodel: {name: convnet_small, kwargs: {width: 8}}\n"
+                   "train: {epochs: 5000, batch_size: 64, device: cpu, tensorboard: false, progress: false}\n"
+                   "method: {name: ce}\n")
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "taildistill", "sweep", str(cfg), "--set", "optim.lr=0.05,0.1", "--out", str(out),
+           "--jobs", "2", "--time-limit", "0.25", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 75, first.stderr
+    assert "stopped at the time limit (0.25 min): 0 of 2 runs finished, 2 stopped" in first.stderr
+    runs = json.loads((out / "outcomes.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["stopped", "stopped"]
+    reached = {}
+    for r in runs:  # each run stopped on the scheduler's SIGTERM with a checkpoint (inside an epoch, or at
+        # its end when the signal came during the epoch's evaluation)
+        state = load_state(os.path.join(r["run_dir"], "checkpoints", "last_state.pt"))
+        reached[r["run_dir"]] = state["partial"]["epoch"] if "partial" in state else state["epoch"] + 1
+        assert reached[r["run_dir"]] > 0
+        assert "stopped by SIGTERM" in open(os.path.join(r["run_dir"], "train.log")).read()
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 75, second.stderr
+    assert second.stderr.count("stopped before its end; resuming from its checkpoint") == 2
+    for run_dir, epoch in reached.items():
+        assert load_state(os.path.join(run_dir, "checkpoints", "last_state.pt"))["epoch"] >= epoch  # went on
+        log = open(os.path.join(run_dir, "train.log")).read()
+        assert "--resume" in log and "Traceback" not in log
