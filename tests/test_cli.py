@@ -95,6 +95,25 @@ def test_bench_writes_json(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["teacher"]["images_per_s"] > 0 and res["distill"]["images_per_s"] > 0
     assert res["distill_method"] == "kd" and "commit" in res and "hardware" in res
+    # the phases of the step: a teacher forward only when distilling, every part measured, and the
+    # parts adding up to the step (other = what no phase covers, a small remainder)
+    teacher, distill = res["teacher"]["phases"], res["distill"]["phases"]
+    assert teacher["ms_per_step"]["teacher_forward"] == 0 and distill["ms_per_step"]["teacher_forward"] > 0
+    for phases in (teacher, distill):
+        ms = phases["ms_per_step"]
+        assert all(ms[k] > 0 for k in ("data", "student_forward", "loss_backward", "optimizer"))
+        assert abs(sum(ms.values()) - phases["step_ms"]) < 1e-2
+        assert 0 <= ms["other"] < 0.5 * phases["step_ms"]
+
+
+def test_bench_compare_runs_eager_and_compiled_and_says_why_not_captured_on_cpu(tmp_path, capsys):
+    cfg = write(tmp_path, BASE)
+    out = tmp_path / "cmp.json"
+    assert main(["bench", cfg, "--compare", "--mode", "teacher", "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["compare"]
+    assert res["eager"]["compile"] is False and res["compiled"]["compile"] is True
+    assert "phases" in res["eager"]["teacher"] and "phases" not in res["compiled"]["teacher"]
+    assert res["captured"] == {"skipped": "CUDA graphs need a CUDA device"}
 
 
 def test_bench_recipe_times_teacher_then_student(tmp_path, capsys):

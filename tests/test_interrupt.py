@@ -147,11 +147,11 @@ def test_a_time_limited_sweep_stops_its_runs_resumably_and_the_same_command_cont
                    "method: {name: ce}\n")
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "taildistill", "sweep", str(cfg), "--set", "optim.lr=0.05,0.1", "--out", str(out),
-           "--jobs", "2", "--time-limit", "0.25", "--quiet"]
+           "--jobs", "2", "--time-limit", "0.15", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 75, first.stderr
-    assert "stopped at the time limit (0.25 min): 0 of 2 runs finished, 2 stopped" in first.stderr
+    assert "stopped at the time limit (0.15 min): 0 of 2 runs finished, 2 stopped" in first.stderr
     runs = json.loads((out / "outcomes.json").read_text())["runs"]
     assert [r["status"] for r in runs] == ["stopped", "stopped"]
     reached = {}
@@ -168,3 +168,53 @@ def test_a_time_limited_sweep_stops_its_runs_resumably_and_the_same_command_cont
         assert load_state(os.path.join(run_dir, "checkpoints", "last_state.pt"))["epoch"] >= epoch  # went on
         log = open(os.path.join(run_dir, "train.log")).read()
         assert "--resume" in log and "Traceback" not in log
+
+
+def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_epochs_end_and_the_resume_is_exact(tmp_path):
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, torch
+        from taildistill.engine.step import TrainStep
+        from taildistill.engine.trainer import Trainer
+        from taildistill.errors import Interrupted
+        from test_engine import tiny
+        what, rank = sys.argv[1], int(os.environ["RANK"])
+        run = {str(tmp_path)!r} + "/" + ("ref" if what == "ref" else "cut")
+        if what == "cut" and rank == 1:  # one rank alone is told to stop, in the middle of epoch 1
+            original, calls = TrainStep.__call__, [0]
+            def step(self, batch, epoch):
+                calls[0] += 1
+                if epoch == 1 and calls[0] == 6:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return original(self, batch, epoch)
+            TrainStep.__call__ = step
+        t = Trainer(tiny("ddp", epochs=3, augment={{"crop_padding": 2, "mixup_alpha": 1.0}}), run, quiet=True,
+                    resume=what == "resume")
+        try:
+            t.run()
+            code = 0
+        except Interrupted as exc:
+            code = exc.exit_code
+        finally:
+            t.close()
+        open({str(tmp_path)!r} + f"/{{what}}{{rank}}.code", "w").write(str(code))
+    """))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
+    for what in ("ref", "cut", "resume"):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(script), what], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    codes = {p.stem: p.read_text() for p in tmp_path.glob("*.code")}
+    assert codes == {"ref0": "0", "ref1": "0", "cut0": "143", "cut1": "143", "resume0": "0", "resume1": "0"}
+    # both ranks stopped after epoch 1 (the one rank 1 was signalled in) with a whole-epoch checkpoint
+    from taildistill.rundir import RunDir
+
+    cut_log = [json.loads(x)["epoch"] for x in (tmp_path / "cut/metrics.jsonl").read_text().splitlines()]
+    assert cut_log == [0, 1, 2]  # after the resume
+    assert "resumed" in json.loads((tmp_path / "cut/env.json").read_text())
+    a = load_file(RunDir(tmp_path / "ref").last_weights)
+    b = load_file(RunDir(tmp_path / "cut").last_weights)
+    assert all(torch.equal(a[k], b[k]) for k in a)

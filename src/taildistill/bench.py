@@ -48,7 +48,89 @@ def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
             "epoch_s_estimate": len(trainer.data.train) / (images / elapsed)}
 
 
-def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int = 50, warmup: int = 10) -> dict:
+class _Clock:
+    """Time marks: CUDA events on CUDA (stream-ordered, so an interval is the device's time between
+    two points of the step; read after one synchronisation at the end), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        return start.elapsed_time(end) / 1000 if self.cuda else end - start
+
+
+PHASES = ("data", "teacher_forward", "student_forward", "loss_backward", "optimizer")
+
+
+def _phases(trainer: Trainer, steps: int) -> dict:
+    """Milliseconds per step in each phase of the trainer's step (eager only: hooks on the teacher,
+    the student and the optimizer mark where each part begins and ends). `loss_backward` runs from
+    the end of the last forward to the optimizer step (the losses, backward, SAM's second pass,
+    gradient clipping); `other` is what no phase covers."""
+    clock = _Clock(trainer.device)
+    method = trainer.method
+    opened: dict = {}
+    spans: list = []  # (phase, start, end), every step
+
+    def pre(name):
+        return lambda *args: opened.__setitem__(name, clock.mark())
+
+    def post(name):
+        return lambda *args: spans.append((name, opened.pop(name), clock.mark()))
+
+    handles = [method.student.register_forward_pre_hook(pre("student_forward")),
+               method.student.register_forward_hook(post("student_forward")),
+               trainer.optimizer.register_step_pre_hook(pre("optimizer")),
+               trainer.optimizer.register_step_post_hook(post("optimizer"))]
+    if method.teacher is not None:
+        handles += [method.teacher.register_forward_pre_hook(pre("teacher_forward")),
+                    method.teacher.register_forward_hook(post("teacher_forward"))]
+    steps_marks = []  # (step start, batch ready, step end, index of its first span)
+    try:
+        method.train()
+        batches = trainer.inputs.epoch(1)
+        for _ in range(steps):
+            start = clock.mark()
+            batch = next(batches, None)
+            if batch is None:
+                batches = trainer.inputs.epoch(2)
+                batch = next(batches)
+            ready = clock.mark()
+            first = len(spans)
+            trainer.step(batch, 0)
+            steps_marks.append((start, ready, clock.mark(), first))
+    finally:
+        for h in handles:
+            h.remove()
+    if clock.cuda:
+        torch.cuda.synchronize(trainer.device)
+    totals = dict.fromkeys(PHASES, 0.0)
+    step_total = 0.0
+    for i, (start, ready, end, first) in enumerate(steps_marks):
+        mine = spans[first:steps_marks[i + 1][3] if i + 1 < len(steps_marks) else len(spans)]
+        totals["data"] += clock.seconds(start, ready)
+        for name, a, b in mine:
+            totals[name] += clock.seconds(a, b)
+        forwards = [b for name, _, b in mine if name.endswith("_forward")]
+        opt = [a for name, a, _ in mine if name == "optimizer"]
+        if forwards and opt:
+            totals["loss_backward"] += clock.seconds(forwards[-1], opt[0])
+        step_total += clock.seconds(start, end)
+    ms = {k: round(1000 * v / steps, 3) for k, v in totals.items()}
+    ms["other"] = round(1000 * step_total / steps - sum(ms.values()), 3)
+    return {"ms_per_step": ms, "step_ms": round(1000 * step_total / steps, 3), "steps": steps,
+            "timer": "cuda events" if clock.cuda else "perf_counter"}
+
+
+def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int = 50, warmup: int = 10,
+              phases: bool = True) -> dict:
     """Throughput of teacher training (CE on the config's model) and of distillation (the config's
     method, or KD, with a same-architecture teacher: random weights unless teacher.run is set)."""
     if steps < 1 or warmup < 0:
@@ -68,6 +150,8 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             trainer = Trainer(base, run_dir=tmp / "teacher", quiet=True)
             trainers.append(trainer)
             result["teacher"] = _measure(trainer, steps, warmup)
+            if phases and not base.train.compile:
+                result["teacher"]["phases"] = _phases(trainer, steps)
         if mode in ("distill", "both"):
             dcfg = copy.deepcopy(cfg)
             if dcfg.method.name == "ce":
@@ -81,6 +165,8 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             trainers.append(trainer)
             result["distill_method"] = dcfg.method.name
             result["distill"] = _measure(trainer, steps, warmup)
+            if phases and not dcfg.train.compile:
+                result["distill"]["phases"] = _phases(trainer, steps)
         result["precision"] = "bf16" if trainers[0].bf16 else "fp32"
         result["train_images"] = len(trainers[0].data.train)
         result.update(provenance(trainers[0].device))
@@ -124,3 +210,23 @@ def run_recipe(student_config: str, teacher_config: str, overrides: list[str], o
         if not out_dir:
             shutil.rmtree(out, ignore_errors=True)
     return result
+
+
+COMPARED = {"eager": ["train.compile=false"],
+            "compiled": ["train.compile=true", "train.compile_mode=default"],
+            "captured": ["train.compile=true", "train.compile_mode=reduce-overhead"]}  # CUDA graphs
+
+
+def run_compare(config: str, overrides: list[str], mode: str = "both", steps: int = 50, warmup: int = 10) -> dict:
+    """The same benchmark eager, compiled (torch.compile) and captured (CUDA graphs through
+    compile's reduce-overhead mode), one after the other in this process; the per-phase times are
+    the eager run's (hooks would break a compiled graph)."""
+    cuda = resolve_device(load_config(config, overrides).train.device).type == "cuda"
+    result: dict = {"compare": {}}
+    for name, extra in COMPARED.items():
+        if name == "captured" and not cuda:
+            result["compare"][name] = {"skipped": "CUDA graphs need a CUDA device"}
+            continue
+        result["compare"][name] = run_bench(config, overrides + extra, mode, steps, warmup, phases=name == "eager")
+    return result
+

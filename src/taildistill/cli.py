@@ -138,6 +138,10 @@ def cmd_bench(args) -> int:
     config = files if len(files) > 1 else files[0]
     if args.recipe:
         result = run_recipe(config, args.recipe, overrides, args.keep)
+    elif args.compare:
+        from .bench import run_compare
+
+        result = run_compare(config, overrides, args.mode, args.steps, args.warmup)
     else:
         result = run_bench(config, overrides, args.mode, args.steps, args.warmup)
     text = json.dumps(result, indent=1)
@@ -286,7 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "steps, or the wall time of a whole recipe (--recipe)",
                        description="Measures images/s of the training step after warm-up: `teacher` trains the\n"
                                    "config's model with CE, `distill` runs the config's method (KD if it has no\n"
-                                   "teacher) with a same-architecture teacher (random weights unless teacher.run).\n\n"
+                                   "teacher) with a same-architecture teacher (random weights unless teacher.run).\n"
+                                   "Then, eager only, the milliseconds per step of each phase (data, teacher\n"
+                                   "forward, student forward, loss + backward, optimizer; CUDA events on a GPU).\n"
+                                   "--compare repeats it compiled and captured as CUDA graphs.\n\n"
                                    "With --recipe TEACHER_CONFIG it times the whole recipe end to end instead: the\n"
                                    "teacher trained from TEACHER_CONFIG, then CONFIG's student distilled from it,\n"
                                    "each with data loading and evaluation; it reports seconds per phase and the\n"
@@ -301,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", choices=["teacher", "distill", "both"], default="both")
     b.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
     b.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps (default 10)")
+    b.add_argument("--compare", action="store_true", help="the same measurement eager, compiled and captured (CUDA graphs; "
+                                                          "CUDA only), one after the other")
     b.add_argument("--recipe", metavar="TEACHER_CONFIG", help="time the whole recipe: train this teacher, then distil CONFIG from it")
     b.add_argument("--keep", metavar="DIR", help="with --recipe: keep the two run directories under DIR (default: a temporary folder)")
     b.add_argument("--out", help="write the JSON result here too")
