@@ -24,10 +24,18 @@ The plan, in order (issue "GPU evidence"; `--steps` picks a subset):
   acckd   acckd-cifar10, ratio 100
 
 `--tiny` runs the same logic on CPU at smoke scale (digits data, 2 epochs of 2 steps; the
-suites' --tiny), which is how its logic is tested. Needs: torch >= 2.11, this repository
-installed (pip install -e .), the CIFAR-10 archives (cifar10-jpeg-train.tar.gz,
-cifar10-jpeg-test.tar.gz) in --data, and kornia for the suites with AutoAugment/RandAugment
-(ltsf, deitlt; they are skipped with a message without it).
+suites' --tiny), which is how its logic is tested. Needs: torch >= 2.11 and the package's
+dependencies (the repository's src/ is put first on PYTHONPATH, so installing the package itself
+is optional), the CIFAR-10 archives (cifar10-jpeg-train.tar.gz, cifar10-jpeg-test.tar.gz) in
+--data, and kornia for the suites with AutoAugment/RandAugment (ltsf, deitlt; they are skipped
+with a message without it).
+
+On a lent GPU machine whose image lacks kornia: carry its wheels (kornia, kornia_rs) and the data
+in ignored folders, install the wheels into a target folder on PYTHONPATH, and start this script
+in its own process session (`setsid nohup python scripts/gpu/evidence.py ... > evidence.log 2>&1 &`)
+with --minutes a little under the time the machine is held; copy OUT/results, OUT/bench,
+OUT/teachers, OUT/SUMMARY.md and OUT/evidence.log out before the hold ends, and keep --runs on the
+machine (or carry it back) to continue.
 """
 from __future__ import annotations
 
@@ -114,7 +122,9 @@ class Evidence:
     def check_environment(self) -> bool:
         import torch
 
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+        # the repository's own code runs (whatever else is installed), so the recorded commit is the code measured
+        paths = [str(REPO / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(paths))
         version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
         info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -132,7 +142,12 @@ class Evidence:
             info["commit"] = None
         (self.out / "environment.json").write_text(json.dumps(info, indent=1))
         self.log(f"environment: {json.dumps(info)}")
-        problems = []
+        import importlib.util
+
+        needed = {"yaml": "pyyaml", "safetensors": "safetensors", "tqdm": "tqdm", "matplotlib": "matplotlib",
+                  "sklearn": "scikit-learn", "PIL": "pillow", "timm": "timm", "torchvision": "torchvision", "pytest": "pytest"}
+        missing = [pkg for mod, pkg in needed.items() if importlib.util.find_spec(mod) is None]
+        problems = [f"missing Python packages: {', '.join(missing)} (pip install -e '.[test]' installs them)"] if missing else []
         if version < (2, 11):
             problems.append(f"torch {torch.__version__} is older than 2.11")
         if not self.args.tiny:
