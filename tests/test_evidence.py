@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from taildistill.experiment import build_config
+from taildistill.experiment import build_config, teacher_run_path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu" / "evidence.py"
 
@@ -29,7 +29,7 @@ def test_the_evidence_run_measures_collects_exports_the_teacher_and_a_second_sit
     # the suite's CE teacher is exported and a config can name it
     monkeypatch.setenv("TAILDISTILL_TEACHERS", str(out / "teachers"))
     cfg = build_config({"method": {"name": "kd"}, "teacher": {"pretrained": "cifar10_lt_r100_ce"}})
-    assert cfg.teacher.run == str((out / "teachers/cifar10_lt_r100_ce").resolve())
+    assert teacher_run_path(cfg.teacher) == str((out / "teachers/cifar10_lt_r100_ce").resolve())
     summary = (out / "SUMMARY.md").read_text()
     assert "| bench | done |" in summary and "| bkd | done |" in summary and "Still to do: nothing." in summary
 
@@ -53,3 +53,11 @@ def test_a_smoke_runs_output_folder_is_not_taken_for_the_real_run(tmp_path):
     (out / "evidence-state.json").write_text(json.dumps({"scale": "full", "steps": {}}))
     r = _run(out, "--steps", "bench")
     assert r.returncode == 2 and "holds a full evidence run" in r.stdout
+
+
+def test_a_recipe_longer_than_a_sitting_is_skipped_with_the_command_that_runs_it(tmp_path):
+    out = tmp_path / "ev"
+    r = _run(out, "--steps", "recipe", "--minutes", "1.1")  # the smoke recipe is estimated at 72 s
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "run it alone with --steps recipe --minutes" in (out / "SUMMARY.md").read_text()
+    assert not (out / "bench").exists()

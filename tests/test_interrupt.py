@@ -66,6 +66,36 @@ def test_a_signal_mid_epoch_checkpoints_and_the_resumed_run_is_the_uninterrupted
     assert fa["test"] == fb["test"]
 
 
+def test_a_signal_at_an_epochs_last_step_resumes_into_the_next_epoch_exactly(tmp_path, monkeypatch):
+    full = fit(tiny(epochs=2), tmp_path / "full", quiet=True)
+    _signal_on_call(monkeypatch, 7)  # the last of epoch 0's 7 steps
+    with pytest.raises(Interrupted, match="epoch 0, step 7 of 7"):
+        fit(tiny(epochs=2), tmp_path / "cut", quiet=True)
+    monkeypatch.undo()
+    resume(tmp_path / "cut", quiet=True)
+    assert _metrics(full) == _metrics(tmp_path / "cut")  # epoch 0's record too (its lr, loss, accuracy)
+    a, b = load_file(full / "checkpoints/last.safetensors"), load_file(tmp_path / "cut/checkpoints/last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_inline_suite_stops_when_its_run_is_signalled_and_the_same_call_continues_it(tmp_path, monkeypatch):
+    from taildistill.reproduce import run_suite
+    from taildistill.scheduler import SuiteStopped
+
+    from test_reproduce import CONFIGS, outcomes
+
+    out = tmp_path / "s"
+    _signal_on_call(monkeypatch, 3)  # inside the CE teacher, the suite's first run
+    with pytest.raises(SuiteStopped, match="stopped by SIGTERM: 0 of 2 runs finished, 2 stopped"):
+        run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["kd"], executor="inline", quiet=True)
+    monkeypatch.undo()
+    assert set(outcomes(out).values()) == {"stopped"}  # not failed, and its student not skipped
+    assert "stopped by SIGTERM" in (out / "report.md").read_text()
+    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["kd"], executor="inline", quiet=True)
+    assert set(outcomes(out).values()) == {"finished"}
+    assert "--resume" in (out / "ratio100/ce_teacher/seed0/train.log").read_text()
+
+
 def test_a_signal_during_the_first_epoch_does_not_prepare_the_method_twice(tmp_path, monkeypatch):
     # BKD's effective-number weights and an NCM head are fitted before the first step; a resumed first
     # epoch must keep what was fitted, not refit it from the partly trained student

@@ -9,7 +9,7 @@ from taildistill import teachers
 from taildistill.cli import main
 from taildistill.engine.trainer import fit
 from taildistill.errors import ConfigError
-from taildistill.experiment import build_config, load_config
+from taildistill.experiment import build_config, load_config, teacher_run_path
 from taildistill.rundir import RunDir
 
 from test_engine import tiny
@@ -41,7 +41,7 @@ def test_an_exported_teacher_is_found_by_name_and_a_student_distils_from_its_wei
     raw = yaml.safe_load(dump_config(tiny("kd", epochs=1, method={"name": "kd"})))
     raw["teacher"] = {"pretrained": "digits_ce"}  # as a config file names it
     cfg = build_config(raw)
-    assert cfg.teacher.run == str(folder.resolve())
+    assert cfg.teacher.run == "" and teacher_run_path(cfg.teacher) == str(folder.resolve())  # the name is what is saved
     exp = assemble(cfg)
     shipped = load_file(folder / "checkpoints/last.safetensors")
     mine = exp.method.teacher.state_dict()
@@ -49,9 +49,15 @@ def test_an_exported_teacher_is_found_by_name_and_a_student_distils_from_its_wei
     student = fit(cfg, tmp_path / "student", quiet=True)
     final = json.loads((student / "final.json").read_text())
     assert final["teacher"]["pretrained"] == "digits_ce" and final["teacher"]["test_top1"] == top1
-    # the saved config names both, equally: resuming and reloading it is not a conflict
+    assert final["teacher"]["run"] == str(folder.resolve())
+    # the run's saved config names the teacher, not a folder: it reloads wherever the teachers are
     again = load_config(RunDir(student).config_file)
-    assert again.teacher.run == cfg.teacher.run
+    assert again.teacher.pretrained == "digits_ce" and again.teacher.run == ""
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    folder.rename(moved / "digits_ce")
+    monkeypatch.setenv("TAILDISTILL_TEACHERS", str(moved))
+    assert teacher_run_path(load_config(RunDir(student).config_file).teacher) == str((moved / "digits_ce").resolve())
 
 
 def test_an_unknown_or_conflicting_teacher_name_is_one_clear_error(teacher_run, tmp_path, monkeypatch):
@@ -75,3 +81,12 @@ def test_export_refuses_bad_names_unfinished_runs_and_existing_teachers(teacher_
     with pytest.raises(ConfigError, match="has not finished"):
         teachers.export(unfinished, "u", tmp_path)
     assert not (tmp_path / "u").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_runs_saved_before_teacher_pretrained_existed_are_still_the_same_experiment():
+    from taildistill.rundir import config_hash
+
+    old = {"method": {"name": "kd"}, "teacher": {"run": "/t", "checkpoint": ""}, "train": {"seed": 1}}
+    new = {"method": {"name": "kd"}, "teacher": {"run": "/t", "checkpoint": "", "pretrained": ""}, "train": {"seed": 1}}
+    named = {"method": {"name": "kd"}, "teacher": {"run": "", "checkpoint": "", "pretrained": "x"}, "train": {"seed": 1}}
+    assert config_hash(old) == config_hash(new) != config_hash(named)

@@ -9,7 +9,9 @@ the running trainings write a checkpoint (the suite scheduler's time limit sends
 its progress is in OUT/evidence.log and OUT/SUMMARY.md, and the reports, per-run JSON and plots
 found so far are copied to OUT/results/. Run the same command again to continue: finished steps
 and runs are reused, interrupted runs resume from their checkpoints. Exit code 0 when the whole
-plan is done, 75 when time ran out first (run again), 2 when the environment cannot run it.
+plan is done, 75 when time ran out first (run again), 1 when what is left failed or cannot run as
+things are (SUMMARY.md says why: a missing kornia, a recipe longer than a sitting), 2 when the
+environment cannot run it.
 
 The plan, in order (issue "GPU evidence"; `--steps` picks a subset):
   tests   pytest tests/test_cuda.py, then the whole test suite, on this machine
@@ -221,23 +223,30 @@ class Evidence:
         else:
             files, over = ["configs/cifar10_lt/bkd.yaml"], []
             teacher = "configs/cifar10_lt/ce_teacher.yaml"
-            if not bench:
-                return "waiting"  # the estimate needs the step benchmark
-            rates = _rates(bench)
-            if not rates:
-                return "waiting"
+            rates = _rates(bench or {})
+            if not rates:  # the estimate needs the step benchmark's rates
+                return self.skip("recipe", "needs the bench step's result (it has not succeeded yet)")
             # two 200-epoch trainings at the measured steady-state rates, plus data and evaluation
             estimate = 200 * bench.get("train_images", CIFAR10_LT_R100_TRAIN) * (1 / rates[0] + 1 / rates[-1]) * 1.3 + 60
-        if self.remaining() < 2 * estimate:
-            self.log(f"recipe: needs about {estimate / 60:.0f} min, {self.remaining() / 60:.0f} min left: next time")
+        need = 1.2 * estimate  # the recipe is timed in one piece: it cannot be continued in another sitting
+        if need > self.args.minutes * 60:
+            return self.skip("recipe", f"needs about {need / 60:.0f} min in one sitting; run it alone with "
+                                       f"--steps recipe --minutes {need / 60 + 3:.0f}")
+        if self.remaining() < need:
+            self.log(f"recipe: needs about {need / 60:.0f} min, {self.remaining() / 60:.0f} min left: next sitting")
             return "waiting"
         return self._bench("recipe", [*files, "--recipe", teacher, *over])
+
+    def skip(self, step: str, reason: str) -> str:
+        """A step that cannot run as things are (re-examined every sitting)."""
+        self.log(f"{step}: skipped: {reason}")
+        self.record(step, "skipped", reason=reason)
+        return "skipped"
 
     def step_suite(self, step: str) -> str:
         suite, cells, only, needs_kornia = SUITES[step]
         if needs_kornia and not self.kornia:
-            self.record(step, "skipped", reason="kornia is not installed")
-            return "skipped"
+            return self.skip(step, "kornia is not installed (AutoAugment / RandAugment need it)")
         out = self.runs / suite
         args = ["reproduce", suite, "--out", str(out), "--cells", *cells, "--quiet", "--executor", self.args.executor]
         if only:
@@ -257,16 +266,18 @@ class Evidence:
         if rc != 0:
             self.record(step, "failed", exit_code=rc)
             return "failed"
-        if step == "bkd":
-            self.export_teacher(out)
+        if step == "bkd" and not self.export_teacher(out):
+            self.record(step, "failed", reason="the teacher export failed: see logs/teachers.log")
+            return "failed"
         self.record(step, "done", report=str(self.out / "results" / suite / "report.md"))
         return "done"
 
-    def export_teacher(self, suite_out: Path) -> None:
+    def export_teacher(self, suite_out: Path) -> bool:
         run = suite_out / "ratio100" / "ce_teacher" / "seed0"
         rc = self.run(self.taildistill("teachers", "--export", str(run), TEACHER_NAME, "--to", str(self.out / "teachers"),
                                        "--overwrite"), "teachers.log", 600)
         self.log(f"teacher {TEACHER_NAME}: " + ("exported to teachers/" if rc == 0 else f"export failed (exit {rc})"))
+        return rc == 0
 
     def collect(self, suite: str, out: Path) -> None:
         """The suite's reports, JSON and plots (no checkpoints) into OUT/results/SUITE."""
@@ -289,11 +300,11 @@ class Evidence:
         lines = ["# GPU evidence run", "", f"- command: `{' '.join([sys.executable, *sys.argv])}`",
                  f"- commit: {self.info.get('commit')}", f"- GPU: {self.info.get('gpu')} ({self.info.get('gpus')} visible)",
                  f"- torch {self.info.get('torch')}, CUDA {self.info.get('cuda')}, kornia {self.info.get('kornia')}",
-                 f"- updated {time.strftime('%Y-%m-%d %H:%M:%S')}", "", "| step | status | when |", "|---|---|---|"]
+                 f"- updated {time.strftime('%Y-%m-%d %H:%M:%S')}", "", "| step | status | when | why |", "|---|---|---|---|"]
         for s in steps:
             st = self.state["steps"].get(s, {})
-            lines.append(f"| {s} | {st.get('status', 'not started')} | {st.get('at', '')} |")
-        todo = [s for s in steps if not self.done(s) and self.state["steps"].get(s, {}).get("status") != "skipped"]
+            lines.append(f"| {s} | {st.get('status', 'not started')} | {st.get('at', '')} | {st.get('reason', '')} |")
+        todo = [s for s in steps if not self.done(s)]
         lines += ["", "Still to do: " + (", ".join(todo) if todo else "nothing") +
                   ("; run the same command again to continue." if todo else "."), ""]
         (self.out / "SUMMARY.md").write_text("\n".join(lines))
@@ -307,31 +318,34 @@ class Evidence:
             return 2
         steps = [s for s in STEPS if s in self.args.steps]
         self.log(f"plan: {', '.join(steps)}; {self.args.minutes:g} minutes")
-        status = "done"
+        out_of_time = False
         try:
             for step in steps:
-                if self.done(step) or self.state["steps"].get(step, {}).get("status") == "skipped":
+                if self.done(step):
                     self.log(f"{step}: done already")
                     continue
                 if self.remaining() < 60:
-                    status = "stopped"
+                    out_of_time = True
                     break
                 self.log(f"{step}: starting ({self.remaining() / 60:.1f} min left)")
                 result = self.step_suite(step) if step in SUITES else getattr(self, f"step_{step}")()
                 self.log(f"{step}: {result}")
                 if result == "stopped":
-                    status = "stopped"
+                    out_of_time = True
                     break
-                if result == "waiting":
-                    status = "stopped"
+                out_of_time |= result == "waiting"  # the later steps may still fit
         finally:
             self.summary(steps)
-        unfinished = [s for s in steps if not self.done(s) and self.state["steps"].get(s, {}).get("status") != "skipped"]
-        failed = [s for s in steps if self.state["steps"].get(s, {}).get("status") == "failed"]
+        unfinished = [s for s in steps if not self.done(s)]
+        bad = [f"{s} {self.state['steps'][s]['status']}" for s in unfinished
+               if self.state["steps"].get(s, {}).get("status") in ("failed", "skipped")]
+        if self.state["steps"].get("tests", {}).get("passed") is False:  # run once; the failures need a person
+            bad.append("tests FAILED on this machine (logs/pytest-*.log)")
         self.log(f"end of this sitting: {len(steps) - len(unfinished)} of {len(steps)} steps done"
-                 + (f"; failed: {', '.join(failed)}" if failed else "")
-                 + ("; run the same command again to continue" if unfinished else ""))
-        return 0 if not unfinished else (1 if failed and status == "done" else STOPPED)
+                 + (f"; {', '.join(bad)} (see SUMMARY.md)" if bad else "")
+                 + ("; run the same command again to continue" if out_of_time else ""))
+        # 75: time ran out, run again; 1: what is left failed or cannot run as things are; 0: all done
+        return STOPPED if out_of_time else (1 if unfinished or bad else 0)
 
 
 def _rates(bench: dict) -> list[float]:

@@ -157,7 +157,7 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             if dcfg.method.name == "ce":
                 dcfg.method = MethodConfig("kd", resolve_params("kd", {}))
             data = build_data(dcfg.data)
-            given = dcfg.teacher.checkpoint or (dcfg.teacher.run and RunDir(dcfg.teacher.run).is_run())
+            given = dcfg.teacher.checkpoint or dcfg.teacher.pretrained or (dcfg.teacher.run and RunDir(dcfg.teacher.run).is_run())
             # without a trained teacher, a same-architecture stand-in with random weights (speed only)
             teacher = load_teacher(dcfg, data.info) if given else build_student(dcfg, data.info)
             exp = assemble(dcfg, data=data, teacher=teacher)

@@ -33,20 +33,31 @@ def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentCon
     cls = method_class(cfg.method.name)
     cfg.method.params = resolve_params(cfg.method.name, cfg.method.params)
     if cfg.teacher.pretrained:
-        from .teachers import find
-
-        found = str(find(cfg.teacher.pretrained).resolve())
-        if cfg.teacher.checkpoint or (cfg.teacher.run and cfg.teacher.run != found):  # (a saved config has both, equal)
+        if cfg.teacher.checkpoint or cfg.teacher.run:
             raise ConfigError("teacher.pretrained names a teacher, but teacher.run / teacher.checkpoint is set too; "
                               "keep one (e.g. teacher.run= teacher.pretrained=NAME)")
-        cfg.teacher.run = found
-    has_teacher = bool(cfg.teacher.run or cfg.teacher.checkpoint)
+        teacher_run_path(cfg.teacher)  # exists (the name, not the folder, is saved: a run stays portable)
+    has_teacher = bool(cfg.teacher.run or cfg.teacher.checkpoint or cfg.teacher.pretrained)
     if cls.needs_teacher and not has_teacher:
         cfg.teacher.run = str(Path(cfg.out_dir) / "ce_teacher")  # the benchmark's CE teacher run
     elif has_teacher and not cls.needs_teacher:
         raise ConfigError(f"method '{cfg.method.name}' uses no teacher, but teacher.run / teacher.checkpoint is set; "
                           "remove it (teacher.run= teacher.checkpoint=) or choose a distillation method")
     return cfg
+
+
+def teacher_run_path(t) -> str:
+    """The teacher's run directory: teacher.run, or the folder of the named teacher.pretrained."""
+    if t.pretrained:
+        from .teachers import find
+
+        return str(find(t.pretrained).resolve())
+    return t.run
+
+
+def teacher_source(t) -> str:
+    """How the config names its teacher, for messages."""
+    return f"teacher.pretrained {t.pretrained}" if t.pretrained else (t.run or t.checkpoint)
 
 
 def load_config(paths, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -104,10 +115,10 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
     a teacher whose input shape or classes differ from the data's, or whose weights are not
     finite, is an error."""
     t = cfg.teacher
-    if not t.run and not t.checkpoint:
+    if not t.run and not t.checkpoint and not t.pretrained:
         return None
-    if t.run:
-        run = RunDir(t.run)
+    if t.run or t.pretrained:
+        run = RunDir(teacher_run_path(t))
         if not run.is_run():
             raise ConfigError(f"teacher.run: {run.path} is not a run directory (no config.yaml); train the teacher "
                               f"first or set teacher.run to its run directory")

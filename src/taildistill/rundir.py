@@ -28,6 +28,9 @@ from .files import clean_stale_temporaries, lock_exclusive, unlock, write_atomic
 # seed) are seeds of one configuration
 _NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
                        "train": ("seed", "progress", "tensorboard", "eval_every", "checkpoint_every", "device")}
+# keys added after runs were saved without them: left out of the hash while empty, so that an old
+# run and its re-run with today's defaults are still the same experiment
+_ADDED_EMPTY = {"teacher": ("pretrained",)}
 
 
 def flat_config(cfg) -> dict:
@@ -58,6 +61,10 @@ def config_hash(raw: dict, with_seed: bool = False) -> str:
             for k in sub:
                 if k != "seed" or not with_seed:
                     (data.get(key) or {}).pop(k, None)
+    for key, sub in _ADDED_EMPTY.items():
+        for k in sub:
+            if not (data.get(key) or {}).get(k):
+                (data.get(key) or {}).pop(k, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 # ----------------------------------------------------------------------------- weights and state

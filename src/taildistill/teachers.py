@@ -38,7 +38,8 @@ def available() -> dict[str, Path]:
             continue
         for d in sorted(root.iterdir()):
             run = RunDir(d)
-            if d.is_dir() and d.name not in found and run.is_finished() and run.last_weights.is_file():
+            if d.is_dir() and not d.name.startswith(".") and d.name not in found and run.is_finished() \
+                    and run.last_weights.is_file():  # (".NAME.tmp": an export in progress or cut off)
                 found[d.name] = d
     return found
 

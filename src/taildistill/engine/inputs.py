@@ -143,20 +143,25 @@ class StreamInput(_Base):
         self.dataset = FileDataset(split, info.input_shape[-1], train=True)
         self.num_workers = num_workers
 
-    def _load(self, idx: torch.Tensor):
+    def _load(self, idx: torch.Tensor, *seed: int):
+        # the loader's workers are seeded from (seed, epoch, rank, start, ...), never from the global
+        # RNG, which the training step's own draws (dropout) must have to themselves
+        gen = torch.Generator().manual_seed(_seed(self.seed, self.dist.rank, *seed))
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=[i.tolist() for i in idx],
-                                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+                                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                                           generator=gen)
 
     def epoch(self, epoch: int, start: int = 0, generators=None):
-        """As :meth:`TensorInput.epoch`."""
+        """As :meth:`TensorInput.epoch`; an epoch continued at `start` has the same images in the
+        same batches, but the random crops drawn in the loader's workers are new ones."""
         g, host = generators or self.generators(epoch)
         batches = self.index_batches(epoch)[start:]
         balanced = None
         if self.balanced is not None:
             bidx = self.balanced.indices(epoch)
             balanced = iter(self._load([bidx[i * self.batch_size:(i + 1) * self.batch_size]
-                                        for i in range(start, start + len(batches))]))
-        for x, y in self._load(batches):
+                                        for i in range(start, start + len(batches))], epoch, start, 1))
+        for x, y in self._load(batches, epoch, start, 0):
             batch = self.augment(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), g,
                                  epoch=epoch, host=host)
             bx = by = None

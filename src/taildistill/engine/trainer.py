@@ -22,7 +22,7 @@ from ..data.samplers import EpochSampler
 from ..errors import ConfigError, Interrupted, TrainingError
 from ..eval import evaluate_split, predict_split, summary
 from ..eval.calibration import fit_temperature
-from ..experiment import Experiment, assemble, load_config
+from ..experiment import Experiment, assemble, load_config, teacher_run_path, teacher_source
 from ..rundir import RunDir, flat_config, load_state, load_weights, save_state, save_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .inputs import StreamInput, TensorInput
@@ -200,10 +200,12 @@ class Trainer:
         state = {"epoch": epoch, "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
                  "optimizer": self.optimizer.state_dict(), "best_val": self.state.best_val,
                  "best_epoch": self.state.best_epoch}
+        meta = {"epoch": str(epoch), "model": self.cfg.model.name}
         if partial is not None:
             state["partial"] = partial
+            meta = {"epoch": str(partial["epoch"]), "step": str(partial["step"]), "model": self.cfg.model.name}
         save_state(state, self.rundir.last_state)
-        save_weights(student_state(self.method), self.rundir.last_weights, {"epoch": str(epoch), "model": self.cfg.model.name})
+        save_weights(student_state(self.method), self.rundir.last_weights, meta)
 
     def _load_checkpoint(self) -> None:
         if not self.rundir.last_state.is_file():
@@ -268,10 +270,13 @@ class Trainer:
         correct = torch.zeros((), device=self.device)
         seen, start, before = 0, 0, 0.0
         self.epoch_rng = self.inputs.generators(epoch)
-        lr = 0.0
+        lr, batch = 0.0, None
         if self.partial is not None and self.partial["epoch"] == epoch:  # continue an interrupted epoch
             p, self.partial = self.partial, None
-            start, seen, before = p["step"], p["seen"], p["seconds"]
+            if p.get("world_size", 1) != self.dist.world_size:
+                raise TrainingError(f"{self.rundir.path} was stopped inside epoch {epoch} by a run of "
+                                    f"{p.get('world_size', 1)} process(es); resume it with as many")
+            start, seen, before, lr = p["step"], p["seen"], p["seconds"], p.get("lr", 0.0)
             total, correct = p["total"].to(self.device), p["correct"].to(self.device)
             sums = {k: v.to(self.device) for k, v in p["sums"].items()}
             self._set_rng(p["rng"])
@@ -294,7 +299,9 @@ class Trainer:
             seen += len(batch["y"])
             if self.stop_signal is not None and single and self.step.calls % cfg.train.grad_accum == 0:
                 # a host-side flag, no device read: stop between two optimizer steps (DDP ranks agree at the epoch's end)
-                self._stop_mid_epoch(epoch, step + 1, total, correct, seen, sums, before + time.perf_counter() - t0)
+                if not torch.isfinite(total):  # never save a broken step over the last good checkpoint
+                    self._non_finite(epoch, step, terms, batch)
+                self._stop_mid_epoch(epoch, step + 1, total, correct, seen, sums, before + time.perf_counter() - t0, lr)
             if (step + 1) % check_every == 0 and not torch.isfinite(total):
                 self._non_finite(epoch, step, terms, batch)
             if bar is not None:
@@ -335,11 +342,13 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
-    def _stop_mid_epoch(self, epoch: int, next_step: int, total, correct, seen: int, sums: dict, seconds: float):
+    def _stop_mid_epoch(self, epoch: int, next_step: int, total, correct, seen: int, sums: dict, seconds: float,
+                        lr: float):
         """Write a checkpoint inside the epoch (the run resumes at `next_step`) and stop."""
-        partial = {"epoch": epoch, "step": next_step, "seen": seen, "seconds": seconds, "total": total.detach().cpu(),
-                   "correct": correct.detach().cpu(), "sums": {k: v.detach().cpu() for k, v in sums.items()},
-                   "rng": self._rng()}
+        partial = {"epoch": epoch, "step": next_step, "seen": seen, "seconds": seconds, "lr": lr,
+                   "total": total.detach().cpu(), "correct": correct.detach().cpu(),
+                   "sums": {k: v.detach().cpu() for k, v in sums.items()}, "rng": self._rng(),
+                   "world_size": self.dist.world_size}
         # the epoch in the file is the last whole one, so an old reader would redo this epoch, never skip it
         self._save_checkpoint(epoch - 1, partial)
         raise Interrupted(self.stop_signal, f"epoch {epoch}, step {next_step} of {self.steps}", self.rundir.path)
@@ -383,7 +392,7 @@ class Trainer:
             with torch.no_grad():
                 out = teacher(batch["x"])["logits"]
             if not torch.isfinite(out).all():  # not the student's learning rate: the teacher is broken
-                cause = f"the teacher ({self.cfg.teacher.run or self.cfg.teacher.checkpoint}) gives non-finite outputs"
+                cause = f"the teacher ({teacher_source(self.cfg.teacher)}) gives non-finite outputs"
         raise TrainingError(f"non-finite loss at epoch {epoch}, step {step} (terms {bad}); training stopped, "
                             f"the last good checkpoint is {where}; {cause}")
 
@@ -426,7 +435,8 @@ class Trainer:
                             save_weights(student_state(self.method), self.rundir.best_weights, {"epoch": str(epoch)})
                 bar.set_postfix(epoch=epoch, loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}",
                                 img_s=f"{record['images_per_s']:.0f}", **({"val": f"{record['val/top1']:.1f}"} if "val/top1" in record else {}))
-                stopping = self.stop_everywhere or self.stop_signal is not None
+                # under DDP only what the ranks agreed on counts: a signal after the epoch's all-reduce waits for the next
+                stopping = self.stop_everywhere if self.dist.enabled else self.stop_signal is not None
                 if self.is_main:
                     self._log(record)
                     if last or stopping or (epoch + 1) % self.checkpoint_every == 0:
@@ -442,7 +452,8 @@ class Trainer:
                 self._log_final(self.finish())
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                if handler is not None:  # (None: a handler installed outside Python, which cannot be put back)
+                    signal.signal(sig, handler)
             bar.close()
             if self.tb is not None:
                 self.tb.close()
@@ -480,9 +491,9 @@ class Trainer:
 
     def _teacher_record(self) -> dict:
         t = self.cfg.teacher
-        if not t.run:
+        if not t.run and not t.pretrained:
             return {"checkpoint": t.checkpoint, "model": t.model}
-        run = RunDir(t.run)
+        run = RunDir(teacher_run_path(t))
         record = {"run": str(run.path), "config_hash": run.config_hash(with_seed=True)}
         if t.pretrained:
             record["pretrained"] = t.pretrained

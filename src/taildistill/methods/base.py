@@ -160,7 +160,7 @@ class Method(nn.Module):
         if not isinstance(params, self.Params):
             raise TypeError(f"{type(self).__name__} takes {self.Params.__name__}, got {type(params).__name__}")
         if self.needs_teacher and teacher is None:
-            raise ConfigError(f"method '{type(self).__name__}' needs a teacher: set teacher.run or teacher.checkpoint")
+            raise ConfigError(f"method '{type(self).__name__}' needs a teacher: set teacher.run, teacher.pretrained or teacher.checkpoint")
         self.params = params
         self.student = student
         self._teacher = [teacher] if teacher is not None else []  # a list keeps it out of the module tree
