@@ -37,7 +37,9 @@ in ignored folders, install the wheels into a target folder on PYTHONPATH, and s
 in its own process session (`setsid nohup python scripts/gpu/evidence.py ... > evidence.log 2>&1 &`)
 with --minutes a little under the time the machine is held; copy OUT/results, OUT/bench,
 OUT/teachers, OUT/SUMMARY.md and OUT/evidence.log out before the hold ends, and keep --runs on the
-machine (or carry it back) to continue.
+machine (or carry it back) to continue. scripts/gpu/prepare.sh (here) and scripts/gpu/start.sh
+(there) do these steps. Keep the absolute paths of --out and --runs between sittings: a student's
+config names its teacher's run directory, so a moved runs folder trains the students again.
 """
 from __future__ import annotations
 
