@@ -1,6 +1,8 @@
 """The unattended GPU evidence script (scripts/gpu/evidence.py), its logic at --tiny scale on CPU."""
 import json
 import os
+
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ def _run(out, *args):
 
 def test_the_evidence_run_measures_collects_exports_the_teacher_and_a_second_sitting_redoes_nothing(tmp_path, monkeypatch):
     out = tmp_path / "ev"
-    first = _run(out, "--steps", "bench", "bkd")
+    first = _run(out, "--steps", "bench", "pergpu", "bkd")
     assert first.returncode == 0, first.stdout + first.stderr
     bench = json.loads((out / "bench/bench.json").read_text())
     assert bench["teacher"]["images_per_s"] > 0 and bench["distill_method"] == "bkd"
@@ -30,10 +32,13 @@ def test_the_evidence_run_measures_collects_exports_the_teacher_and_a_second_sit
     monkeypatch.setenv("TAILDISTILL_TEACHERS", str(out / "teachers"))
     cfg = build_config({"method": {"name": "kd"}, "teacher": {"pretrained": "cifar10_lt_r100_ce"}})
     assert teacher_run_path(cfg.teacher) == str((out / "teachers/cifar10_lt_r100_ce").resolve())
+    pergpu = json.loads((out / "evidence-state.json").read_text())["steps"]["pergpu"]
+    assert set(pergpu["result"]) == {"1", "2"} and pergpu["runs_per_gpu"] in (1, 2)
+    assert pergpu["result"]["2"]["aggregate"] == pytest.approx(sum(pergpu["result"]["2"]["per_run"]), abs=0.2)
     summary = (out / "SUMMARY.md").read_text()
     assert "| bench | done |" in summary and "| bkd | done |" in summary and "Still to do: nothing." in summary
 
-    second = _run(out, "--steps", "bench", "bkd")
+    second = _run(out, "--steps", "bench", "pergpu", "bkd")
     assert second.returncode == 0
     assert "bench: done already" in second.stdout and "bkd: done already" in second.stdout
     assert "$ " not in second.stdout.split("plan:", 1)[1]  # nothing was run again

@@ -15,7 +15,10 @@ environment cannot run it.
 
 The plan, in order (issue "GPU evidence"; `--steps` picks a subset):
   tests   pytest tests/test_cuda.py, then the whole test suite, on this machine
-  bench   `taildistill bench` (teacher and BKD steps) on the BKD recipe's config
+  bench   `taildistill bench --compare` (teacher and BKD steps, eager / compiled / CUDA graphs,
+          the phases of the eager step) on the BKD recipe's config
+  pergpu  1, 2, 4, 8 BKD benchmarks at once on the GPU: the aggregate images/s that sets how many
+          small runs should share a GPU (the suites below use the measured number)
   bkd     bkd-cifar10, ratio 100, 200 epochs, 3 seeds: CE teacher, CE, KD, KD+mixup, BKD w/o mixup,
           BKD; its CE teacher exported to OUT/teachers/cifar10_lt_r100_ce (teacher.pretrained)
   recipe  `taildistill bench --recipe`: the BKD recipe (teacher, then student) end to end, started
@@ -65,7 +68,7 @@ SUITES = {
     "ltsf": ("ltsf-cifar10", ["ratio100"], ["snn_ce", "ltsf"], True),
     "acckd": ("acckd-cifar10", ["ratio100"], None, False),
 }
-STEPS = ["tests", "bench", "bkd", "recipe", "ltkd", "deitlt", "ltsf", "acckd"]
+STEPS = ["tests", "bench", "pergpu", "bkd", "recipe", "ltkd", "deitlt", "ltsf", "acckd"]
 STOPPED = 75  # the suite scheduler's exit code when its time limit stopped it
 
 
@@ -200,8 +203,42 @@ class Evidence:
 
     def step_bench(self) -> str:
         files, over = self.bench_config()
-        steps = ["--steps", "3", "--warmup", "1"] if self.args.tiny else ["--steps", "200", "--warmup", "30"]
+        steps = ["--steps", "3", "--warmup", "1"] if self.args.tiny else ["--steps", "200", "--warmup", "30", "--compare"]
         return self._bench("bench", [*files, *over, *steps])
+
+    def step_pergpu(self) -> str:
+        """Aggregate images/s of K distillation benchmarks at once on one GPU, for the scheduler's
+        runs-per-GPU default (provisional at 4 until this is measured). Each process warms up long
+        enough that the timed windows overlap."""
+        files, over = self.bench_config()
+        ks, steps = ((1, 2), ["--steps", "3", "--warmup", "1"]) if self.args.tiny else \
+            ((1, 2, 4, 8), ["--steps", "300", "--warmup", "100"])
+        folder = self.out / "bench" / "pergpu"
+
+        def cmd(result: Path) -> list[str]:
+            return self.taildistill("bench", *files, *over, "--mode", "distill", *steps, "--out", str(result))
+
+        table = {}
+        for k in ks:
+            if self.remaining() < 120:
+                return "stopped"
+            outs = [folder / f"k{k}_{i}.json" for i in range(k)]
+            folder.mkdir(parents=True, exist_ok=True)
+            self.log(f"pergpu: {k} at once: {' '.join(cmd(outs[0]))}")
+            with open(self.out / "logs" / "pergpu.log", "a") as log:
+                procs = [subprocess.Popen(cmd(o), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env) for o in outs]
+                codes = [p.wait() for p in procs]
+            if any(codes):
+                self.record("pergpu", "failed", exit_codes=codes, reason=f"a benchmark failed with {k} at once")
+                return "failed"
+            rates = [json.loads(o.read_text())["distill"]["images_per_s"] for o in outs]
+            table[k] = {"per_run": [round(r, 1) for r in rates], "aggregate": round(sum(rates), 1)}
+        best = max(v["aggregate"] for v in table.values())
+        enough = min(k for k, v in table.items() if v["aggregate"] >= 0.9 * best)
+        self.record("pergpu", "done", result=table, runs_per_gpu=enough,
+                    reason=f"{enough} runs per GPU reach 90% of the best aggregate")
+        self.log(f"pergpu: {json.dumps(table)}; {enough} per GPU reach 90% of the best aggregate")
+        return "done"
 
     def _bench(self, step: str, args: list[str]) -> str:
         """`taildistill bench ARGS`, its JSON kept in OUT/bench/STEP.json and in the state."""
@@ -256,7 +293,8 @@ class Evidence:
         if self.args.tiny:
             args += ["--tiny", "--seeds", "1"]
         else:
-            args += ["--jobs", str(self.args.jobs)] + (["--per-gpu", str(self.args.per_gpu)] if self.args.per_gpu else [])
+            per_gpu = self.args.per_gpu or self.state["steps"].get("pergpu", {}).get("runs_per_gpu")
+            args += ["--jobs", str(self.args.jobs)] + (["--per-gpu", str(per_gpu)] if per_gpu else [])
         minutes = (self.remaining() - 90) / 60  # time to stop the runs and copy the results afterwards
         if minutes < 1:
             return "stopped"
@@ -351,7 +389,8 @@ class Evidence:
 
 
 def _rates(bench: dict) -> list[float]:
-    """Images/s of the teacher and distillation steps from `taildistill bench` output."""
+    """Images/s of the teacher and distillation steps from `taildistill bench` output (eager)."""
+    bench = bench.get("compare", {}).get("eager", bench)
     rates = []
     for key in ("teacher", "distill"):
         part = bench.get(key)
@@ -369,7 +408,8 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, default=25, help="time for this sitting (default 25)")
     p.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS, help="steps to run (default: all, in order)")
     p.add_argument("--jobs", type=int, default=8, help="trainings at once (default 8)")
-    p.add_argument("--per-gpu", type=int, default=None, help="trainings per GPU (default: the scheduler's)")
+    p.add_argument("--per-gpu", type=int, default=None,
+                   help="trainings per GPU (default: the pergpu step's measurement, else the scheduler's)")
     p.add_argument("--executor", default="local", choices=["local", "inline"], help="suite executor (default local)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke scale, to test this script's logic")
     return p.parse_args(argv)

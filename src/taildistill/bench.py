@@ -72,8 +72,9 @@ PHASES = ("data", "teacher_forward", "student_forward", "loss_backward", "optimi
 def _phases(trainer: Trainer, steps: int) -> dict:
     """Milliseconds per step in each phase of the trainer's step (eager only: hooks on the teacher,
     the student and the optimizer mark where each part begins and ends). `loss_backward` runs from
-    the end of the last forward to the optimizer step (the losses, backward, SAM's second pass,
-    gradient clipping); `other` is what no phase covers."""
+    the end of the last forward to the optimizer step (the losses, backward, gradient clipping);
+    `other` is what no phase covers: with SAM its first backward and perturbation, with gradient
+    accumulation the backward of the calls that do not step."""
     clock = _Clock(trainer.device)
     method = trainer.method
     opened: dict = {}
