@@ -57,6 +57,16 @@ def test_the_graph_makes_students_wait_for_their_teachers(tmp_path):
     assert len(specs) == 1 + 5 * 2  # the teacher once, five students x two seeds, the first cell only
 
 
+def test_cells_and_only_select_part_of_a_suite_and_name_what_exists(tmp_path):
+    suite = load_suite("ltkd-cifar10", CONFIGS)
+    specs = suite_specs("ltkd-cifar10", suite, tmp_path, 1, False, CONFIGS, ["kd_r8x4"], None, cells=["ratio100"])
+    assert [s.key for s in specs] == ["ratio100/teacher_r32x4/seed0", "ratio100/kd_r8x4/seed0"]  # no unneeded teacher
+    with pytest.raises(ConfigError, match="no run kd_r8; its runs: teacher_r32x4, student_r8x4"):
+        suite_specs("ltkd-cifar10", suite, tmp_path, 1, False, CONFIGS, ["kd_r8"], None)
+    with pytest.raises(ConfigError, match="no cell ratio7; its cells: ratio10, ratio20, ratio100"):
+        suite_specs("ltkd-cifar10", suite, tmp_path, 1, False, CONFIGS, None, None, cells=["ratio7"])
+
+
 @pytest.mark.parametrize("suite", SUITES)
 def test_every_suite_runs_end_to_end_at_tiny_scale(suite, tmp_path):
     report = run_suite(suite, tmp_path / suite, seeds=1, tiny=True, configs=CONFIGS, executor="inline", quiet=True)

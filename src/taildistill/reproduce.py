@@ -113,6 +113,10 @@ def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, confi
         cells = cells[:1]
     root = configs_root(configs)
     if only:  # the runs named, and the teachers they need
+        names = [r["name"] for r in suite["runs"]]
+        unknown = [o for o in only if o not in names]
+        if unknown:
+            raise ConfigError(f"suite {name} has no run {', '.join(unknown)}; its runs: {', '.join(names)}")
         only = set(only) | {r["teacher"] for r in suite["runs"] if r["name"] in only and r.get("teacher")}
     specs = []
     for label, cell_over in cells:
