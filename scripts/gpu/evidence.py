@@ -82,6 +82,8 @@ class Evidence:
         self.state_file = self.out / "evidence-state.json"
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"steps": {}}
         self.log_file = self.out / "evidence.log"
+        self.logs = self.out / "logs"  # each command's output
+        self.logs.mkdir(exist_ok=True)
 
     # ------------------------------------------------------------------ bookkeeping
     def log(self, text: str) -> None:
@@ -107,10 +109,8 @@ class Evidence:
 
     def run(self, cmd: list[str], log_name: str, timeout: float | None = None) -> int:
         """Run `cmd` with its output appended to OUT/logs/LOG_NAME; returns the exit code (124 on timeout)."""
-        logs = self.out / "logs"
-        logs.mkdir(exist_ok=True)
         self.log(f"$ {' '.join(cmd)}  (output: logs/{log_name})")
-        with open(logs / log_name, "a") as f:
+        with open(self.logs / log_name, "a") as f:
             f.write(f"\n$ {' '.join(cmd)}\n")
             f.flush()
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
@@ -176,21 +176,14 @@ class Evidence:
 
     # ------------------------------------------------------------------ steps
     def step_tests(self) -> str:
-        if self.args.tiny:  # the logic only: the CUDA tests (they skip on CPU)
-            rc = self.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"],
-                          "pytest-cuda.log", self.remaining())
-            return self._tests_result(rc, {"cuda": rc})
+        # the CUDA tests, then the whole suite (--tiny: the logic only, the CUDA tests, which skip on CPU)
+        suites = [("cuda", ["tests/test_cuda.py"])] + ([] if self.args.tiny else [("all", [])])
         rcs = {}
-        for name, target in (("cuda", ["tests/test_cuda.py"]), ("all", [])):
+        for name, target in suites:
             rcs[name] = self.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *target],
                                  f"pytest-{name}.log", self.remaining())
             if rcs[name] == 124:
-                break
-        return self._tests_result(max(rcs.values()), rcs)
-
-    def _tests_result(self, rc: int, rcs: dict) -> str:
-        if rc == 124:
-            return "stopped"
+                return "stopped"
         self.record("tests", "done", exit_codes=rcs, passed=all(v in (0, 5) for v in rcs.values()))
         if any(v not in (0, 5) for v in rcs.values()):
             self.log("tests FAILED on this machine: see logs/pytest-*.log (the plan goes on; fix them first)")
@@ -225,7 +218,7 @@ class Evidence:
             outs = [folder / f"k{k}_{i}.json" for i in range(k)]
             folder.mkdir(parents=True, exist_ok=True)
             self.log(f"pergpu: {k} at once: {' '.join(cmd(outs[0]))}")
-            with open(self.out / "logs" / "pergpu.log", "a") as log:
+            with open(self.logs / "pergpu.log", "a") as log:
                 procs = [subprocess.Popen(cmd(o), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env) for o in outs]
                 codes = [p.wait() for p in procs]
             if any(codes):
@@ -253,16 +246,16 @@ class Evidence:
         return "done"
 
     def step_recipe(self) -> str:
-        bench = self.state["steps"].get("bench", {}).get("result")
+        bench = _eager(self.state["steps"].get("bench", {}).get("result") or {})
+        files, _ = self.bench_config()
         if self.args.tiny:
-            files = ["configs/digits/_base.yaml", "configs/methods/bkd.yaml"]
             over = ["train.device=cpu", "train.epochs=2", "train.progress=false"]
             teacher = "configs/digits/ce_teacher.yaml"
             estimate = 60.0
         else:
-            files, over = ["configs/cifar10_lt/bkd.yaml"], []
+            over = []
             teacher = "configs/cifar10_lt/ce_teacher.yaml"
-            rates = _rates(bench or {})
+            rates = _rates(bench)
             if not rates:  # the estimate needs the step benchmark's rates
                 return self.skip("recipe", "needs the bench step's result (it has not succeeded yet)")
             # two 200-epoch trainings at the measured steady-state rates, plus data and evaluation
@@ -388,9 +381,13 @@ class Evidence:
         return STOPPED if out_of_time else (1 if unfinished or bad else 0)
 
 
+def _eager(bench: dict) -> dict:
+    """The eager measurement of `taildistill bench` output (with --compare, one of three)."""
+    return bench.get("compare", {}).get("eager", bench)
+
+
 def _rates(bench: dict) -> list[float]:
-    """Images/s of the teacher and distillation steps from `taildistill bench` output (eager)."""
-    bench = bench.get("compare", {}).get("eager", bench)
+    """Images/s of the teacher and distillation steps from one `taildistill bench` measurement."""
     rates = []
     for key in ("teacher", "distill"):
         part = bench.get(key)

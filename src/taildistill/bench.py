@@ -19,29 +19,29 @@ from .methods import resolve_params
 from .rundir import RunDir
 
 
+def _batches(trainer: Trainer):
+    """The trainer's training batches, epoch after epoch, without end (a trainer always has a batch)."""
+    epoch = 0
+    while True:
+        yield from trainer.inputs.epoch(epoch)
+        epoch += 1
+
+
 def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
     """Steady-state images/s of the trainer's own training step over `steps` steps after `warmup`."""
-    epoch = 0
-    it = iter(())
-    done = 0
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda *a: None)
     images = 0
     t0 = None
     trainer.method.train()
-    while done < warmup + steps:
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = trainer.inputs.epoch(epoch)
-            epoch += 1
-            continue
+    batches = _batches(trainer)
+    for done in range(warmup + steps):
         if done == warmup:
             sync()
             t0 = time.perf_counter()
+        batch = next(batches)
         trainer.step(batch, 0)
         if done >= warmup:
             images += len(batch["y"])
-        done += 1
     sync()
     elapsed = time.perf_counter() - t0
     return {"images_per_s": images / elapsed, "steps": steps, "seconds": elapsed,
@@ -93,20 +93,17 @@ def _phases(trainer: Trainer, steps: int) -> dict:
     if method.teacher is not None:
         handles += [method.teacher.register_forward_pre_hook(pre("teacher_forward")),
                     method.teacher.register_forward_hook(post("teacher_forward"))]
-    steps_marks = []  # (step start, batch ready, step end, index of its first span)
+    steps_marks = []  # (step start, batch ready, step end, the step's spans)
     try:
         method.train()
-        batches = trainer.inputs.epoch(1)
+        batches = _batches(trainer)
         for _ in range(steps):
             start = clock.mark()
-            batch = next(batches, None)
-            if batch is None:
-                batches = trainer.inputs.epoch(2)
-                batch = next(batches)
+            batch = next(batches)
             ready = clock.mark()
             first = len(spans)
             trainer.step(batch, 0)
-            steps_marks.append((start, ready, clock.mark(), first))
+            steps_marks.append((start, ready, clock.mark(), spans[first:]))
     finally:
         for h in handles:
             h.remove()
@@ -114,8 +111,7 @@ def _phases(trainer: Trainer, steps: int) -> dict:
         torch.cuda.synchronize(trainer.device)
     totals = dict.fromkeys(PHASES, 0.0)
     step_total = 0.0
-    for i, (start, ready, end, first) in enumerate(steps_marks):
-        mine = spans[first:steps_marks[i + 1][3] if i + 1 < len(steps_marks) else len(spans)]
+    for start, ready, end, mine in steps_marks:
         totals["data"] += clock.seconds(start, ready)
         for name, a, b in mine:
             totals[name] += clock.seconds(a, b)

@@ -24,9 +24,9 @@ class Interrupted(TaildistillError):
         import signal
 
         self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
         self.run_dir = run_dir
-        name = signal.Signals(self.signum).name
-        super().__init__(f"stopped by {name} at {where}; the checkpoint is written: continue with "
+        super().__init__(f"stopped by {self.signal_name} at {where}; the checkpoint is written: continue with "
                          f"`taildistill train --resume {run_dir}`")
 
     @property

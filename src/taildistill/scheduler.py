@@ -121,22 +121,21 @@ def run_env(threads: int, gpus: list[int] | None) -> dict:
     return env
 
 
-def _run_process(cmd: list[str], log: Path, env: dict) -> int:
-    """Run one training process, its output appended to `log` (in its run directory)."""
+def _start_process(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """Start one training process, its command line and output appended to `log` (in its run directory)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"\n$ {shlex.join(cmd)}\n")
         f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _run_process(cmd: list[str], log: Path, env: dict) -> int:
+    """Run one training process to its end (see :func:`_start_process`); its exit code."""
+    return _start_process(cmd, log, env).wait()
 
 
 STOP_GRACE = 60  # seconds a stopped run has to write its checkpoint (one step plus the write)
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
 
 
 class LocalExecutor:
@@ -168,13 +167,7 @@ class LocalExecutor:
         return free[:spec.nproc] if len(free) >= spec.nproc else None
 
     def start(self, spec: RunSpec, cmd: list[str], gpus: list[int]) -> None:
-        log = spec.run_dir / "train.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f:
-            f.write(f"\n$ {shlex.join(cmd)}\n")
-            f.flush()
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                    env=run_env(self.threads, gpus if self.gpus else None))
+        proc = _start_process(cmd, spec.run_dir / "train.log", run_env(self.threads, gpus if self.gpus else None))
         need = self._slots(spec)
         for g in gpus:
             self.load[g] += need
@@ -246,7 +239,7 @@ class InlineExecutor:
             with open(log, "a") as f:
                 f.write(f"{exc}\n")
             rc = exc.exit_code
-            self.interrupted = signal_name(exc.signum)
+            self.interrupted = exc.signal_name
         except Exception:  # an isolation boundary: the failure is logged and reported, the graph goes on
             with open(log, "a") as f:
                 f.write(traceback.format_exc())
@@ -347,8 +340,16 @@ def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = 
     def on_sigterm(signum, frame):
         stop.append("SIGTERM")
 
-    def stopped_by_signal() -> str:
-        return stop[0] if stop else getattr(executor, "interrupted", "")
+    def stop_reason(time_limit_too: bool = True) -> str:
+        """Why the graph stops now: a signal (to it, or to a run inside it), or the time limit; '' to go on."""
+        by = stop[0] if stop else getattr(executor, "interrupted", "")
+        if by:
+            why = f"stopped by {by}"
+        elif time_limit_too and deadline is not None and time.time() >= deadline:
+            why = f"stopped at the time limit ({time_limit / 60:g} min)"
+        else:
+            return ""
+        return why + "; the same command continues it"
 
     previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
 
@@ -392,9 +393,8 @@ def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = 
 
     try:
         while waiting or executor.running:
-            if stopped_by_signal() or (deadline is not None and time.time() >= deadline):
-                why = (f"stopped by {stopped_by_signal()}" if stopped_by_signal()
-                       else f"stopped at the time limit ({time_limit / 60:g} min)") + "; the same command continues it"
+            why = stop_reason()
+            if why:
                 executor.stop()
                 while executor.running:  # collect the stopped runs (one that just finished counts as finished)
                     for item in executor.poll(1.0):
@@ -422,8 +422,7 @@ def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = 
                 started = True
             refresh()
             for item in executor.poll(0.05 if started else 0.5):
-                signalled = stopped_by_signal()
-                finish(*item, stopped_why=f"stopped by {signalled}; the same command continues it" if signalled else "")
+                finish(*item, stopped_why=stop_reason(time_limit_too=False))  # (a run that fails on its own is failed)
                 refresh()
     except KeyboardInterrupt:
         executor.stop()

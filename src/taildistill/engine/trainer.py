@@ -23,6 +23,7 @@ from ..errors import ConfigError, Interrupted, TrainingError
 from ..eval import evaluate_split, predict_split, summary
 from ..eval.calibration import fit_temperature
 from ..experiment import Experiment, assemble, load_config, teacher_run_path, teacher_source
+from ..models.common import logit_scale_modules
 from ..rundir import RunDir, flat_config, load_state, load_weights, save_state, save_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .inputs import StreamInput, TensorInput
@@ -297,13 +298,12 @@ class Trainer:
                 sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v
             correct += (logits.argmax(1) == batch["y"]).sum()
             seen += len(batch["y"])
-            if self.stop_signal is not None and single and self.step.calls % cfg.train.grad_accum == 0:
-                # a host-side flag, no device read: stop between two optimizer steps (DDP ranks agree at the epoch's end)
-                if not torch.isfinite(total):  # never save a broken step over the last good checkpoint
-                    self._non_finite(epoch, step, terms, batch)
+            # a host-side flag, no device read: stop between two optimizer steps (DDP ranks agree at the epoch's end)
+            stopping = self.stop_signal is not None and single and self.step.calls % cfg.train.grad_accum == 0
+            if (stopping or (step + 1) % check_every == 0) and not torch.isfinite(total):
+                self._non_finite(epoch, step, terms, batch)  # (a stop never saves a broken step over a good checkpoint)
+            if stopping:
                 self._stop_mid_epoch(epoch, step + 1, total, correct, seen, sums, before + time.perf_counter() - t0, lr)
-            if (step + 1) % check_every == 0 and not torch.isfinite(total):
-                self._non_finite(epoch, step, terms, batch)
             if bar is not None:
                 bar.update(1)  # host-side only: the ETA counts steps, never waits for the device
                 if (step + 1) % check_every == 0 and (step + 1) % 10 == 0:  # the loss is on the host already there
@@ -481,7 +481,7 @@ class Trainer:
         """Temperature scaling on the validation split; folded into the cosine head's logit scale."""
         if self.data.val is None:
             raise ConfigError("train.calibrate needs a validation split (data.val_per_class > 0)")
-        scales = [m.logit_scale for m in self.method.student.modules() if isinstance(getattr(m, "logit_scale", None), torch.Tensor)]
+        scales = [m.logit_scale for m in logit_scale_modules(self.method.student)]
         if not scales:
             raise ConfigError("train.calibrate folds the temperature into a cosine head's scale; this model has none")
         logits = self.predict_split(self.data.val)["logits"]

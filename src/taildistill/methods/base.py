@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..models.common import logit_scale_modules
 from ..losses import (
     balanced_softmax_loss, class_balanced_weights, cross_entropy, focal_loss, ldam_loss, ldam_margins,
     logit_adjusted_loss,
@@ -132,8 +133,7 @@ class SupervisedLoss(nn.Module):
 
 def check_ldam_head(student: nn.Module, scale: float) -> None:
     """LDAM needs a cosine head whose scale is the loss's s (its margins are in those units)."""
-    scales = [float(m.logit_scale) for m in student.modules()
-              if isinstance(getattr(m, "logit_scale", None), torch.Tensor) and hasattr(m, "weight")]
+    scales = [float(m.logit_scale) for m in logit_scale_modules(student) if hasattr(m, "weight")]
     if not scales:
         raise ConfigError("sup_loss: ldam needs a cosine head (model.kwargs.cosine_head: true)")
     if abs(scales[-1] - scale) > 1e-6:

@@ -64,6 +64,11 @@ class Renormalized(nn.Module):
         return self.inner(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
 
 
+def logit_scale_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of `model` holding a `logit_scale` tensor (cosine heads), in module order."""
+    return [m for m in model.modules() if isinstance(getattr(m, "logit_scale", None), torch.Tensor)]
+
+
 def renormalizer(src_mean, src_std, src_normalized: bool, dst_mean, dst_std, dst_normalized: bool):
     """(a, b) mapping inputs normalised as `src` to inputs normalised as `dst` (x_dst = a x_src + b),
     or None when the two are the same. u = x_src * std + mean (or x_src when not normalised)."""

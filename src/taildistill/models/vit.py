@@ -47,22 +47,28 @@ def attention_maps(model: DistilledViT, x: torch.Tensor) -> list[torch.Tensor]:
     """Softmax attention of every block: list of (B, heads, 2 + N, 2 + N), recomputed from each
     block's input with its own qkv weights (timm's fused kernels do not return them)."""
     maps: list[torch.Tensor] = []
-    hooks = []
-    for blk in model.vit.blocks:
-        def hook(mod, inp, out, blk=blk):
-            h = blk.norm1(inp[0])
-            attn = blk.attn
-            B, N, C = h.shape
-            qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
-            q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-            maps.append(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
-        hooks.append(blk.register_forward_hook(hook))
+
+    def attention(blk, inp, out):
+        h = blk.norm1(inp)
+        attn = blk.attn
+        B, N, C = h.shape
+        qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        maps.append(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
+
+    _forward_with_block_hooks(model, x, attention)
+    return maps
+
+
+def _forward_with_block_hooks(model: DistilledViT, x: torch.Tensor, hook) -> None:
+    """One eval-mode forward of `model` on `x` calling `hook(block, block_input, block_output)`
+    after every transformer block."""
+    handles = [blk.register_forward_hook(lambda m, i, o: hook(m, i[0], o)) for blk in model.vit.blocks]
     try:
         model.eval()(x)
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
-    return maps
 
 
 def mean_attention_distance(maps: list[torch.Tensor], grid: int, prefix_tokens: int = 2,
@@ -87,13 +93,7 @@ def block_tokens(model: DistilledViT, x: torch.Tensor) -> list[tuple[torch.Tenso
     """(CLS, DIST) token outputs of every block: list of ((B, D), (B, D)), for the feature rank per
     block (DeiT-LT Suppl. G)."""
     out: list = []
-    hooks = [blk.register_forward_hook(lambda m, i, o: out.append((o[:, 0].float(), o[:, 1].float())))
-             for blk in model.vit.blocks]
-    try:
-        model.eval()(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with_block_hooks(model, x, lambda blk, i, o: out.append((o[:, 0].float(), o[:, 1].float())))
     return out
 
 
