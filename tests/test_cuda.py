@@ -99,3 +99,58 @@ def test_every_methods_training_step_never_waits_for_the_device(digits_teacher, 
             torch.cuda.set_sync_debug_mode(0)
     finally:
         trainer.close()
+
+
+def test_the_captured_step_trains_as_eager_does(tmp_path):
+    # train.cuda_graph: the same run eager and as replayed CUDA graphs (deterministic kernels, so
+    # the two differ by nothing but the launches); mixup on half the batches gives two graphs
+    from safetensors.torch import load_file
+
+    teacher = fit(cuda_cfg("teacher"), tmp_path / "teacher", quiet=True)
+    runs = {}
+    for graph in (False, True):
+        cfg = tiny(f"g{graph}", epochs=2, method={"name": "bkd", "bkd_start_epoch": 1}, teacher=teacher,
+                   augment={"crop_padding": 1, "mixup_alpha": 1.0, "mix_prob": 0.5},
+                   train={"device": "cuda", "deterministic": True, "cuda_graph": graph})
+        runs[graph] = fit(cfg, tmp_path / f"g{graph}", quiet=True)
+    record = json.loads((runs[True] / "env.json").read_text())["cuda_graph"]
+    assert record["captures"] >= 2 and record["replays"] == 2 * 7 - 3 and "eager_reason" not in record
+    eager, graph = (load_file(runs[g] / "checkpoints/last.safetensors") for g in (False, True))
+    for k in eager:
+        assert torch.allclose(eager[k].float(), graph[k].float(), rtol=1e-4, atol=1e-5), k
+    losses = [[json.loads(x)["loss"] for x in (runs[g] / "metrics.jsonl").read_text().splitlines()] for g in (False, True)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("name,files,overrides", _demo_students())
+def test_every_methods_step_is_captured_and_replays_without_host_syncs(digits_teacher, name, files, overrides):
+    # train.cuda_graph for every method of the demo: the capture succeeds (no eager fallback) and
+    # an epoch of replays (batch copies into the graph's inputs, learning-rate fills) never syncs
+    from taildistill.demo import demo_config
+    from taildistill.engine.graphed import GraphedStep
+    from taildistill.engine.optim import set_lr
+
+    cfg = demo_config(name, files, overrides(4) + ["train.device=cuda", "train.progress=false", "train.cuda_graph=true"],
+                      4, digits_teacher)
+    trainer = Trainer(cfg, digits_teacher / f"{name}_graph", quiet=True)
+    try:
+        assert isinstance(trainer.step, GraphedStep)
+        trainer._prepare_heads()
+        trainer.method.prepare(trainer.teacher_on)
+        trainer.method.train()
+        epoch = cfg.train.epochs - 1  # the last epoch's graphs too (deferred re-weighting on): captured first,
+        for e in (0, epoch):  # since a capture synchronises the device
+            for batch in trainer.inputs.epoch(e):
+                trainer.step(batch, e)
+        torch.cuda.synchronize()
+        assert trainer.step.eager_reason is None and trainer.step.captures >= 1
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for batch in trainer.inputs.epoch(epoch):
+                set_lr(trainer.optimizer, cfg.optim.lr, 0.5)
+                trainer.step(batch, epoch)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert trainer.step.eager_reason is None and trainer.step.replays >= 1
+    finally:
+        trainer.close()

@@ -334,3 +334,43 @@ def test_the_teacher_sees_its_own_normalisation(tmp_path):
     same = build_config({**common, "method": {"name": "kd"}, "teacher": {"run": str(
         fit(build_config({**common, "name": "t2"}), tmp_path / "t2", quiet=True))}})
     assert not isinstance(load_teacher(same, info), Renormalized)  # the same statistics: nothing to map
+
+
+# ---------------------------------------------------------------------------------- graph keys
+
+def _graph_key_cases(setup):
+    """(method, params, student) with every epoch switch and ramp early, for every registered method."""
+    feats = ["stage1", "stage2", "pooled"]
+    snn = build_model("spikingformer", C, 1, 8, patch_size=2, dim=16, depth=3, heads=2, time_steps=1).eval()
+    return {
+        "ce": ({"drw_epoch": 2}, None), "kd": ({"drw_epoch": 3}, None), "wkd": ({"drw_epoch": 1}, None),
+        "bkd": ({"bkd_start_epoch": 2, "drw_epoch": 4}, None), "ltkd": ({"drw_epoch": 1}, None),
+        "cckd": ({"drw_epoch": 2, "sup_loss": "ce"}, None), "dkd": ({"dkd_warmup": 3}, None),
+        "dist": ({"drw_epoch": 1}, None), "dive": ({"drw_epoch": 1, "sup_loss": "ce"}, None),
+        "acckd": ({"drw_epoch": 2, "sup_loss": "ce"}, None),
+        "deitlt": ({"dist": {"drw_epoch": 3}}, _vit(setup)),
+        "reviewkd": ({"student_features": feats, "teacher_features": feats, "mid_channels": 4, "warmup_epochs": 3,
+                      "drw_epoch": 4}, None),
+        "catkd": ({"drw_epoch": 2}, None), "ltsf": ({"drw_epoch": 2}, snn),
+    }
+
+
+def test_graph_keys_name_everything_the_loss_takes_from_the_epoch(setup):
+    """A captured step (train.cuda_graph) is replayed for every epoch with the same graph_key: two
+    such epochs must give the same loss on the same batch and weights, for every registered method
+    (a key that forgets deferred re-weighting, BKD's start or a ramp fails here); and the keys do
+    change where the loss does."""
+    from taildistill.methods import METHODS
+
+    info, student, teacher, batch, s, t = setup
+    full = {**batch, "x_mix": torch.randn(12, 1, 8, 8), "y_a": batch["y"].flip(0), "y_b": batch["y"]}
+    cases = _graph_key_cases(setup)
+    assert sorted(cases) == sorted(n for n in METHODS.names() if not n.startswith("_"))
+    for name, (params, model) in cases.items():
+        m = make(name, params, setup, student=model)
+        by_key: dict = {}
+        for epoch in range(7):
+            by_key.setdefault(m.graph_key(epoch), []).append(terms(m, full, epoch))
+        for key, seen in by_key.items():
+            assert all(other == seen[0] for other in seen[1:]), (name, key, seen)
+        assert len(by_key) > 1, f"{name}: its switches should give more than one key over epochs 0-6"

@@ -21,8 +21,10 @@ The plan, in order (issue "GPU evidence"; `--steps` picks a subset):
           small runs should share a GPU (the suites below use the measured number)
   bkd     bkd-cifar10, ratio 100, 200 epochs, 3 seeds: CE teacher, CE, KD, KD+mixup, BKD w/o mixup,
           BKD; its CE teacher exported to OUT/teachers/cifar10_lt_r100_ce (teacher.pretrained)
-  recipe  `taildistill bench --recipe`: the BKD recipe (teacher, then student) end to end, started
-          only when the remaining time exceeds twice its estimate from the bench step
+  recipe_graph  the BKD recipe end to end with train.cuda_graph (the whole step one CUDA graph),
+          started only when the remaining time exceeds its estimate from the bench step
+  recipe  `taildistill bench --recipe`: the BKD recipe (teacher, then student) end to end, eager,
+          the same way; its accuracies are the reference of recipe_graph's (same seeds)
   ltkd    ltkd-cifar10, ratio 100, resnet32x4 -> resnet8x4: student, KD, DKD, DIST, LTKD
   deitlt  deitlt-cifar10-small, ratio 100: ViT baseline, DeiT-LT (LDAM-DRW+SAM teacher)
   ltsf    ltsf-cifar10, ratio 100: spiking baseline, LT-SpikingFormer
@@ -68,7 +70,7 @@ SUITES = {
     "ltsf": ("ltsf-cifar10", ["ratio100"], ["snn_ce", "ltsf"], True),
     "acckd": ("acckd-cifar10", ["ratio100"], None, False),
 }
-STEPS = ["tests", "bench", "pergpu", "bkd", "recipe", "ltkd", "deitlt", "ltsf", "acckd"]
+STEPS = ["tests", "bench", "recipe_graph", "pergpu", "bkd", "recipe", "ltkd", "deitlt", "ltsf", "acckd"]
 STOPPED = 75  # the suite scheduler's exit code when its time limit stopped it
 
 
@@ -246,8 +248,18 @@ class Evidence:
         return "done"
 
     def step_recipe(self) -> str:
-        bench = _eager(self.state["steps"].get("bench", {}).get("result") or {})
+        return self._recipe("recipe", graph=False)
+
+    def step_recipe_graph(self) -> str:
+        return self._recipe("recipe_graph", graph=True)
+
+    def _recipe(self, step: str, graph: bool) -> str:
+        measured = self.state["steps"].get("bench", {}).get("result") or {}
+        bench = _eager(measured)
+        if graph and not measured.get("compare", {}).get("graphed", {}).get("skipped"):
+            bench = measured.get("compare", {}).get("graphed", bench)
         files, _ = self.bench_config()
+        graph_over = ["train.cuda_graph=true"] if graph else []
         if self.args.tiny:
             over = ["train.device=cpu", "train.epochs=2", "train.progress=false"]
             teacher = "configs/digits/ce_teacher.yaml"
@@ -257,17 +269,17 @@ class Evidence:
             teacher = "configs/cifar10_lt/ce_teacher.yaml"
             rates = _rates(bench)
             if not rates:  # the estimate needs the step benchmark's rates
-                return self.skip("recipe", "needs the bench step's result (it has not succeeded yet)")
+                return self.skip(step, "needs the bench step's result (it has not succeeded yet)")
             # two 200-epoch trainings at the measured steady-state rates, plus data and evaluation
             estimate = 200 * bench.get("train_images", CIFAR10_LT_R100_TRAIN) * (1 / rates[0] + 1 / rates[-1]) * 1.3 + 60
         need = 1.2 * estimate  # the recipe is timed in one piece: it cannot be continued in another sitting
         if need > self.args.minutes * 60:
-            return self.skip("recipe", f"needs about {need / 60:.0f} min in one sitting; run it alone with "
-                                       f"--steps recipe --minutes {need / 60 + 3:.0f}")
+            return self.skip(step, f"needs about {need / 60:.0f} min in one sitting; run it alone with "
+                                   f"--steps {step} --minutes {need / 60 + 3:.0f}")
         if self.remaining() < need:
-            self.log(f"recipe: needs about {need / 60:.0f} min, {self.remaining() / 60:.0f} min left: next sitting")
+            self.log(f"{step}: needs about {need / 60:.0f} min, {self.remaining() / 60:.0f} min left: next sitting")
             return "waiting"
-        return self._bench("recipe", [*files, "--recipe", teacher, *over])
+        return self._bench(step, [*files, "--recipe", teacher, *over, *graph_over])
 
     def skip(self, step: str, reason: str) -> str:
         """A step that cannot run as things are (re-examined every sitting)."""
@@ -280,7 +292,9 @@ class Evidence:
         if needs_kornia and not self.kornia:
             return self.skip(step, "kornia is not installed (AutoAugment / RandAugment need it)")
         out = self.runs / suite
-        args = ["reproduce", suite, "--out", str(out), "--cells", *cells, "--quiet", "--executor", self.args.executor]
+        # train.cuda_graph is not part of a run's hash: runs started without it continue with it
+        over = ["train.cuda_graph=true"] if self.args.cuda_graph else []
+        args = ["reproduce", suite, *over, "--out", str(out), "--cells", *cells, "--quiet", "--executor", self.args.executor]
         if only:
             args += ["--only", *only]
         if self.args.tiny:
@@ -337,6 +351,14 @@ class Evidence:
         for s in steps:
             st = self.state["steps"].get(s, {})
             lines.append(f"| {s} | {st.get('status', 'not started')} | {st.get('at', '')} | {st.get('reason', '')} |")
+        recipes = [(s, self.state["steps"][s]["result"]) for s in ("recipe", "recipe_graph")
+                   if self.state["steps"].get(s, {}).get("result")]
+        if recipes:
+            lines += ["", "| recipe | total s | teacher s | student s | teacher top1 | student top1 |", "|---|---|---|---|---|---|"]
+            for s, r in recipes:
+                t, st = r.get("teacher", {}), r.get("student", {})
+                lines.append(f"| {s} | {r.get('total_seconds', 0):.0f} | {t.get('seconds', 0):.0f} | {st.get('seconds', 0):.0f} | "
+                             f"{t.get('test', {}).get('top1')} | {st.get('test', {}).get('top1')} |")
         todo = [s for s in steps if not self.done(s)]
         lines += ["", "Still to do: " + (", ".join(todo) if todo else "nothing") +
                   ("; run the same command again to continue." if todo else "."), ""]
@@ -408,6 +430,9 @@ def parse_args(argv=None):
     p.add_argument("--per-gpu", type=int, default=None,
                    help="trainings per GPU (default: the pergpu step's measurement, else the scheduler's)")
     p.add_argument("--executor", default="local", choices=["local", "inline"], help="suite executor (default local)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="train the suites' runs with train.cuda_graph (the whole step one CUDA graph); use it once the "
+                        "tests step has passed on this machine (test_cuda.py compares it with eager)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke scale, to test this script's logic")
     return p.parse_args(argv)
 

@@ -137,7 +137,7 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
     cfg = load_config(config, overrides + ["train.tensorboard=false", "train.progress=false"])
     tmp = Path(tempfile.mkdtemp(prefix="taildistill-bench-"))
     result: dict = {"config": config, "overrides": overrides, "model": cfg.model.name, "batch_size": cfg.train.batch_size,
-                    "compile": cfg.train.compile}
+                    "compile": cfg.train.compile, "cuda_graph": cfg.train.cuda_graph}
     trainers = []
     try:
         if mode in ("teacher", "both"):
@@ -147,7 +147,7 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             trainer = Trainer(base, run_dir=tmp / "teacher", quiet=True)
             trainers.append(trainer)
             result["teacher"] = _measure(trainer, steps, warmup)
-            if phases and not base.train.compile:
+            if phases and not base.train.compile and not base.train.cuda_graph:
                 result["teacher"]["phases"] = _phases(trainer, steps)
         if mode in ("distill", "both"):
             dcfg = copy.deepcopy(cfg)
@@ -162,7 +162,7 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             trainers.append(trainer)
             result["distill_method"] = dcfg.method.name
             result["distill"] = _measure(trainer, steps, warmup)
-            if phases and not dcfg.train.compile:
+            if phases and not dcfg.train.compile and not dcfg.train.cuda_graph:
                 result["distill"]["phases"] = _phases(trainer, steps)
         result["precision"] = "bf16" if trainers[0].bf16 else "fp32"
         result["train_images"] = len(trainers[0].data.train)
@@ -209,19 +209,24 @@ def run_recipe(student_config: str, teacher_config: str, overrides: list[str], o
     return result
 
 
-COMPARED = {"eager": ["train.compile=false"],
-            "compiled": ["train.compile=true", "train.compile_mode=default"],
-            "captured": ["train.compile=true", "train.compile_mode=reduce-overhead"]}  # CUDA graphs
+COMPARED = {"eager": ["train.compile=false", "train.cuda_graph=false"],
+            "compiled": ["train.compile=true", "train.compile_mode=default", "train.cuda_graph=false"],
+            # CUDA graphs of the models' forwards and backwards (torch.compile's cudagraph trees)
+            "captured": ["train.compile=true", "train.compile_mode=reduce-overhead", "train.cuda_graph=false"],
+            # the whole step as one CUDA graph: forwards, backward, optimizer (train.cuda_graph)
+            "graphed": ["train.compile=false", "train.cuda_graph=true"]}
+NEEDS_CUDA = ("captured", "graphed")
 
 
 def run_compare(config: str, overrides: list[str], mode: str = "both", steps: int = 50, warmup: int = 10) -> dict:
-    """The same benchmark eager, compiled (torch.compile) and captured (CUDA graphs through
-    compile's reduce-overhead mode), one after the other in this process; the per-phase times are
-    the eager run's (hooks would break a compiled graph)."""
+    """The same benchmark eager, compiled (torch.compile), captured (the models as CUDA graphs
+    through compile's reduce-overhead mode) and graphed (the whole step one CUDA graph,
+    train.cuda_graph), one after the other in this process; the per-phase times are the eager
+    run's (hooks would break a compiled graph and never fire in a replayed one)."""
     cuda = resolve_device(load_config(config, overrides).train.device).type == "cuda"
     result: dict = {"compare": {}}
     for name, extra in COMPARED.items():
-        if name == "captured" and not cuda:
+        if name in NEEDS_CUDA and not cuda:
             result["compare"][name] = {"skipped": "CUDA graphs need a CUDA device"}
             continue
         result["compare"][name] = run_bench(config, overrides + extra, mode, steps, warmup, phases=name == "eager")

@@ -179,7 +179,10 @@ class TrainConfig:
     precision: Precision = "auto"  # auto = bf16 on CUDA
     channels_last: bool = True  # used on CUDA only
     compile: bool = False  # torch.compile the student (and the teacher)
-    compile_mode: CompileMode = "default"  # reduce-overhead = CUDA graphs (training shapes are static)
+    compile_mode: CompileMode = "default"  # reduce-overhead = CUDA graphs of the models (training shapes are static)
+    # the whole step (forwards, backward, optimizer) as one CUDA graph, replayed per batch; eager where it cannot be
+    # (CPU, DDP, grad_accum > 1, streamed inputs), with a notice. Computes what eager computes (not part of the hash)
+    cuda_graph: bool = False
     sync_bn: bool = False  # DDP on CUDA: the student's BatchNorm statistics over the global batch (SyncBatchNorm)
     deterministic: bool = False
     seed: int = 0
@@ -201,6 +204,9 @@ class TrainConfig:
                       max_steps_per_epoch=self.max_steps_per_epoch)
         if self.checkpoint_every != "auto":
             _positive(prefix, checkpoint_every=self.checkpoint_every)
+        if self.cuda_graph and self.compile and self.compile_mode == "reduce-overhead":
+            raise ConfigError(f"config keys '{prefix}.cuda_graph' and '{prefix}.compile_mode: reduce-overhead' both "
+                              "capture CUDA graphs; use one (cuda_graph captures the whole step)")
         if not _DEVICE.match(self.device):
             raise ConfigError(f"config key '{prefix}.device' must be auto, cpu, cuda or cuda:N, got '{self.device}'")
 

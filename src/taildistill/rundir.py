@@ -27,7 +27,8 @@ from .files import clean_stale_temporaries, lock_exclusive, unlock, write_atomic
 # settings that do not change what a run computes: two runs that differ only in these (and the
 # seed) are seeds of one configuration
 _NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
-                       "train": ("seed", "progress", "tensorboard", "eval_every", "checkpoint_every", "device")}
+                       "train": ("seed", "progress", "tensorboard", "eval_every", "checkpoint_every", "device",
+                                 "cuda_graph")}
 # keys added after runs were saved without them: left out of the hash while empty, so that an old
 # run and its re-run with today's defaults are still the same experiment
 _ADDED_EMPTY = {"teacher": ("pretrained",)}

@@ -63,6 +63,10 @@ class SAM:
             self._eps[p] = e
         self.base.zero_grad(set_to_none=True)
 
+    def reset(self) -> None:
+        """Forget a first step whose second never came (a failed graph capture)."""
+        self._eps.clear()
+
     @torch.no_grad()
     def second_step(self) -> None:
         for p, e in self._eps.items():
@@ -107,7 +111,12 @@ def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
 
 
 def set_lr(opt: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
+    """Set every group's learning rate to base_lr * factor (returned). A tensor learning rate (a
+    captured step reads it on the device) is filled in place: one tiny kernel, no host sync."""
     lr = base_lr * factor
     for g in opt.param_groups:
-        g["lr"] = lr
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
     return lr

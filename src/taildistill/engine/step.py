@@ -31,9 +31,11 @@ class TrainStep:
         self.cudagraphs = cudagraphs
         self.grad_accum = grad_accum
         self.calls = 0
+        self.autocast_cache = True  # off under a captured step (GraphedStep)
 
     def _forward(self, batch: Batch, epoch: int):
-        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=self.autocast_cache) \
+            if self.bf16 else nullcontext()
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with ctx:

@@ -26,6 +26,7 @@ from ..experiment import Experiment, assemble, load_config, teacher_run_path, te
 from ..models.common import logit_scale_modules
 from ..rundir import RunDir, flat_config, load_state, load_weights, save_state, save_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
+from .graphed import GraphedStep, graph_blocker
 from .inputs import StreamInput, TensorInput
 from .optim import build_optimizer, lr_factor, set_lr
 from .provenance import provenance
@@ -133,13 +134,20 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             model = DDP(self.method, device_ids=[self.device.index] if cuda else None)
+        split = self.data.train
         if tc.grad_accum > 1 and cfg.optim.sam_rho > 0:
             raise ConfigError("optim.sam_rho with train.grad_accum > 1 is not supported (SAM's two passes need the "
                               "whole batch's gradient); use a larger train.batch_size or more processes")
         self.step = TrainStep(self.method, model, self.optimizer, self.device, self.bf16, cfg.optim.sam_rho,
                               tc.grad_clip, cudagraphs, tc.grad_accum)
+        self.graph_blocker: str | None = None  # why train.cuda_graph trains on eager
+        if tc.cuda_graph:
+            self.graph_blocker = graph_blocker(self.step, split.x is None, self.dist.enabled)
+            if self.graph_blocker is None:
+                self.step = GraphedStep(self.step, notice=self._notice)
+            else:
+                self._notice(f"train.cuda_graph: {self.graph_blocker}; training on eager")
 
-        split = self.data.train
         input_cls = TensorInput if split.x is not None else StreamInput
         kwargs = {"num_workers": cfg.data.num_workers} if input_cls is StreamInput else {}
         self.inputs = input_cls(split, info, cfg.augment, self.device, tc.batch_size, self.dist, tc.seed,
@@ -180,6 +188,10 @@ class Trainer:
         if self.is_main:
             self.rundir.unlock()
         cleanup(self.dist)
+
+    def _notice(self, line: str) -> None:
+        if self.is_main and not self.quiet:
+            print(f"notice: {line}", file=sys.stderr)
 
     def place(self, method):
         """Move a method (student, its modules, the frozen teacher) to the device and memory format."""
@@ -449,6 +461,7 @@ class Trainer:
                     on_epoch_end(epoch, record)
             bar.close()
             if self.is_main:
+                self._note_graphs()
                 self._log_final(self.finish())
         finally:
             for sig, handler in previous.items():
@@ -459,6 +472,13 @@ class Trainer:
                 self.tb.close()
         barrier(self.dist)
         return self.run_dir
+
+    def _note_graphs(self) -> None:
+        """env.json's record of train.cuda_graph: captures and replays, or why the run was eager."""
+        if isinstance(self.step, GraphedStep):
+            self.rundir.note("cuda_graph", self.step.record())
+        elif self.cfg.train.cuda_graph:
+            self.rundir.note("cuda_graph", {"eager_reason": self.graph_blocker})
 
     def _log_final(self, final: dict) -> None:
         """TensorBoard: the last-epoch test metrics per group and the run's hyper-parameters."""

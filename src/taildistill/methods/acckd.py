@@ -53,6 +53,9 @@ class ACCKD(Method):
     def prepare(self, teacher_on) -> None:
         self.cckd.prepare(teacher_on)
 
+    def graph_key(self, epoch: int):
+        return self.sup.epoch_key(epoch), self.cckd.epoch_key(epoch)
+
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         f = p.feature

@@ -17,7 +17,7 @@ outside the module tree, so it is neither optimised, nor checkpointed, nor synch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal, Protocol, TypedDict
+from typing import Callable, ClassVar, Hashable, Literal, Protocol, TypedDict
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,8 @@ class Batch(TypedDict, total=False):
     x: torch.Tensor  # (B, C, H, W) normalised float images (channels_last on CUDA) or (B, L) token ids
     y: torch.Tensor  # (B,) int64 labels
     y_soft: torch.Tensor  # (B, C) mixed one-hot targets, present when mixup/cutmix fired on this batch
-    mix_lam: torch.Tensor  # () CPU float: the exact mixing coefficient of x with x[mix_perm]
+    mix_lam: torch.Tensor  # () float32: the exact mixing coefficient of x with x[mix_perm] (on the CPU; a
+    # captured step's static copy is on the device)
     mix_perm: torch.Tensor  # (B,) the partner of each sample in the mix
     x_mix: torch.Tensor  # (B, C, H, W) ACCKD: a class-balanced sample mixed into x (lambda >= 0.5)
     y_a: torch.Tensor  # (B,) ACCKD: labels of the class-balanced sample
@@ -109,6 +110,10 @@ class SupervisedLoss(nn.Module):
         self.register_buffer("cb_weights", class_balanced_weights(class_counts, params.cb_beta), persistent=False)
         self.register_buffer("ldam_margins", ldam_margins(class_counts, params.ldam_max_margin), persistent=False)
 
+    def epoch_key(self, epoch: int) -> Hashable:
+        """What of `epoch` this loss depends on: whether the class weights are on."""
+        return self.class_weights(epoch) is not None
+
     def class_weights(self, epoch: int) -> torch.Tensor | None:
         """The class weights in force at `epoch`: always for cb / cb_focal, from drw_epoch with DRW."""
         p = self.params
@@ -145,7 +150,7 @@ def mixed_hard_labels(loss_fn, batch: Batch) -> torch.Tensor:
     """Hard-label losses under mixup/cutmix: lam * L(y) + (1 - lam) * L(y[perm])."""
     if "mix_perm" not in batch:
         return loss_fn(batch["y"])
-    lam = float(batch["mix_lam"])  # a CPU scalar: no device sync
+    lam = batch["mix_lam"]  # a tensor, never read on the host: a captured step gets each batch's value
     return lam * loss_fn(batch["y"]) + (1 - lam) * loss_fn(batch["y"][batch["mix_perm"]])
 
 
@@ -186,6 +191,14 @@ class Method(nn.Module):
 
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         raise NotImplementedError
+
+    def graph_key(self, epoch: int) -> Hashable:
+        """What of `epoch` the loss depends on through Python values (a switch, a ramp): two epochs
+        with the same key compute the same function of the batch and the weights, so a captured
+        step (train.cuda_graph) is replayed across them and a new key captures a new one. The
+        default, the epoch itself, is always right (a new capture every epoch); a method whose loss
+        uses the epoch only through its parts gives their keys (tested for every method)."""
+        return epoch
 
     def forward(self, batch: Batch, epoch: int) -> MethodOutput:
         """DDP calls this; it is :meth:`loss_terms`."""

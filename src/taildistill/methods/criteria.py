@@ -9,7 +9,7 @@ criterion composes with DeiT-LT's out-of-distribution distillation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Hashable, Literal
 
 import torch
 import torch.nn as nn
@@ -36,10 +36,16 @@ class Criterion(nn.Module):
     """Base: `forward(student_logits, teacher_logits, batch, epoch) -> scalar`."""
 
     Params: ClassVar[type]
+    uses_epoch: ClassVar[bool] = True  # False: forward ignores its epoch argument
 
     def __init__(self, params, info):
         super().__init__()
         self.params = params
+
+    def epoch_key(self, epoch: int) -> Hashable:
+        """What of `epoch` this loss depends on (see :meth:`Method.graph_key`): the epoch itself
+        unless the criterion ignores it or says what of it matters."""
+        return epoch if self.uses_epoch else None
 
     def prepare(self, teacher_on: TeacherOutputs, view=None) -> None:
         """Statistics over whole splits before training (none by default)."""
@@ -60,6 +66,8 @@ class KDParams:
 class KD(Criterion):
     """T^2 KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015)."""
 
+    uses_epoch = False
+
     Params = KDParams
 
     def forward(self, s, t, batch, epoch):
@@ -74,6 +82,8 @@ class WKDParams(KDParams):
 @CRITERIA.register("wkd")
 class WKD(Criterion):
     """KD terms weighted by the label's inverse class frequency (normalised to sum to C)."""
+
+    uses_epoch = False
 
     Params = WKDParams
 
@@ -107,6 +117,9 @@ class BKD(Criterion):
         super().__init__(params, info)
         self.register_buffer("class_weights", class_balanced_weights(info.class_counts, params.bkd_beta), persistent=False)
 
+    def epoch_key(self, epoch: int) -> Hashable:
+        return epoch >= self.params.bkd_start_epoch
+
     def forward(self, s, t, batch, epoch):
         p = self.params
         if epoch < p.bkd_start_epoch:
@@ -125,6 +138,8 @@ class LTKDParams(KDParams):
 @CRITERIA.register("ltkd")
 class LTKD(Criterion):
     """Rebalanced cross-group KL + equally weighted within-group KLs (LTKD Eq. 9-14)."""
+
+    uses_epoch = False
 
     Params = LTKDParams
 
@@ -153,6 +168,8 @@ class CCKD(Criterion):
     """Class-conditional KD on prior-corrected logits (CCKD Eq. 3-9). The teacher prior p^t(y)
     (Eq. 9, the teacher's mean prediction on a test-distributed set) and the student's training
     prior p_tr(y) (Eq. 4) are estimated in `prepare` and saved with the method's state."""
+
+    uses_epoch = False
 
     Params = CCKDParams
 
@@ -189,10 +206,16 @@ class DKD(Criterion):
 
     Params = DKDParams
 
+    def warm(self, epoch: int) -> float:
+        p = self.params
+        return min(1.0, (epoch + 1) / p.dkd_warmup) if p.dkd_warmup > 0 else 1.0
+
+    def epoch_key(self, epoch: int) -> Hashable:
+        return self.warm(epoch)
+
     def forward(self, s, t, batch, epoch):
         p = self.params
-        warm = min(1.0, (epoch + 1) / p.dkd_warmup) if p.dkd_warmup > 0 else 1.0
-        return warm * dkd_loss(s, t, batch["y"], p.dkd_alpha, p.dkd_beta, p.temperature)
+        return self.warm(epoch) * dkd_loss(s, t, batch["y"], p.dkd_alpha, p.dkd_beta, p.temperature)
 
 
 @dataclass
@@ -205,6 +228,8 @@ class DISTParams(KDParams):
 @CRITERIA.register("dist")
 class DIST(Criterion):
     """DIST: inter- and intra-class Pearson relations (Huang et al. 2022)."""
+
+    uses_epoch = False
 
     Params = DISTParams
 
@@ -222,6 +247,8 @@ class DiVEParams(KDParams):
 @CRITERIA.register("dive")
 class DiVE(Criterion):
     """DiVE: KL to a power-flattened softened teacher (He et al. 2021)."""
+
+    uses_epoch = False
 
     Params = DiVEParams
 
@@ -250,6 +277,9 @@ class Hard(Criterion):
         super().__init__(params, info)
         self.register_buffer("class_weights", class_balanced_weights(info.class_counts, params.drw_beta), persistent=False)
 
+    def epoch_key(self, epoch: int) -> Hashable:
+        return 0 <= self.params.drw_epoch <= epoch
+
     def forward(self, s, t, batch, epoch):
-        weight = self.class_weights if 0 <= self.params.drw_epoch <= epoch else None
+        weight = self.class_weights if self.epoch_key(epoch) else None
         return F.cross_entropy(s.float(), t.argmax(1), weight=weight)

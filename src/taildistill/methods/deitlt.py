@@ -64,6 +64,9 @@ class DeiTLT(Method):
     def prepare(self, teacher_on) -> None:
         self.dist_criterion.prepare(teacher_on, self.teacher_view)
 
+    def graph_key(self, epoch: int):
+        return self.dist_criterion.epoch_key(epoch)  # (the CLS head's CE does not use the epoch)
+
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         out = self.student_outputs(batch["x"])

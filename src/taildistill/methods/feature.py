@@ -105,11 +105,19 @@ class ReviewKD(Method):
             outs[i] = y
         return outs
 
+    def ramp(self, epoch: int) -> float:
+        """The review loss's weight factor: linear up to 1 over warmup_epochs."""
+        p = self.params
+        return min((epoch + 1) / p.warmup_epochs, 1.0) if p.warmup_epochs > 0 else 1.0
+
+    def graph_key(self, epoch: int):
+        return self.sup.epoch_key(epoch), self.ramp(epoch)
+
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         out = self.student_outputs(batch["x"])
         t_feats = self.teacher_outputs(batch["x"])["features"]
-        ramp = min((epoch + 1) / p.warmup_epochs, 1.0) if p.warmup_epochs > 0 else 1.0
+        ramp = self.ramp(epoch)
         mapped = self.review([out["features"][f] for f in p.student_features])
         target = [_as_map(t_feats[f]) for f in p.teacher_features]
         return MethodOutput({"sup": p.sup_weight * self.sup(out["logits"], batch, epoch),
@@ -150,6 +158,9 @@ class CATKD(Method):
             shape = probe_features(model, info.input_shape, [params.feature], role)[0]
             if shape[1:] == (1, 1) and params.cam_resolution > 1:
                 raise ConfigError(f"catkd: the {role}'s '{params.feature}' is not a spatial map")
+
+    def graph_key(self, epoch: int):
+        return self.sup.epoch_key(epoch)
 
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params

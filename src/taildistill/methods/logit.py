@@ -23,6 +23,9 @@ class Supervised(Method):
         super().__init__(params, student, teacher, info)
         self.sup = SupervisedLoss(pick(SupervisedParams, params), info.class_counts, student)
 
+    def graph_key(self, epoch: int):
+        return self.sup.epoch_key(epoch)
+
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         out = self.student_outputs(batch["x"])
         return MethodOutput({"sup": self.params.sup_weight * self.sup(out["logits"], batch, epoch)}, out["logits"])
@@ -48,6 +51,9 @@ class LogitDistill(Method):
 
     def prepare(self, teacher_on) -> None:
         self.criterion.prepare(teacher_on)
+
+    def graph_key(self, epoch: int):
+        return self.sup.epoch_key(epoch), self.criterion.epoch_key(epoch)
 
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params

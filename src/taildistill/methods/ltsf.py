@@ -65,6 +65,9 @@ class LTSpikingFormer(Method):
         counts = torch.bincount(labels, minlength=self.class_means.shape[0]).clamp_min(1)
         self.class_means.copy_(sums / counts[:, None])
 
+    def graph_key(self, epoch: int):
+        return self.sup.epoch_key(epoch), self.glo.epoch_key(epoch)
+
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         out = self.student_outputs(batch["x"])

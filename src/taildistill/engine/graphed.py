@@ -1,0 +1,186 @@
+"""The training step as one CUDA graph (`train.cuda_graph: true`).
+
+At batch 128 a ResNet-32 step is launch-bound: the teacher's forward, the student's forward and
+backward, the losses and the optimizer are about a thousand small kernels, each costing more to
+launch than to run. A graph captured once replays all of them with one launch. What it covers:
+everything :class:`~taildistill.engine.step.TrainStep` does (autocast forwards, backward, SAM's
+second pass, gradient clipping, the fused optimizer step). What stays eager: the batch's gather and
+augmentation, because they draw host-side numbers per batch (mixup's lambda, cutmix's box, the
+policies' choices); the batch is copied into static input buffers before each replay.
+
+A graph replays kernels with the arguments they had at capture, so everything that changes from
+step to step must be a device tensor the kernels read:
+
+- the learning rate: a 0-d device tensor in every parameter group, filled by `set_lr`;
+- the batch: static buffers, mixup's lambda a 0-d device buffer;
+- what changes with the epoch in Python (deferred re-weighting switching on, a ramp): the method's
+  `graph_key(epoch)`; a new key captures a new graph (and frees the old ones). The batch's layout
+  (which keys, e.g. whether mixup fired) is part of the key too.
+
+The first `WARMUP_STEPS` steps run eager, on the stream the graph is later captured on, so that
+lazily created state (momentum buffers, cuDNN's algorithm choice, cuBLAS workspaces) exists
+before capture. Where capture is impossible (a CPU device, DDP, gradient accumulation, streamed
+inputs) or fails, the run trains eager and says why in one line.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Hashable
+
+import torch
+
+from ..methods import Batch
+from .step import TrainStep
+
+WARMUP_STEPS = 3  # as in torch's whole-network capture example: lazy state exists before capture
+
+
+class CudaGraph:
+    """A real CUDA graph: capture on a side stream (the one warm-up ran on), replay with one launch."""
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.Stream(device)
+
+    def new(self):
+        return torch.cuda.CUDAGraph()
+
+    @contextmanager
+    def side_stream(self):
+        """Run eager warm-up steps on the capture stream (ordered after and before the default stream)."""
+        current = torch.cuda.current_stream(self.stream.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            yield
+        current.wait_stream(self.stream)
+
+    def capture(self, graph):
+        return torch.cuda.graph(graph, stream=self.stream)
+
+
+class _Captured:
+    """One graph with its static input buffers and the outputs its replay writes."""
+
+    def __init__(self, graph, inputs: dict[str, torch.Tensor]):
+        self.graph = graph
+        self.inputs = inputs
+        self.outputs = None
+
+    def load(self, batch: Batch) -> None:
+        for k, v in batch.items():
+            if k == "mix_lam":  # a host number: fill_ passes it as a kernel argument, no copy, no sync
+                self.inputs[k].fill_(float(v))
+            else:
+                self.inputs[k].copy_(v, non_blocking=True)
+
+
+def batch_layout(batch: Batch) -> tuple:
+    """What a graph's static inputs depend on: the batch's keys, shapes and dtypes."""
+    return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+
+
+class GraphedStep:
+    """`step(batch, epoch) -> (loss, terms, logits)` like :class:`TrainStep`, replayed from CUDA
+    graphs after `WARMUP_STEPS` eager steps. The outputs are the graph's static tensors: the next
+    step overwrites them (the trainer only accumulates them, in stream order). `backend` makes the
+    graphs (a :class:`CudaGraph` by default; the tests pass a CPU stand-in with the same
+    semantics). `notice` receives the one line that says why a run trains eager."""
+
+    def __init__(self, step: TrainStep, backend=None, notice: Callable[[str], None] | None = None):
+        self.step = step
+        self.backend = backend if backend is not None else CudaGraph(step.device)
+        self.notice = notice or (lambda line: None)
+        self.graphs: dict[Hashable, _Captured] = {}
+        self.method_key: Hashable = None
+        self.eager_steps = 0
+        self.captures = 0
+        self.replays = 0
+        self.eager_reason: str | None = None  # set when capture failed: every later step is eager
+        step.autocast_cache = False  # autocast's weight-cast cache would hold tensors from outside the graph
+
+    @property
+    def calls(self) -> int:
+        return self.step.calls
+
+    def __call__(self, batch: Batch, epoch: int):
+        if self.eager_reason is not None:
+            return self.step(batch, epoch)
+        if self.eager_steps < WARMUP_STEPS:
+            self.eager_steps += 1
+            with self.backend.side_stream():
+                return self.step(batch, epoch)
+        method_key = self.step.method.graph_key(epoch)
+        if method_key != self.method_key:  # the loss is a different function now: the old graphs go
+            self.graphs.clear()
+            self.method_key = method_key
+        key = batch_layout(batch)
+        captured = self.graphs.get(key)
+        if captured is None:
+            try:
+                captured = self._capture(batch, epoch)
+            except RuntimeError as exc:  # e.g. an operation CUDA graphs cannot hold
+                self.eager_reason = f"capture failed ({str(exc).splitlines()[0]})"
+                self.graphs.clear()
+                self.notice(f"train.cuda_graph: {self.eager_reason}; training on eager")
+                return self.step(batch, epoch)
+            self.graphs[key] = captured
+        captured.load(batch)
+        captured.graph.replay()
+        self.replays += 1
+        self.step.calls += 1
+        return captured.outputs
+
+    def _device_lr(self) -> None:
+        """Every parameter group's learning rate as a 0-d device tensor, so `set_lr` changes it in
+        place between replays: float32 on CUDA (the fused kernels read it through a float pointer,
+        and round a Python float to the same float32), float64 on the CPU (the emulated graphs of
+        the tests: the CPU kernels take the double a Python float is)."""
+        device = self.step.device
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
+        for group in self.step.optimizer.param_groups:
+            lr = group["lr"]
+            if not (isinstance(lr, torch.Tensor) and lr.device == device and lr.dtype == dtype):
+                group["lr"] = torch.tensor(float(lr), dtype=dtype, device=device)
+            if "capturable" in group:  # AdamW: its step counter lives on the device (fused) and is read there
+                group["capturable"] = True
+
+    def _capture(self, batch: Batch, epoch: int) -> _Captured:
+        self._device_lr()
+        inputs = {k: (torch.empty((), dtype=torch.float32, device=self.step.device) if k == "mix_lam"
+                      else torch.empty_like(v)) for k, v in batch.items()}
+        captured = _Captured(self.backend.new(), inputs)
+        captured.load(batch)
+        self.step.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates (not adds to) the gradients
+        calls = self.step.calls
+        try:
+            with self.backend.capture(captured.graph):
+                captured.outputs = self.step(captured.inputs, epoch)
+        finally:
+            self.step.calls = calls  # capturing records the step; it does not take it
+            # a capture that failed half-way may leave gradients in the graph's memory: an eager step
+            # must start from none (after a good capture they are none already)
+            self.step.optimizer.zero_grad(set_to_none=True)
+            if self.step.sam is not None:
+                self.step.sam.reset()
+        self.captures += 1
+        return captured
+
+    def record(self) -> dict:
+        """What the run's env.json notes about its graphs."""
+        return {"captures": self.captures, "replays": self.replays, "eager_steps": self.eager_steps,
+                **({"eager_reason": self.eager_reason} if self.eager_reason else {})}
+
+
+def graph_blocker(step: TrainStep, streamed: bool, distributed: bool) -> str | None:
+    """Why this run cannot capture its step (None: it can)."""
+    if step.device.type != "cuda":
+        return f"CUDA graphs need a CUDA device (this run is on {step.device.type})"
+    if distributed:
+        return "DDP's gradient all-reduce is not captured here"
+    if step.grad_accum > 1:
+        return "train.grad_accum > 1 steps the optimizer on every k-th call only"
+    if streamed:
+        return "streamed inputs (list files) keep a loader thread busy with CUDA calls during capture"
+    return None
+
+
+__all__ = ["CudaGraph", "GraphedStep", "WARMUP_STEPS", "batch_layout", "graph_blocker"]

@@ -1,0 +1,134 @@
+"""train.cuda_graph: the captured training step computes what the eager step computes.
+
+The graphs are emulated on the CPU (graph_emulator.py): capture records the step's operations and
+leaves no trace, replay re-runs exactly those operations, so a Python number read at capture stays
+frozen as in a real CUDA graph. The real graphs are run by tests/test_cuda.py on a GPU."""
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from graph_emulator import EmulatedBackend
+from taildistill.config import dump_config
+from taildistill.experiment import build_config
+from taildistill.engine import graphed
+from taildistill.engine.graphed import GraphedStep
+from taildistill.engine.trainer import Trainer, fit
+from taildistill.errors import ConfigError
+from taildistill.methods.base import SupervisedLoss
+from taildistill.rundir import config_hash
+
+from test_engine import tiny
+
+# mixup on half the batches (two batch layouts), a learning rate that changes every step (cosine
+# with warm-up), BKD's class-balanced KL from epoch 1 and deferred re-weighting from epoch 2
+AUG = {"crop_padding": 1, "mixup_alpha": 1.0, "mix_prob": 0.5}
+BKD = {"name": "bkd", "bkd_start_epoch": 1, "drw_epoch": 2}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return fit(tiny("teacher", epochs=1), tmp_path_factory.mktemp("graphed") / "teacher", quiet=True)
+
+
+def _train(run_dir, cfg, graph: bool, notices=None):
+    trainer = Trainer(cfg, run_dir, quiet=True)
+    backend = EmulatedBackend() if graph else None
+    if graph:
+        trainer.step = GraphedStep(trainer.step, backend=backend, notice=(notices if notices is not None else []).append)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    timing = ("images_per_s", "epoch_s")
+    metrics = [{k: v for k, v in json.loads(x).items() if k not in timing}
+               for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return load_file(run_dir / "checkpoints/last.safetensors"), metrics, trainer.step
+
+
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_captured_bkd_step_trains_exactly_as_eager(tmp_path, teacher):
+    cfg = tiny(epochs=3, method=BKD, teacher=teacher, augment=AUG, optim={"lr": 0.05, "momentum": 0.9, "nesterov": True})
+    eager_w, eager_m, _ = _train(tmp_path / "eager", cfg, graph=False)
+    graph_w, graph_m, step = _train(tmp_path / "graph", cfg, graph=True)
+    assert _same(eager_w, graph_w) and eager_m == graph_m
+    assert step.eager_steps == graphed.WARMUP_STEPS and step.replays == 3 * 7 - graphed.WARMUP_STEPS
+    # keys: (DRW off, KD) in epoch 0, (off, BKD) in 1, (on, BKD) in 2; each with and without mixup
+    assert 3 <= step.captures <= 6 and step.method_key == (True, True)
+    record = json.loads((tmp_path / "graph/env.json").read_text())["cuda_graph"]
+    assert record == {"captures": step.captures, "replays": step.replays, "eager_steps": 3}
+
+
+def test_sam_clipping_adamw_and_bf16_are_captured_too(tmp_path):
+    cfg = tiny(epochs=2, optim={"name": "adamw", "lr": 2e-3, "sam_rho": 0.05, "weight_decay": 0.05},
+               train={"precision": "bf16", "grad_clip": 1.0})
+    eager_w, eager_m, _ = _train(tmp_path / "eager", cfg, graph=False)
+    graph_w, graph_m, step = _train(tmp_path / "graph", cfg, graph=True)
+    assert step.replays == 2 * 7 - graphed.WARMUP_STEPS and step.eager_reason is None
+    assert _same(eager_w, graph_w) and eager_m == graph_m
+
+
+@pytest.mark.parametrize("bug", ["float learning rate", "graph key without the epoch switches"])
+def test_the_emulated_graph_catches_what_a_real_one_would_freeze(tmp_path, teacher, monkeypatch, bug):
+    """The harness is strict enough to matter: a learning rate left as a Python float, or a
+    graph key that misses BKD's start and DRW, freeze a value at capture and the run differs."""
+    cfg = tiny(epochs=3, method=BKD, teacher=teacher, augment=AUG)
+    eager_w, _, _ = _train(tmp_path / "eager", cfg, graph=False)
+    if bug == "float learning rate":
+        monkeypatch.setattr(GraphedStep, "_device_lr", lambda self: None)
+    else:
+        monkeypatch.setattr(GraphedStep, "__init__", _constant_key(GraphedStep.__init__))
+    graph_w, _, _ = _train(tmp_path / "graph", cfg, graph=True)
+    assert not _same(eager_w, graph_w)
+
+
+def _constant_key(init):
+    def patched(self, step, *args, **kwargs):
+        init(self, step, *args, **kwargs)
+        step.method.graph_key = lambda epoch: "always"
+    return patched
+
+
+def test_a_host_read_inside_the_step_falls_back_to_eager_with_one_notice(tmp_path, monkeypatch):
+    cfg = tiny(epochs=2)
+    eager_w, eager_m, _ = _train(tmp_path / "eager", cfg, graph=False)
+    forward = SupervisedLoss.forward
+
+    def reads_on_the_host(self, logits, batch, epoch):
+        loss = forward(self, logits, batch, epoch)
+        float(loss.detach())  # a device sync in a real graph
+        return loss
+
+    monkeypatch.setattr(SupervisedLoss, "forward", reads_on_the_host)
+    notices: list = []
+    graph_w, graph_m, step = _train(tmp_path / "graph", cfg, graph=True, notices=notices)
+    assert notices == ["train.cuda_graph: capture failed (a tensor was read on the host during capture); training on eager"]
+    assert step.captures == 0 and step.replays == 0
+    assert _same(eager_w, graph_w) and eager_m == graph_m  # the failed capture left no trace
+
+
+def test_cuda_graph_on_a_cpu_run_trains_eager_and_says_why(tmp_path, capsys):
+    cfg = tiny(epochs=1, train={"cuda_graph": True})
+    trainer = Trainer(cfg, tmp_path / "run")
+    try:
+        assert not isinstance(trainer.step, GraphedStep)
+        trainer.run()
+    finally:
+        trainer.close()
+    assert "notice: train.cuda_graph: CUDA graphs need a CUDA device (this run is on cpu); training on eager" \
+        in capsys.readouterr().err
+    env = json.loads((tmp_path / "run/env.json").read_text())
+    assert env["cuda_graph"] == {"eager_reason": "CUDA graphs need a CUDA device (this run is on cpu)"}
+
+
+def test_cuda_graph_is_not_part_of_the_experiment_and_excludes_compiled_graphs():
+    plain, graph = tiny(), tiny(train={"cuda_graph": True})
+    assert config_hash(yaml.safe_load(dump_config(plain))) == config_hash(yaml.safe_load(dump_config(graph)))
+    with pytest.raises(ConfigError, match="cuda_graph"):
+        tiny(train={"cuda_graph": True, "compile": True, "compile_mode": "reduce-overhead"})
+    assert build_config({"train": {"cuda_graph": False}}).train.cuda_graph is False
