@@ -132,3 +132,23 @@ def test_cuda_graph_is_not_part_of_the_experiment_and_excludes_compiled_graphs()
     with pytest.raises(ConfigError, match="cuda_graph"):
         tiny(train={"cuda_graph": True, "compile": True, "compile_mode": "reduce-overhead"})
     assert build_config({"train": {"cuda_graph": False}}).train.cuda_graph is False
+
+
+def test_a_graphed_runs_checkpoint_resumes_eager(tmp_path):
+    """The checkpoint holds the optimizer as an eager run has it (a float learning rate, AdamW's
+    capturable off): a run trained captured continues eager, exactly as an eager run would."""
+    from taildistill.engine.trainer import resume
+    from taildistill.rundir import load_state
+
+    def cfg(epochs):  # a schedule that does not depend on the number of epochs
+        return tiny(epochs=epochs, optim={"name": "adamw", "lr": 2e-3, "weight_decay": 0.05},
+                    schedule={"name": "multistep", "milestones": [1], "warmup_epochs": 0})
+
+    _train(tmp_path / "graph", cfg(2), graph=True)
+    groups = load_state(tmp_path / "graph/checkpoints/last_state.pt")["optimizer"]["param_groups"]
+    assert all(type(g["lr"]) is float and g["capturable"] is False for g in groups)
+    config = tmp_path / "graph/config.yaml"
+    config.write_text(config.read_text().replace("epochs: 2", "epochs: 3"))
+    resume(tmp_path / "graph", quiet=True)
+    full = fit(cfg(3), tmp_path / "eager", quiet=True)
+    assert _same(load_file(full / "checkpoints/last.safetensors"), load_file(tmp_path / "graph/checkpoints/last.safetensors"))

@@ -15,7 +15,8 @@ environment cannot run it.
 
 The plan, in order (issue "GPU evidence"; `--steps` picks a subset):
   tests   pytest tests/test_cuda.py, then the whole test suite, on this machine
-  bench   `taildistill bench --compare` (teacher and BKD steps, eager / compiled / CUDA graphs,
+  bench   `taildistill bench --compare` (teacher and BKD steps, eager / compiled / CUDA graphs of the
+          models / the whole step one CUDA graph / compiled and graphed,
           the phases of the eager step) on the BKD recipe's config
   pergpu  1, 2, 4, 8 BKD benchmarks at once on the GPU: the aggregate images/s that sets how many
           small runs should share a GPU (the suites below use the measured number)
@@ -404,7 +405,7 @@ class Evidence:
 
 
 def _eager(bench: dict) -> dict:
-    """The eager measurement of `taildistill bench` output (with --compare, one of three)."""
+    """The eager measurement of `taildistill bench` output (with --compare, one of five)."""
     return bench.get("compare", {}).get("eager", bench)
 
 

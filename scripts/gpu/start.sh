@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, in the repository root (with .carry/ from prepare.sh carried): install the
 # carried wheels, start the evidence run in its own process session, and return at once.
-#   bash scripts/gpu/start.sh [MINUTES] [OUT]    (default 24 minutes, OUT .carry/evidence)
+#   bash scripts/gpu/start.sh [MINUTES] [OUT] [EVIDENCE OPTIONS...]    (default 24 minutes, OUT .carry/evidence)
+# e.g. `bash scripts/gpu/start.sh 24 .carry/evidence --cuda-graph` trains the suites as CUDA graphs
 # Then keep the machine with calls that wait and report (`sleep 500; tail .carry/evidence/evidence.log`)
 # and copy OUT to $OUT before the hold ends.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 minutes=${1:-24}
 out=${2:-.carry/evidence}
+shift $(( $# < 2 ? $# : 2 ))
 if compgen -G ".carry/whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .carry/whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 mkdir -p "$out"
-setsid nohup python3 scripts/gpu/evidence.py --data .carry/data --out "$out" --minutes "$minutes" \
+setsid nohup python3 scripts/gpu/evidence.py --data .carry/data --out "$out" --minutes "$minutes" "$@" \
     > "$out/console.log" 2>&1 < /dev/null &
 echo "evidence run started (pid $!); its log: $out/evidence.log"

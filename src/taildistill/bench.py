@@ -214,15 +214,18 @@ COMPARED = {"eager": ["train.compile=false", "train.cuda_graph=false"],
             # CUDA graphs of the models' forwards and backwards (torch.compile's cudagraph trees)
             "captured": ["train.compile=true", "train.compile_mode=reduce-overhead", "train.cuda_graph=false"],
             # the whole step as one CUDA graph: forwards, backward, optimizer (train.cuda_graph)
-            "graphed": ["train.compile=false", "train.cuda_graph=true"]}
-NEEDS_CUDA = ("captured", "graphed")
+            "graphed": ["train.compile=false", "train.cuda_graph=true"],
+            # both: Inductor's fused kernels, launched from one graph
+            "compiled_graphed": ["train.compile=true", "train.compile_mode=default", "train.cuda_graph=true"]}
+NEEDS_CUDA = ("captured", "graphed", "compiled_graphed")
 
 
 def run_compare(config: str, overrides: list[str], mode: str = "both", steps: int = 50, warmup: int = 10) -> dict:
     """The same benchmark eager, compiled (torch.compile), captured (the models as CUDA graphs
-    through compile's reduce-overhead mode) and graphed (the whole step one CUDA graph,
-    train.cuda_graph), one after the other in this process; the per-phase times are the eager
-    run's (hooks would break a compiled graph and never fire in a replayed one)."""
+    through compile's reduce-overhead mode), graphed (the whole step one CUDA graph,
+    train.cuda_graph) and compiled and graphed, one after the other in this process; the
+    per-phase times are the eager run's (hooks would break a compiled graph and never fire in a
+    replayed one)."""
     cuda = resolve_device(load_config(config, overrides).train.device).type == "cuda"
     result: dict = {"compare": {}}
     for name, extra in COMPARED.items():

@@ -293,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "teacher) with a same-architecture teacher (random weights unless teacher.run).\n"
                                    "Then, eager only, the milliseconds per step of each phase (data, teacher\n"
                                    "forward, student forward, loss + backward, optimizer; CUDA events on a GPU).\n"
-                                   "--compare repeats it compiled, captured (the models as CUDA graphs) and\n"
-                                   "graphed (the whole step one CUDA graph, train.cuda_graph=true).\n\n"
+                                   "--compare repeats it compiled, captured (the models as CUDA graphs),\n"
+                                   "graphed (the whole step one CUDA graph, train.cuda_graph=true) and both\n"
+                                   "compiled and graphed.\n\n"
                                    "With --recipe TEACHER_CONFIG it times the whole recipe end to end instead: the\n"
                                    "teacher trained from TEACHER_CONFIG, then CONFIG's student distilled from it,\n"
                                    "each with data loading and evaluation; it reports seconds per phase and the\n"
@@ -309,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", choices=["teacher", "distill", "both"], default="both")
     b.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
     b.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps (default 10)")
-    b.add_argument("--compare", action="store_true", help="the same measurement eager, compiled, captured and graphed "
-                                                          "(the last two CUDA only), one after the other")
+    b.add_argument("--compare", action="store_true", help="the same measurement eager, compiled, captured, graphed and "
+                                                          "compiled+graphed (the last three CUDA only), one after the other")
     b.add_argument("--recipe", metavar="TEACHER_CONFIG", help="time the whole recipe: train this teacher, then distil CONFIG from it")
     b.add_argument("--keep", metavar="DIR", help="with --recipe: keep the two run directories under DIR (default: a temporary folder)")
     b.add_argument("--out", help="write the JSON result here too")

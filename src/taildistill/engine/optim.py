@@ -75,6 +75,22 @@ class SAM:
         self.base.step()
 
 
+def portable_state(opt: torch.optim.Optimizer) -> dict:
+    """The optimizer's state_dict as an eager run has it: a captured step's device-tensor learning
+    rate saved as a float and AdamW's `capturable` off, so that a checkpoint resumes the same with
+    or without train.cuda_graph (and on another device)."""
+    state = opt.state_dict()
+    groups = []
+    for group in state["param_groups"]:
+        group = dict(group)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+        if group.get("capturable"):
+            group["capturable"] = False
+        groups.append(group)
+    return {**state, "param_groups": groups}
+
+
 def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
     """Learning-rate multiplier at a (fractional, 0-based) epoch.
 

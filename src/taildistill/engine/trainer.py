@@ -28,7 +28,7 @@ from ..rundir import RunDir, flat_config, load_state, load_weights, save_state, 
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .graphed import GraphedStep, graph_blocker
 from .inputs import StreamInput, TensorInput
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import build_optimizer, lr_factor, portable_state, set_lr
 from .provenance import provenance
 from .step import TrainStep
 
@@ -211,7 +211,7 @@ class Trainer:
         epoch's running sums and every random generator's state, so that resuming continues the
         epoch exactly where it stopped."""
         state = {"epoch": epoch, "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
-                 "optimizer": self.optimizer.state_dict(), "best_val": self.state.best_val,
+                 "optimizer": portable_state(self.optimizer), "best_val": self.state.best_val,
                  "best_epoch": self.state.best_epoch}
         meta = {"epoch": str(epoch), "model": self.cfg.model.name}
         if partial is not None:
