@@ -10,7 +10,7 @@ frozen, and reading a tensor on the host during capture is an error.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -59,6 +59,19 @@ class EmulatedGraph:
                     old.copy_(new)
 
 
+class _HostReads(TorchDispatchMode):
+    """Notes the host reads of an eager step (what CUDA's sync debug mode warns about)."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.seen.append("a tensor was read on the host")
+        return func(*args, **(kwargs or {}))
+
+
 class EmulatedBackend:
     """GraphedStep's backend on the CPU."""
 
@@ -68,8 +81,11 @@ class EmulatedBackend:
     def new(self):
         return EmulatedGraph()
 
-    def side_stream(self):
-        return nullcontext()
+    @contextmanager
+    def eager(self):
+        seen: list[str] = []
+        with _HostReads(seen):
+            yield seen
 
     @contextmanager
     def capture(self, graph: EmulatedGraph):

@@ -16,7 +16,7 @@ from taildistill.experiment import build_config
 from taildistill.engine import graphed
 from taildistill.engine.graphed import GraphedStep
 from taildistill.engine.trainer import Trainer, fit
-from taildistill.errors import ConfigError
+from taildistill.errors import ConfigError, TrainingError
 from taildistill.methods.base import SupervisedLoss
 from taildistill.rundir import config_hash
 
@@ -57,11 +57,13 @@ def test_the_captured_bkd_step_trains_exactly_as_eager(tmp_path, teacher):
     eager_w, eager_m, _ = _train(tmp_path / "eager", cfg, graph=False)
     graph_w, graph_m, step = _train(tmp_path / "graph", cfg, graph=True)
     assert _same(eager_w, graph_w) and eager_m == graph_m
-    assert step.eager_steps == graphed.WARMUP_STEPS and step.replays == 3 * 7 - graphed.WARMUP_STEPS
-    # keys: (DRW off, KD) in epoch 0, (off, BKD) in 1, (on, BKD) in 2; each with and without mixup
+    # keys: (DRW off, KD) in epoch 0, (off, BKD) in 1, (on, BKD) in 2; each with and without mixup,
+    # each run eager once before its capture
     assert 3 <= step.captures <= 6 and step.method_key == (True, True)
+    assert step.replays + step.eager_steps == 3 * 7 and step.replays >= 7 and step.eager_steps >= graphed.WARMUP_STEPS + 2
+    assert all(g["lr"] is t for g, t in zip(step.step.optimizer.param_groups, step.lrs))  # made once, filled since
     record = json.loads((tmp_path / "graph/env.json").read_text())["cuda_graph"]
-    assert record == {"captures": step.captures, "replays": step.replays, "eager_steps": 3}
+    assert record == {"captures": step.captures, "replays": step.replays, "eager_steps": step.eager_steps}
 
 
 def test_sam_clipping_adamw_and_bf16_are_captured_too(tmp_path):
@@ -69,7 +71,7 @@ def test_sam_clipping_adamw_and_bf16_are_captured_too(tmp_path):
                train={"precision": "bf16", "grad_clip": 1.0})
     eager_w, eager_m, _ = _train(tmp_path / "eager", cfg, graph=False)
     graph_w, graph_m, step = _train(tmp_path / "graph", cfg, graph=True)
-    assert step.replays == 2 * 7 - graphed.WARMUP_STEPS and step.eager_reason is None
+    assert step.replays == 2 * 7 - graphed.WARMUP_STEPS and step.eager_reason is None  # one key, one layout
     assert _same(eager_w, graph_w) and eager_m == graph_m
 
 
@@ -94,7 +96,7 @@ def _constant_key(init):
     return patched
 
 
-def test_a_host_read_inside_the_step_falls_back_to_eager_with_one_notice(tmp_path, monkeypatch):
+def test_a_host_read_inside_the_step_is_found_before_capture_and_the_run_trains_eager(tmp_path, monkeypatch):
     cfg = tiny(epochs=2)
     eager_w, eager_m, _ = _train(tmp_path / "eager", cfg, graph=False)
     forward = SupervisedLoss.forward
@@ -107,9 +109,22 @@ def test_a_host_read_inside_the_step_falls_back_to_eager_with_one_notice(tmp_pat
     monkeypatch.setattr(SupervisedLoss, "forward", reads_on_the_host)
     notices: list = []
     graph_w, graph_m, step = _train(tmp_path / "graph", cfg, graph=True, notices=notices)
-    assert notices == ["train.cuda_graph: capture failed (a tensor was read on the host during capture); training on eager"]
-    assert step.captures == 0 and step.replays == 0
-    assert _same(eager_w, graph_w) and eager_m == graph_m  # the failed capture left no trace
+    assert notices == ["train.cuda_graph: the step reads a device value on the host (a tensor was read on the host); "
+                       "training on eager"]
+    assert step.captures == 0 and step.replays == 0 and step.eager_steps == 1
+    assert _same(eager_w, graph_w) and eager_m == graph_m
+
+
+def test_a_capture_that_fails_stops_the_run_with_the_way_on(tmp_path, monkeypatch):
+    from graph_emulator import EmulatedBackend as Backend
+
+    def fails(self, graph):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(Backend, "capture", fails)
+    with pytest.raises(TrainingError, match=r"capturing the training step failed \(operation not permitted.*"
+                                            r"set train.cuda_graph: false"):
+        _train(tmp_path / "graph", tiny(epochs=1), graph=True)
 
 
 def test_cuda_graph_on_a_cpu_run_trains_eager_and_says_why(tmp_path, capsys):
@@ -129,8 +144,10 @@ def test_cuda_graph_on_a_cpu_run_trains_eager_and_says_why(tmp_path, capsys):
 def test_cuda_graph_is_not_part_of_the_experiment_and_excludes_compiled_graphs():
     plain, graph = tiny(), tiny(train={"cuda_graph": True})
     assert config_hash(yaml.safe_load(dump_config(plain))) == config_hash(yaml.safe_load(dump_config(graph)))
-    with pytest.raises(ConfigError, match="cuda_graph"):
-        tiny(train={"cuda_graph": True, "compile": True, "compile_mode": "reduce-overhead"})
+    for mode in ("reduce-overhead", "max-autotune"):  # both capture graphs of their own
+        with pytest.raises(ConfigError, match="cuda_graph"):
+            tiny(train={"cuda_graph": True, "compile": True, "compile_mode": mode})
+    assert tiny(train={"cuda_graph": True, "compile": True}).train.compile_mode == "default"
     assert build_config({"train": {"cuda_graph": False}}).train.cuda_graph is False
 
 

@@ -31,6 +31,7 @@ OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["ldam_step", "cosine", "multistep", "constant"]
 Precision = Literal["auto", "fp32", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+COMPILE_GRAPHS = ("reduce-overhead", "max-autotune")  # the compile modes that capture CUDA graphs themselves
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -204,9 +205,10 @@ class TrainConfig:
                       max_steps_per_epoch=self.max_steps_per_epoch)
         if self.checkpoint_every != "auto":
             _positive(prefix, checkpoint_every=self.checkpoint_every)
-        if self.cuda_graph and self.compile and self.compile_mode == "reduce-overhead":
-            raise ConfigError(f"config keys '{prefix}.cuda_graph' and '{prefix}.compile_mode: reduce-overhead' both "
-                              "capture CUDA graphs; use one (cuda_graph captures the whole step)")
+        if self.cuda_graph and self.compile and self.compile_mode in COMPILE_GRAPHS:
+            raise ConfigError(f"config keys '{prefix}.cuda_graph' and '{prefix}.compile_mode: {self.compile_mode}' both "
+                              "capture CUDA graphs; use one (cuda_graph captures the whole step; compile_mode: default "
+                              "compiles inside it)")
         if not _DEVICE.match(self.device):
             raise ConfigError(f"config key '{prefix}.device' must be auto, cpu, cuda or cuda:N, got '{self.device}'")
 

@@ -17,18 +17,23 @@ step to step must be a device tensor the kernels read:
   `graph_key(epoch)`; a new key captures a new graph (and frees the old ones). The batch's layout
   (which keys, e.g. whether mixup fired) is part of the key too.
 
-The first `WARMUP_STEPS` steps run eager, on the stream the graph is later captured on, so that
+The first `WARMUP_STEPS` steps run eager, on the stream the graphs are later captured on, so that
 lazily created state (momentum buffers, cuDNN's algorithm choice, cuBLAS workspaces) exists
-before capture. Where capture is impossible (a CPU device, DDP, gradient accumulation, streamed
-inputs) or fails, the run trains eager and says why in one line.
+before capture; so does the first step of each new graph, under CUDA's sync debug mode: a step
+that reads a device value on the host cannot be captured, and is found there. Where capture is
+impossible (a CPU device, DDP, gradient accumulation, streamed inputs, a host read), the run
+trains eager and says why in one line. A capture that fails anyway stops the run with the way
+on (CUDA's state is not recoverable in that process).
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Hashable
 
 import torch
 
+from ..errors import TrainingError
 from ..methods import Batch
 from .step import TrainStep
 
@@ -36,7 +41,9 @@ WARMUP_STEPS = 3  # as in torch's whole-network capture example: lazy state exis
 
 
 class CudaGraph:
-    """A real CUDA graph: capture on a side stream (the one warm-up ran on), replay with one launch."""
+    """Real CUDA graphs: eager steps and captures on one side stream, replays with one launch each."""
+
+    SYNC = "synchronizing CUDA operation"  # what CUDA's sync debug mode warns
 
     def __init__(self, device: torch.device):
         self.stream = torch.cuda.Stream(device)
@@ -45,13 +52,29 @@ class CudaGraph:
         return torch.cuda.CUDAGraph()
 
     @contextmanager
-    def side_stream(self):
-        """Run eager warm-up steps on the capture stream (ordered after and before the default stream)."""
+    def eager(self):
+        """An eager step on the capture stream (ordered after and before the default stream), with
+        CUDA's sync debug mode warning: yields a list that holds, afterwards, the host syncs seen.
+        (Found here, a sync costs nothing; found by a capture, it leaves CUDA's state unusable.)"""
         current = torch.cuda.current_stream(self.stream.device)
         self.stream.wait_stream(current)
-        with torch.cuda.stream(self.stream):
-            yield
-        current.wait_stream(self.stream)
+        syncs: list[str] = []
+        previous = torch.cuda.get_sync_debug_mode()
+        try:
+            with torch.cuda.stream(self.stream), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    yield syncs
+                finally:
+                    torch.cuda.set_sync_debug_mode(previous)
+            for w in caught:
+                if self.SYNC in str(w.message):
+                    syncs.append(str(w.message).splitlines()[0])
+                else:  # the step's other warnings are shown as usual
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        finally:
+            current.wait_stream(self.stream)
 
     def capture(self, graph):
         return torch.cuda.graph(graph, stream=self.stream)
@@ -80,8 +103,11 @@ def batch_layout(batch: Batch) -> tuple:
 
 class GraphedStep:
     """`step(batch, epoch) -> (loss, terms, logits)` like :class:`TrainStep`, replayed from CUDA
-    graphs after `WARMUP_STEPS` eager steps. The outputs are the graph's static tensors: the next
-    step overwrites them (the trainer only accumulates them, in stream order). `backend` makes the
+    graphs. The first `WARMUP_STEPS` steps run eager, and so does the first step of every new
+    graph (a new method key or batch layout): lazily created state exists before its capture, and
+    a step that reads a device value on the host is found there, where it costs nothing (the run
+    then trains eager, with a notice). The outputs are the graph's static tensors: the next step
+    overwrites them (the trainer only accumulates them, in stream order). `backend` makes the
     graphs (a :class:`CudaGraph` by default; the tests pass a CPU stand-in with the same
     semantics). `notice` receives the one line that says why a run trains eager."""
 
@@ -89,12 +115,14 @@ class GraphedStep:
         self.step = step
         self.backend = backend if backend is not None else CudaGraph(step.device)
         self.notice = notice or (lambda line: None)
-        self.graphs: dict[Hashable, _Captured] = {}
+        self.graphs: dict[Hashable, _Captured] = {}  # batch layout -> graph, for the current method key
+        self.ready: set[Hashable] = set()  # batch layouts run eager once under the current method key
         self.method_key: Hashable = None
+        self.lrs: list[torch.Tensor] | None = None  # the device learning rates the graphs read
         self.eager_steps = 0
         self.captures = 0
         self.replays = 0
-        self.eager_reason: str | None = None  # set when capture failed: every later step is eager
+        self.eager_reason: str | None = None  # set when the step cannot be captured: every later step is eager
         step.autocast_cache = False  # autocast's weight-cast cache would hold tensors from outside the graph
 
     @property
@@ -104,42 +132,59 @@ class GraphedStep:
     def __call__(self, batch: Batch, epoch: int):
         if self.eager_reason is not None:
             return self.step(batch, epoch)
-        if self.eager_steps < WARMUP_STEPS:
-            self.eager_steps += 1
-            with self.backend.side_stream():
-                return self.step(batch, epoch)
         method_key = self.step.method.graph_key(epoch)
         if method_key != self.method_key:  # the loss is a different function now: the old graphs go
             self.graphs.clear()
+            self.ready.clear()
             self.method_key = method_key
-        key = batch_layout(batch)
-        captured = self.graphs.get(key)
+        layout = batch_layout(batch)
+        if self.eager_steps < WARMUP_STEPS or layout not in self.ready:
+            return self._eager(batch, epoch, layout)
+        captured = self.graphs.get(layout)
         if captured is None:
-            try:
-                captured = self._capture(batch, epoch)
-            except RuntimeError as exc:  # e.g. an operation CUDA graphs cannot hold
-                self.eager_reason = f"capture failed ({str(exc).splitlines()[0]})"
-                self.graphs.clear()
-                self.notice(f"train.cuda_graph: {self.eager_reason}; training on eager")
-                return self.step(batch, epoch)
-            self.graphs[key] = captured
+            captured = self.graphs[layout] = self._capture(batch, epoch)
         captured.load(batch)
         captured.graph.replay()
         self.replays += 1
         self.step.calls += 1
         return captured.outputs
 
+    def _eager(self, batch: Batch, epoch: int, layout: Hashable):
+        self.eager_steps += 1
+        with self.backend.eager() as syncs:
+            out = self.step(batch, epoch)
+        if syncs:
+            self._stay_eager(f"the step reads a device value on the host ({syncs[0]})")
+        else:
+            self.ready.add(layout)
+        return out
+
+    def _stay_eager(self, reason: str) -> None:
+        self.eager_reason = reason
+        self.graphs.clear()
+        self.step.autocast_cache = True
+        for group in self.step.optimizer.param_groups:
+            if group.get("capturable"):
+                group["capturable"] = False
+        self.notice(f"train.cuda_graph: {reason}; training on eager")
+
     def _device_lr(self) -> None:
-        """Every parameter group's learning rate as a 0-d device tensor, so `set_lr` changes it in
-        place between replays: float32 on CUDA (the fused kernels read it through a float pointer,
-        and round a Python float to the same float32), float64 on the CPU (the emulated graphs of
-        the tests: the CPU kernels take the double a Python float is)."""
+        """Every parameter group's learning rate as a 0-d device tensor, made once, so that
+        `set_lr` changes it in place between replays: float32 on CUDA (the fused kernels read it
+        through a float pointer; eager, they take the Python double, so the two differ by float32
+        rounding, relative 6e-8), float64 on the CPU (the emulated graphs of the tests, where the
+        kernels take a double: there captured and eager are bit-identical). Tensors replaced since
+        (a loaded optimizer state) are made again and every graph that read the old ones recaptured."""
+        groups = self.step.optimizer.param_groups
+        if self.lrs is not None and all(g["lr"] is t for g, t in zip(groups, self.lrs)):
+            return
+        self.graphs.clear()
         device = self.step.device
         dtype = torch.float64 if device.type == "cpu" else torch.float32
-        for group in self.step.optimizer.param_groups:
-            lr = group["lr"]
-            if not (isinstance(lr, torch.Tensor) and lr.device == device and lr.dtype == dtype):
-                group["lr"] = torch.tensor(float(lr), dtype=dtype, device=device)
+        self.lrs = []
+        for group in groups:
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=device)
+            self.lrs.append(group["lr"])
             if "capturable" in group:  # AdamW: its step counter lives on the device (fused) and is read there
                 group["capturable"] = True
 
@@ -154,13 +199,17 @@ class GraphedStep:
         try:
             with self.backend.capture(captured.graph):
                 captured.outputs = self.step(captured.inputs, epoch)
+        except RuntimeError as exc:
+            # (a host sync would have been found by the eager step before; this is an operation
+            # CUDA graphs cannot hold) a failed capture leaves CUDA's stream and generator state
+            # unusable in this process: stop, with the way on
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            raise TrainingError(f"train.cuda_graph: capturing the training step failed ({str(cause).splitlines()[0]}); "
+                                "set train.cuda_graph: false (for a stopped run, in its config.yaml) and resume from "
+                                "the last checkpoint") from exc
         finally:
             self.step.calls = calls  # capturing records the step; it does not take it
-            # a capture that failed half-way may leave gradients in the graph's memory: an eager step
-            # must start from none (after a good capture they are none already)
-            self.step.optimizer.zero_grad(set_to_none=True)
-            if self.step.sam is not None:
-                self.step.sam.reset()
+            self.step.optimizer.zero_grad(set_to_none=True)  # (none after a good capture already)
         self.captures += 1
         return captured
 

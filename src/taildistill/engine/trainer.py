@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ExperimentConfig, dump_config
+from ..config import COMPILE_GRAPHS, ExperimentConfig, dump_config
 from ..data.samplers import EpochSampler
 from ..errors import ConfigError, Interrupted, TrainingError
 from ..eval import evaluate_split, predict_split, summary
@@ -41,6 +41,8 @@ def resolve_device(name: str, dist: DistInfo | None = None) -> torch.device:
             raise ConfigError(f"train.device is '{name}' but no CUDA device is available")
         if dist is not None and dist.enabled:
             return torch.device("cuda", dist.local_rank)
+        if name == "cuda":  # with its index, so that it equals the device of the tensors made on it
+            return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 
@@ -123,7 +125,7 @@ class Trainer:
         if tc.epochs == 0 and any(p.requires_grad for p in self.method.parameters()):
             raise ConfigError("train.epochs=0 would leave the model untrained; only a model with nothing to train "
                               "(an NCM head) may run 0 epochs")
-        cudagraphs = tc.compile and tc.compile_mode == "reduce-overhead" and cuda
+        cudagraphs = tc.compile and tc.compile_mode in COMPILE_GRAPHS and cuda
         if tc.compile:
             self.method.student.compile(mode=tc.compile_mode)
             if self.method.teacher is not None:
