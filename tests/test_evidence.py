@@ -66,3 +66,39 @@ def test_a_recipe_longer_than_a_sitting_is_skipped_with_the_command_that_runs_it
     assert r.returncode == 1, r.stdout + r.stderr
     assert "run it alone with --steps recipe --minutes" in (out / "SUMMARY.md").read_text()
     assert not (out / "bench").exists()
+
+
+def test_an_unfinished_suite_carries_its_teachers_weights_and_a_fresh_machine_restores_the_finished_runs(tmp_path):
+    """Between sittings on different machines only OUT travels: the finished runs come back from
+    OUT/results, and the weights of a finished teacher whose students are unfinished from OUT/carry."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
+    evidence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence)
+    ev = evidence.Evidence(evidence.parse_args(["--tiny", "--out", str(tmp_path / "ev")]))
+    assert ev.check_environment()
+    suite, out = "bkd-cifar10", ev.runs / "bkd-cifar10"
+    for run, weights in (("ratio100/ce_teacher/seed0", True), ("ratio100/ce/seed0", True)):  # finished
+        (out / run / "checkpoints").mkdir(parents=True)
+        (out / run / "config.yaml").write_text(f"name: {run}\n")
+        (out / run / "final.json").write_text("{}")
+        (out / run / "checkpoints/last.safetensors").write_bytes(b"weights of " + run.encode())
+    (out / "ratio100/kd/seed0").mkdir(parents=True)  # started, unfinished: its teacher is needed
+    selection = ["--cells", "ratio100", "--tiny", "--seeds", "1"]
+    ev.collect(suite, out)
+    ev.carry_teachers(suite, out, selection)
+    carried = sorted(p.relative_to(ev.out) for p in (ev.out / "carry").rglob("*.safetensors"))
+    assert carried == [Path("carry/bkd-cifar10/ratio100/ce_teacher/seed0/checkpoints/last.safetensors")]
+
+    shutil.rmtree(ev.runs)  # a fresh machine
+    ev.restore(suite, out)
+    assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("final.json")) == \
+        ["ratio100/ce/seed0", "ratio100/ce_teacher/seed0"]
+    assert (out / "ratio100/ce_teacher/seed0/checkpoints/last.safetensors").read_bytes() == b"weights of ratio100/ce_teacher/seed0"
+    assert not (out / "ratio100/ce/seed0/checkpoints").exists()  # a finished student's weights stay behind
+    assert (out / "ratio100/ce_teacher/seed0/config.yaml").read_text() == "name: ratio100/ce_teacher/seed0\n"
+
+    ev.carry_teachers(suite, out, None)  # the suite is done: nothing to carry
+    assert not (ev.out / "carry" / suite).exists()

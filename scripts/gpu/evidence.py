@@ -41,11 +41,13 @@ with a message without it).
 On a lent GPU machine whose image lacks kornia: carry its wheels (kornia, kornia_rs) and the data
 in ignored folders, install the wheels into a target folder on PYTHONPATH, and start this script
 in its own process session (`setsid nohup python scripts/gpu/evidence.py ... > evidence.log 2>&1 &`)
-with --minutes a little under the time the machine is held; copy OUT/results, OUT/bench,
-OUT/teachers, OUT/SUMMARY.md and OUT/evidence.log out before the hold ends, and keep --runs on the
-machine (or carry it back) to continue. scripts/gpu/prepare.sh (here) and scripts/gpu/start.sh
-(there) do these steps. Keep the absolute paths of --out and --runs between sittings: a student's
-config names its teacher's run directory, so a moved runs folder trains the students again.
+with --minutes a little under the time the machine is held; bring OUT back (without --runs)
+before the hold ends. A later sitting on another machine goes on from OUT alone: a suite's finished
+runs are restored from OUT/results, and the weights of the finished teachers that its unfinished
+runs need from OUT/carry (written when a sitting stops inside a suite). Keep the absolute path of
+--runs the same between sittings: a student's config names its teacher's run directory, so a moved
+runs folder trains the students again. scripts/gpu/prepare.sh (here), start.sh and pack.sh (there)
+and unpack.sh (here again) do these steps; scripts/gpu/README.md lists the calls.
 """
 from __future__ import annotations
 
@@ -293,14 +295,12 @@ class Evidence:
         if needs_kornia and not self.kornia:
             return self.skip(step, "kornia is not installed (AutoAugment / RandAugment need it)")
         out = self.runs / suite
+        self.restore(suite, out)
         # train.cuda_graph is not part of a run's hash: runs started without it continue with it
         over = ["train.cuda_graph=true"] if self.args.cuda_graph else []
-        args = ["reproduce", suite, *over, "--out", str(out), "--cells", *cells, "--quiet", "--executor", self.args.executor]
-        if only:
-            args += ["--only", *only]
-        if self.args.tiny:
-            args += ["--tiny", "--seeds", "1"]
-        else:
+        selection = ["--cells", *cells] + (["--only", *only] if only else []) + (["--tiny", "--seeds", "1"] if self.args.tiny else [])
+        args = ["reproduce", suite, *over, "--out", str(out), *selection, "--quiet", "--executor", self.args.executor]
+        if not self.args.tiny:
             per_gpu = self.args.per_gpu or self.state["steps"].get("pergpu", {}).get("runs_per_gpu")
             args += ["--jobs", str(self.args.jobs)] + (["--per-gpu", str(per_gpu)] if per_gpu else [])
         minutes = (self.remaining() - 90) / 60  # time to stop the runs and copy the results afterwards
@@ -308,6 +308,7 @@ class Evidence:
             return "stopped"
         rc = self.run(self.taildistill(*args, "--time-limit", f"{minutes:.2f}"), f"{suite}.log")
         self.collect(suite, out)
+        self.carry_teachers(suite, out, selection if rc != 0 else None)
         if rc == STOPPED:
             self.record(step, "stopped")
             return "stopped"
@@ -326,6 +327,48 @@ class Evidence:
                                        "--overwrite"), "teachers.log", 600)
         self.log(f"teacher {TEACHER_NAME}: " + ("exported to teachers/" if rc == 0 else f"export failed (exit {rc})"))
         return rc == 0
+
+    def carry_teachers(self, suite: str, out: Path, selection: list[str] | None) -> None:
+        """The weights of the finished teachers that unfinished runs of the suite still need (the
+        runs and their teachers as `reproduce --print` lists them), into OUT/carry/SUITE: with
+        OUT/results, what a later sitting on a fresh machine needs to go on (`restore`).
+        `selection` None: the suite is done, nothing to carry."""
+        dest = self.out / "carry" / suite
+        shutil.rmtree(dest, ignore_errors=True)
+        if selection is None:
+            return
+        listing = subprocess.run(self.taildistill("reproduce", suite, "--print", "--out", str(out), *selection),
+                                 capture_output=True, text=True, cwd=REPO, env=self.env)
+        needed = set()
+        for line in listing.stdout.splitlines():
+            run, _, recipe = line.partition(": ")
+            if run and not (out / run / "final.json").is_file():
+                needed |= {Path(item.split("=", 1)[1]) for item in recipe.split() if item.startswith("teacher.run=")}
+        for teacher in sorted(needed):
+            teacher = teacher if teacher.is_absolute() else REPO / teacher
+            weights = teacher / "checkpoints" / "last.safetensors"
+            if (teacher / "final.json").is_file() and weights.is_file() and teacher.is_relative_to(out):
+                target = dest / teacher.relative_to(out) / "checkpoints"
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(weights, target / weights.name)
+                self.log(f"{suite}: carrying the weights of {teacher.relative_to(out)} (unfinished runs need them)")
+
+    def restore(self, suite: str, out: Path) -> None:
+        """On a fresh machine (a run folder without the suite's finished runs): the finished runs
+        from OUT/results (what the scheduler needs to reuse them: config, final metrics) and the
+        teachers' weights from OUT/carry, so that only the unfinished runs train."""
+        results, carried = self.out / "results" / suite, self.out / "carry" / suite
+        restored = 0
+        for final in sorted(results.glob("*/*/seed*/final.json")):
+            rel = final.parent.relative_to(results)
+            if (out / rel / "config.yaml").is_file():
+                continue
+            shutil.copytree(final.parent, out / rel, dirs_exist_ok=True)
+            if (carried / rel / "checkpoints").is_dir():
+                shutil.copytree(carried / rel / "checkpoints", out / rel / "checkpoints", dirs_exist_ok=True)
+            restored += 1
+        if restored:
+            self.log(f"{suite}: restored {restored} finished run(s) from results/ (and carried teacher weights)")
 
     def collect(self, suite: str, out: Path) -> None:
         """The suite's reports, JSON and plots (no checkpoints) into OUT/results/SUITE."""

@@ -4,7 +4,7 @@
 #   bash scripts/gpu/start.sh [MINUTES] [OUT] [EVIDENCE OPTIONS...]    (default 24 minutes, OUT .carry/evidence)
 # e.g. `bash scripts/gpu/start.sh 24 .carry/evidence --cuda-graph` trains the suites as CUDA graphs
 # Then keep the machine with calls that wait and report (`sleep 500; tail .carry/evidence/evidence.log`)
-# and copy OUT to $OUT before the hold ends.
+# and run `bash scripts/gpu/pack.sh` (it packs OUT into $OUT) in a call before the hold ends.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 minutes=${1:-24}
@@ -15,6 +15,9 @@ if compgen -G ".carry/whl/*.whl" > /dev/null; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 mkdir -p "$out"
-setsid nohup python3 scripts/gpu/evidence.py --data .carry/data --out "$out" --minutes "$minutes" "$@" \
+# the run directories at a fixed absolute path outside .carry: a later call that carries .carry again
+# cannot replace them, and students restored on another machine name their teachers by the same path
+runs=${EVIDENCE_RUNS:-/tmp/taildistill-evidence-runs}
+setsid nohup python3 scripts/gpu/evidence.py --data .carry/data --out "$out" --runs "$runs" --minutes "$minutes" "$@" \
     > "$out/console.log" 2>&1 < /dev/null &
 echo "evidence run started (pid $!); its log: $out/evidence.log"

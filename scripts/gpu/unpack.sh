@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Here, after a device call that ran scripts/gpu/pack.sh: rebuild .carry/evidence from the parts it
+# brought back, so that the next sitting (carry: [".carry"]) goes on where this one stopped.
+#   bash scripts/gpu/unpack.sh FILES_AT [EVIDENCE_DIR]    (default .carry/evidence)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+from=${1:?give the folder the parts came back to, files_at in the device reply}
+dest=${2:-.carry/evidence}
+if ! compgen -G "$from/evidence.tgz.*" > /dev/null; then
+    echo "error: $from holds no evidence.tgz.* parts" >&2
+    exit 2
+fi
+mkdir -p "$dest"
+cat "$from"/evidence.tgz.* | tar xzf - -C "$dest"
+echo "unpacked into $dest:"; ls "$dest"
