@@ -66,6 +66,42 @@ def test_a_signal_mid_epoch_checkpoints_and_the_resumed_run_is_the_uninterrupted
     assert fa["test"] == fb["test"]
 
 
+def _streamed(root, num_workers=0):
+    """A run on images streamed from list files (the DataLoader path: random-resized crops drawn
+    per image), 18 training images in 4 batches of 4 per epoch."""
+    from conftest import write_image_folder
+    from taildistill.experiment import build_config
+
+    if not (root / "img").is_dir():
+        write_image_folder(root / "img", classes=("x", "y", "z"), per_class=(8, 6, 4), size=12)
+        lines = [f"{c}/{i:04d}.png {k}" for k, (c, n) in enumerate(zip("xyz", (8, 6, 4))) for i in range(n)]
+        (root / "train.txt").write_text("\n".join(lines) + "\n")
+        (root / "test.txt").write_text("\n".join(lines[::3]) + "\n")
+    return build_config({
+        "data": {"source": "listfile", "root": str(root / "img"), "profile": "none", "image_size": 8,
+                 "num_workers": num_workers, "lists": {"train": str(root / "train.txt"), "test": str(root / "test.txt")}},
+        "augment": {"flip": True}, "model": {"name": "convnet_small", "kwargs": {"width": 4}},
+        "optim": {"lr": 0.05}, "schedule": {"name": "constant", "warmup_epochs": 0},
+        "train": {"epochs": 2, "batch_size": 4, "device": "cpu", "tensorboard": False, "progress": False}})
+
+
+def test_a_streamed_run_resumes_with_the_same_random_crops_whatever_its_workers(tmp_path, monkeypatch):
+    """Each streamed image's crop is seeded from the run's seed and its place in the epoch: a run
+    stopped inside an epoch resumes exactly, and the loader's worker count changes nothing."""
+    full = fit(_streamed(tmp_path), tmp_path / "full", quiet=True)
+    _signal_on_call(monkeypatch, 6)  # the second step of epoch 1
+    with pytest.raises(Interrupted, match="epoch 1, step 2 of 4"):
+        fit(_streamed(tmp_path), tmp_path / "cut", quiet=True)
+    monkeypatch.undo()
+    resume(tmp_path / "cut", quiet=True)
+    workers = fit(_streamed(tmp_path, num_workers=2), tmp_path / "workers", quiet=True)
+    a = load_file(full / "checkpoints/last.safetensors")
+    for other in (tmp_path / "cut", workers):
+        b = load_file(other / "checkpoints/last.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), other
+    assert _metrics(full) == _metrics(tmp_path / "cut")
+
+
 def test_a_signal_at_an_epochs_last_step_resumes_into_the_next_epoch_exactly(tmp_path, monkeypatch):
     full = fit(tiny(epochs=2), tmp_path / "full", quiet=True)
     _signal_on_call(monkeypatch, 7)  # the last of epoch 0's 7 steps

@@ -22,7 +22,9 @@ def to_device_tensor(split, info, device) -> torch.Tensor:
 
 class FileDataset(torch.utils.data.Dataset):
     """Decodes `root/path` images to uint8 (C, H, W): random-resized crops of `size` (train) or
-    resize + centre crop (eval)."""
+    resize + centre crop (eval). An item is an index, or (index, seed): the crop is then drawn from
+    a generator seeded with `seed` alone, so it depends neither on the loader's workers nor on where
+    an epoch was resumed."""
 
     def __init__(self, split, size: int, train: bool):
         from torchvision import transforms as T
@@ -34,12 +36,18 @@ class FileDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: int | tuple[int, int]):
         from PIL import Image
 
+        i, seed = item if isinstance(item, tuple) else (item, None)
         path = Path(self.split.root) / self.split.paths[i]
         try:
             with Image.open(path) as im:
-                return self.tf(im.convert("RGB")), int(self.split.y[i])
+                image = im.convert("RGB")
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from None
+        if seed is None:
+            return self.tf(image), int(self.split.y[i])
+        with torch.random.fork_rng(devices=[]):  # torchvision's crops draw from the global generator
+            torch.manual_seed(seed)
+            return self.tf(image), int(self.split.y[i])

@@ -143,17 +143,21 @@ class StreamInput(_Base):
         self.dataset = FileDataset(split, info.input_shape[-1], train=True)
         self.num_workers = num_workers
 
-    def _load(self, idx: torch.Tensor, *seed: int):
-        # the loader's workers are seeded from (seed, epoch, rank, start, ...), never from the global
-        # RNG, which the training step's own draws (dropout) must have to themselves
-        gen = torch.Generator().manual_seed(_seed(self.seed, self.dist.rank, *seed))
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=[i.tolist() for i in idx],
-                                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                                           generator=gen)
+    def _load(self, batches: list[torch.Tensor], epoch: int, start: int, stream: int):
+        """A loader of `batches` (the epoch's batches from batch `start` on). Each image's random
+        crop is seeded from (seed, epoch, rank, stream, batch, position): the same whatever the
+        number of workers, and the same in an epoch resumed at `start` as in the uninterrupted one.
+        (The workers themselves are seeded from those numbers too, never from the global RNG,
+        which the training step's own draws (dropout) must have to themselves.)"""
+        items = [[(i, _seed(self.seed, epoch, self.dist.rank, stream, start + b, k)) for k, i in enumerate(idx.tolist())]
+                 for b, idx in enumerate(batches)]
+        gen = torch.Generator().manual_seed(_seed(self.seed, self.dist.rank, epoch, start, stream))
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=items, num_workers=self.num_workers,
+                                           pin_memory=self.device.type == "cuda", generator=gen)
 
     def epoch(self, epoch: int, start: int = 0, generators=None):
-        """As :meth:`TensorInput.epoch`; an epoch continued at `start` has the same images in the
-        same batches, but the random crops drawn in the loader's workers are new ones."""
+        """As :meth:`TensorInput.epoch` (an epoch continued at `start` is the uninterrupted one's
+        from that batch on, random crops included)."""
         g, host = generators or self.generators(epoch)
         batches = self.index_batches(epoch)[start:]
         balanced = None
