@@ -101,9 +101,11 @@ def test_every_methods_training_step_never_waits_for_the_device(digits_teacher, 
         trainer.close()
 
 
-def test_the_captured_step_trains_as_eager_does(tmp_path):
-    # train.cuda_graph: the same run eager and as replayed CUDA graphs (deterministic kernels, so
-    # the two differ by nothing but the launches); mixup on half the batches gives two graphs
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "cudnn_benchmark"])
+def test_the_captured_step_trains_as_eager_does(tmp_path, deterministic):
+    # train.cuda_graph: the same run eager and as replayed CUDA graphs (with deterministic kernels
+    # they differ only by the float32 learning rate; with cuDNN's autotuning as runs use it, by
+    # the kernels' own nondeterminism too); mixup on half the batches gives two graphs
     from safetensors.torch import load_file
 
     teacher = fit(cuda_cfg("teacher"), tmp_path / "teacher", quiet=True)
@@ -111,17 +113,18 @@ def test_the_captured_step_trains_as_eager_does(tmp_path):
     for graph in (False, True):
         cfg = tiny(f"g{graph}", epochs=2, method={"name": "bkd", "bkd_start_epoch": 1}, teacher=teacher,
                    augment={"crop_padding": 1, "mixup_alpha": 1.0, "mix_prob": 0.5},
-                   train={"device": "cuda", "deterministic": True, "cuda_graph": graph})
+                   train={"device": "cuda", "deterministic": deterministic, "cuda_graph": graph})
         runs[graph] = fit(cfg, tmp_path / f"g{graph}", quiet=True)
     record = json.loads((runs[True] / "env.json").read_text())["cuda_graph"]
     # 14 steps: 3 warm-up, one eager step before each graph (mixup or not; KD, then BKD), the rest replayed
     assert record["captures"] >= 2 and record["replays"] + record["eager_steps"] == 2 * 7 and record["replays"] >= 5
     assert "eager_reason" not in record
     eager, graph = (load_file(runs[g] / "checkpoints/last.safetensors") for g in (False, True))
+    tol = 1e-4 if deterministic else 1e-2
     for k in eager:
-        assert torch.allclose(eager[k].float(), graph[k].float(), rtol=1e-4, atol=1e-5), k
+        assert torch.allclose(eager[k].float(), graph[k].float(), rtol=tol, atol=tol / 10), k
     losses = [[json.loads(x)["loss"] for x in (runs[g] / "metrics.jsonl").read_text().splitlines()] for g in (False, True)]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert losses[0] == pytest.approx(losses[1], rel=tol)
 
 
 @pytest.mark.parametrize("name,files,overrides", _demo_students())

@@ -169,3 +169,15 @@ def test_a_graphed_runs_checkpoint_resumes_eager(tmp_path):
     resume(tmp_path / "graph", quiet=True)
     full = fit(cfg(3), tmp_path / "eager", quiet=True)
     assert _same(load_file(full / "checkpoints/last.safetensors"), load_file(tmp_path / "graph/checkpoints/last.safetensors"))
+
+
+def test_bench_says_whether_its_graphed_step_was_replayed(tmp_path):
+    from taildistill.bench import run_bench
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"source": "digits", "profile": "exp", "ratio": 10},
+                                   "model": {"name": "convnet_small", "kwargs": {"width": 4}},
+                                   "train": {"device": "cpu", "batch_size": 64, "cuda_graph": True}}))
+    result = run_bench(str(cfg), [], mode="teacher", steps=1, warmup=0, phases=False)
+    assert result["cuda_graph"] is True
+    assert result["teacher"]["cuda_graph"] == {"eager_reason": "CUDA graphs need a CUDA device (this run is on cpu)"}

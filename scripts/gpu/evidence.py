@@ -18,14 +18,14 @@ The plan, in order (issue "GPU evidence"; `--steps` picks a subset):
   bench   `taildistill bench --compare` (teacher and BKD steps, eager / compiled / CUDA graphs of the
           models / the whole step one CUDA graph / compiled and graphed,
           the phases of the eager step) on the BKD recipe's config
+  recipe_graph  `taildistill bench --recipe ... train.cuda_graph=true`: the BKD recipe (teacher,
+          then student) end to end with the whole step one CUDA graph, started only when the time
+          left exceeds 1.2 times its estimate from the bench step
   pergpu  1, 2, 4, 8 BKD benchmarks at once on the GPU: the aggregate images/s that sets how many
           small runs should share a GPU (the suites below use the measured number)
   bkd     bkd-cifar10, ratio 100, 200 epochs, 3 seeds: CE teacher, CE, KD, KD+mixup, BKD w/o mixup,
           BKD; its CE teacher exported to OUT/teachers/cifar10_lt_r100_ce (teacher.pretrained)
-  recipe_graph  the BKD recipe end to end with train.cuda_graph (the whole step one CUDA graph),
-          started only when the remaining time exceeds its estimate from the bench step
-  recipe  `taildistill bench --recipe`: the BKD recipe (teacher, then student) end to end, eager,
-          the same way; its accuracies are the reference of recipe_graph's (same seeds)
+  recipe  the same recipe eager: its accuracies are the reference of recipe_graph's (same seeds)
   ltkd    ltkd-cifar10, ratio 100, resnet32x4 -> resnet8x4: student, KD, DKD, DIST, LTKD
   deitlt  deitlt-cifar10-small, ratio 100: ViT baseline, DeiT-LT (LDAM-DRW+SAM teacher)
   ltsf    ltsf-cifar10, ratio 100: spiking baseline, LT-SpikingFormer
@@ -63,6 +63,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVES = ("cifar10-jpeg-train.tar.gz", "cifar10-jpeg-test.tar.gz")
 TEACHER_NAME = "cifar10_lt_r100_ce"
+EXPORTED_RUN = "ratio100/ce_teacher/seed0"  # the bkd suite's run exported as TEACHER_NAME
 CIFAR10_LT_R100_TRAIN = 12406  # training images of CIFAR-10-LT, exp profile, ratio 100 (when bench does not say)
 
 # step -> (suite, cells, runs (None: all), needs kornia)
@@ -296,7 +297,8 @@ class Evidence:
             return self.skip(step, "kornia is not installed (AutoAugment / RandAugment need it)")
         out = self.runs / suite
         self.restore(suite, out)
-        # train.cuda_graph is not part of a run's hash: runs started without it continue with it
+        # (train.cuda_graph is not part of a run's hash: finished runs are reused either way; a resumed
+        # run keeps its saved config, so this applies to the runs that start now)
         over = ["train.cuda_graph=true"] if self.args.cuda_graph else []
         selection = ["--cells", *cells] + (["--only", *only] if only else []) + (["--tiny", "--seeds", "1"] if self.args.tiny else [])
         args = ["reproduce", suite, *over, "--out", str(out), *selection, "--quiet", "--executor", self.args.executor]
@@ -308,38 +310,45 @@ class Evidence:
             return "stopped"
         rc = self.run(self.taildistill(*args, "--time-limit", f"{minutes:.2f}"), f"{suite}.log")
         self.collect(suite, out)
-        self.carry_teachers(suite, out, selection if rc != 0 else None)
+        exported = rc == 0 and (step != "bkd" or self.export_teacher(out))
+        # until the step is done, a later sitting on a fresh machine needs the teachers' weights
+        # (the one to export too)
+        self.carry_teachers(suite, out, None if exported else selection,
+                            keep=[out / EXPORTED_RUN] if step == "bkd" and not exported else [])
         if rc == STOPPED:
             self.record(step, "stopped")
             return "stopped"
         if rc != 0:
             self.record(step, "failed", exit_code=rc)
             return "failed"
-        if step == "bkd" and not self.export_teacher(out):
+        if not exported:
             self.record(step, "failed", reason="the teacher export failed: see logs/teachers.log")
             return "failed"
         self.record(step, "done", report=str(self.out / "results" / suite / "report.md"))
         return "done"
 
     def export_teacher(self, suite_out: Path) -> bool:
-        run = suite_out / "ratio100" / "ce_teacher" / "seed0"
+        run = suite_out / EXPORTED_RUN
         rc = self.run(self.taildistill("teachers", "--export", str(run), TEACHER_NAME, "--to", str(self.out / "teachers"),
                                        "--overwrite"), "teachers.log", 600)
         self.log(f"teacher {TEACHER_NAME}: " + ("exported to teachers/" if rc == 0 else f"export failed (exit {rc})"))
         return rc == 0
 
-    def carry_teachers(self, suite: str, out: Path, selection: list[str] | None) -> None:
+    def carry_teachers(self, suite: str, out: Path, selection: list[str] | None, keep: list[Path] = ()) -> None:
         """The weights of the finished teachers that unfinished runs of the suite still need (the
-        runs and their teachers as `reproduce --print` lists them), into OUT/carry/SUITE: with
-        OUT/results, what a later sitting on a fresh machine needs to go on (`restore`).
-        `selection` None: the suite is done, nothing to carry."""
+        runs and their teachers as `reproduce --print` lists them), and of the runs in `keep`, into
+        OUT/carry/SUITE: with OUT/results, what a later sitting on a fresh machine needs to go on
+        (`restore`). `selection` None: the suite is done, nothing to carry."""
         dest = self.out / "carry" / suite
         shutil.rmtree(dest, ignore_errors=True)
         if selection is None:
             return
         listing = subprocess.run(self.taildistill("reproduce", suite, "--print", "--out", str(out), *selection),
                                  capture_output=True, text=True, cwd=REPO, env=self.env)
-        needed = set()
+        if listing.returncode != 0:
+            self.log(f"{suite}: listing its runs failed (exit {listing.returncode}: {listing.stderr.strip()[-300:]}); "
+                     "teacher weights not carried")
+        needed = set(keep)
         for line in listing.stdout.splitlines():
             run, _, recipe = line.partition(": ")
             if run and not (out / run / "final.json").is_file():
@@ -379,6 +388,9 @@ class Evidence:
                 shutil.copy2(out / f, dest / f)
         for run in sorted(out.glob("*/*/seed*")):
             rel = run.relative_to(out)
+            # each run mirrored as it is now: a final.json left from an earlier config would make a
+            # restored, unfinished run look finished
+            shutil.rmtree(dest / rel, ignore_errors=True)
             for f in ("final.json", "metrics.jsonl", "config.yaml", "env.json", "data.json", "report.md"):
                 if (run / f).is_file():
                     (dest / rel).mkdir(parents=True, exist_ok=True)
@@ -475,8 +487,9 @@ def parse_args(argv=None):
                    help="trainings per GPU (default: the pergpu step's measurement, else the scheduler's)")
     p.add_argument("--executor", default="local", choices=["local", "inline"], help="suite executor (default local)")
     p.add_argument("--cuda-graph", action="store_true",
-                   help="train the suites' runs with train.cuda_graph (the whole step one CUDA graph); use it once the "
-                        "tests step has passed on this machine (test_cuda.py compares it with eager)")
+                   help="start the suites' runs with train.cuda_graph (the whole step one CUDA graph; resumed runs keep "
+                        "how they started); use it once the tests step has passed on this machine (test_cuda.py "
+                        "compares the graphs with eager)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke scale, to test this script's logic")
     return p.parse_args(argv)
 

@@ -15,9 +15,13 @@ if compgen -G ".carry/whl/*.whl" > /dev/null; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 mkdir -p "$out"
-# the run directories at a fixed absolute path outside .carry: a later call that carries .carry again
-# cannot replace them, and students restored on another machine name their teachers by the same path
+# the data and the run directories at fixed absolute paths outside .carry: a run's config names both
+# (its data root, its teacher's run), so runs restored on another machine hash and resolve the same
+# wherever the repository sits, and a later call that carries .carry again cannot replace them
+data=/tmp/taildistill-data
+mkdir -p "$data"
+cp -u .carry/data/* "$data"/
 runs=${EVIDENCE_RUNS:-/tmp/taildistill-evidence-runs}
-setsid nohup python3 scripts/gpu/evidence.py --data .carry/data --out "$out" --runs "$runs" --minutes "$minutes" "$@" \
+setsid nohup python3 scripts/gpu/evidence.py --data "$data" --out "$out" --runs "$runs" --minutes "$minutes" "$@" \
     > "$out/console.log" 2>&1 < /dev/null &
 echo "evidence run started (pid $!); its log: $out/evidence.log"

@@ -11,5 +11,9 @@ if ! compgen -G "$from/evidence.tgz.*" > /dev/null; then
     exit 2
 fi
 mkdir -p "$dest"
+# what a pack holds is replaced, not merged: a carry/ the device has emptied must not travel again
+for f in SUMMARY.md evidence.log console.log environment.json evidence-state.json bench results teachers carry logs; do
+    rm -rf "${dest:?}/$f"
+done
 cat "$from"/evidence.tgz.* | tar xzf - -C "$dest"
 echo "unpacked into $dest:"; ls "$dest"

@@ -147,6 +147,8 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             trainer = Trainer(base, run_dir=tmp / "teacher", quiet=True)
             trainers.append(trainer)
             result["teacher"] = _measure(trainer, steps, warmup)
+            if trainer.graph_record() is not None:  # whether the step was replayed, or why not
+                result["teacher"]["cuda_graph"] = trainer.graph_record()
             if phases and not base.train.compile and not base.train.cuda_graph:
                 result["teacher"]["phases"] = _phases(trainer, steps)
         if mode in ("distill", "both"):
@@ -162,6 +164,8 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             trainers.append(trainer)
             result["distill_method"] = dcfg.method.name
             result["distill"] = _measure(trainer, steps, warmup)
+            if trainer.graph_record() is not None:
+                result["distill"]["cuda_graph"] = trainer.graph_record()
             if phases and not dcfg.train.compile and not dcfg.train.cuda_graph:
                 result["distill"]["phases"] = _phases(trainer, steps)
         result["precision"] = "bf16" if trainers[0].bf16 else "fp32"
@@ -201,6 +205,7 @@ def run_recipe(student_config: str, teacher_config: str, overrides: list[str], o
                              "seconds": seconds, "train_seconds": sum(r["epoch_s"] for r in records),
                              "median_images_per_s": rates[len(rates) // 2] if rates else None,
                              "test": {k: v for k, v in final.get("test", {}).items() if not isinstance(v, (list, dict))},
+                             **({"cuda_graph": RunDir(run).env()["cuda_graph"]} if "cuda_graph" in RunDir(run).env() else {}),
                              **({"run": str(run)} if out_dir else {})}
         result["total_seconds"] = t2 - t0
     finally:

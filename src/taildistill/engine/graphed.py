@@ -63,6 +63,8 @@ class CudaGraph:
         try:
             with torch.cuda.stream(self.stream), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                # AdamW says once that capturable=True is slower uncaptured: these steps are, on purpose
+                warnings.filterwarnings("ignore", message=".*capturable=True.*")
                 torch.cuda.set_sync_debug_mode("warn")
                 try:
                     yield syncs
@@ -71,8 +73,8 @@ class CudaGraph:
             for w in caught:
                 if self.SYNC in str(w.message):
                     syncs.append(str(w.message).splitlines()[0])
-                else:  # the step's other warnings are shown as usual
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+                else:  # the step's other warnings go on, through the usual filters
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         finally:
             current.wait_stream(self.stream)
 
@@ -150,6 +152,7 @@ class GraphedStep:
         return captured.outputs
 
     def _eager(self, batch: Batch, epoch: int, layout: Hashable):
+        self._device_lr()  # the optimizer's path the graph will take (tensor lr, capturable), found sync-free here
         self.eager_steps += 1
         with self.backend.eager() as syncs:
             out = self.step(batch, epoch)
@@ -160,12 +163,15 @@ class GraphedStep:
         return out
 
     def _stay_eager(self, reason: str) -> None:
+        """From now on the plain eager step, with the optimizer and autocast as eager has them."""
         self.eager_reason = reason
         self.graphs.clear()
         self.step.autocast_cache = True
         for group in self.step.optimizer.param_groups:
+            group["lr"] = float(group["lr"])
             if group.get("capturable"):
                 group["capturable"] = False
+        self.lrs = None
         self.notice(f"train.cuda_graph: {reason}; training on eager")
 
     def _device_lr(self) -> None:
@@ -193,8 +199,7 @@ class GraphedStep:
         inputs = {k: (torch.empty((), dtype=torch.float32, device=self.step.device) if k == "mix_lam"
                       else torch.empty_like(v)) for k, v in batch.items()}
         captured = _Captured(self.backend.new(), inputs)
-        captured.load(batch)
-        self.step.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates (not adds to) the gradients
+        captured.load(batch)  # (a real capture runs nothing; the emulated one of the tests runs the step on them)
         calls = self.step.calls
         try:
             with self.backend.capture(captured.graph):
@@ -209,7 +214,8 @@ class GraphedStep:
                                 "the last checkpoint") from exc
         finally:
             self.step.calls = calls  # capturing records the step; it does not take it
-            self.step.optimizer.zero_grad(set_to_none=True)  # (none after a good capture already)
+            # (the gradients were none before, and are after a good capture; a failed one may leave some)
+            self.step.optimizer.zero_grad(set_to_none=True)
         self.captures += 1
         return captured
 

@@ -63,10 +63,6 @@ class SAM:
             self._eps[p] = e
         self.base.zero_grad(set_to_none=True)
 
-    def reset(self) -> None:
-        """Forget a first step whose second never came (a failed graph capture)."""
-        self._eps.clear()
-
     @torch.no_grad()
     def second_step(self) -> None:
         for p, e in self._eps.items():

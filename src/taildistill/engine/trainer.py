@@ -463,9 +463,10 @@ class Trainer:
                     on_epoch_end(epoch, record)
             bar.close()
             if self.is_main:
-                self._note_graphs()
                 self._log_final(self.finish())
         finally:
+            if self.is_main:
+                self._note_graphs()
             for sig, handler in previous.items():
                 if handler is not None:  # (None: a handler installed outside Python, which cannot be put back)
                     signal.signal(sig, handler)
@@ -475,12 +476,24 @@ class Trainer:
         barrier(self.dist)
         return self.run_dir
 
-    def _note_graphs(self) -> None:
-        """env.json's record of train.cuda_graph: captures and replays, or why the run was eager."""
+    def graph_record(self) -> dict | None:
+        """This process's train.cuda_graph record: its captures, replays and eager steps, or why it
+        trained eager (None: the run did not ask for graphs)."""
         if isinstance(self.step, GraphedStep):
-            self.rundir.note("cuda_graph", self.step.record())
-        elif self.cfg.train.cuda_graph:
-            self.rundir.note("cuda_graph", {"eager_reason": self.graph_blocker})
+            return self.step.record()
+        return {"eager_reason": self.graph_blocker} if self.cfg.train.cuda_graph else None
+
+    def _note_graphs(self) -> None:
+        """env.json's record of train.cuda_graph, the counts summed over the run's processes (a
+        stopped run and its resumes)."""
+        record = self.graph_record()
+        if record is None:
+            return
+        before = self.rundir.env().get("cuda_graph", {})
+        for k in ("captures", "replays", "eager_steps"):
+            if k in record:
+                record[k] += before.get(k, 0)
+        self.rundir.note("cuda_graph", record)
 
     def _log_final(self, final: dict) -> None:
         """TensorBoard: the last-epoch test metrics per group and the run's hyper-parameters."""

@@ -146,6 +146,11 @@ def check_ldam_head(student: nn.Module, scale: float) -> None:
                           f"method.ldam_scale ({scale:g}); LDAM's margins are in the head's units: make them equal")
 
 
+def linear_ramp(epoch: int, epochs: int) -> float:
+    """A loss weight's factor that rises linearly to 1 over the first `epochs` epochs (0: always 1)."""
+    return min(1.0, (epoch + 1) / epochs) if epochs > 0 else 1.0
+
+
 def mixed_hard_labels(loss_fn, batch: Batch) -> torch.Tensor:
     """Hard-label losses under mixup/cutmix: lam * L(y) + (1 - lam) * L(y[perm])."""
     if "mix_perm" not in batch:

@@ -22,7 +22,7 @@ from ..losses import (
     kd_loss, ltkd_loss, weighted_kd_loss,
 )
 from ..registry import Registry
-from .base import Batch, TeacherOutputs
+from .base import Batch, TeacherOutputs, linear_ramp
 
 CRITERIA: Registry = Registry("distillation criterion")
 
@@ -206,16 +206,12 @@ class DKD(Criterion):
 
     Params = DKDParams
 
-    def warm(self, epoch: int) -> float:
-        p = self.params
-        return min(1.0, (epoch + 1) / p.dkd_warmup) if p.dkd_warmup > 0 else 1.0
-
     def epoch_key(self, epoch: int) -> Hashable:
-        return self.warm(epoch)
+        return linear_ramp(epoch, self.params.dkd_warmup)
 
     def forward(self, s, t, batch, epoch):
         p = self.params
-        return self.warm(epoch) * dkd_loss(s, t, batch["y"], p.dkd_alpha, p.dkd_beta, p.temperature)
+        return linear_ramp(epoch, p.dkd_warmup) * dkd_loss(s, t, batch["y"], p.dkd_alpha, p.dkd_beta, p.temperature)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..losses.feature import cat_loss, class_activation_maps, hcl_loss
 from ..typed import pick
-from .base import Batch, Method, MethodOutput, SupervisedLoss, SupervisedParams
+from .base import Batch, Method, MethodOutput, SupervisedLoss, SupervisedParams, linear_ramp
 
 
 def _as_map(f: torch.Tensor) -> torch.Tensor:
@@ -105,19 +105,14 @@ class ReviewKD(Method):
             outs[i] = y
         return outs
 
-    def ramp(self, epoch: int) -> float:
-        """The review loss's weight factor: linear up to 1 over warmup_epochs."""
-        p = self.params
-        return min((epoch + 1) / p.warmup_epochs, 1.0) if p.warmup_epochs > 0 else 1.0
-
     def graph_key(self, epoch: int):
-        return self.sup.epoch_key(epoch), self.ramp(epoch)
+        return self.sup.epoch_key(epoch), linear_ramp(epoch, self.params.warmup_epochs)
 
     def loss_terms(self, batch: Batch, epoch: int) -> MethodOutput:
         p = self.params
         out = self.student_outputs(batch["x"])
         t_feats = self.teacher_outputs(batch["x"])["features"]
-        ramp = self.ramp(epoch)
+        ramp = linear_ramp(epoch, p.warmup_epochs)
         mapped = self.review([out["features"][f] for f in p.student_features])
         target = [_as_map(t_feats[f]) for f in p.teacher_features]
         return MethodOutput({"sup": p.sup_weight * self.sup(out["logits"], batch, epoch),
