@@ -19,6 +19,10 @@ mkdir -p "$out"
 # (its data root, its teacher's run), so runs restored on another machine hash and resolve the same
 # wherever the repository sits, and a later call that carries .carry again cannot replace them
 data=/tmp/taildistill-data
+if ! compgen -G ".carry/data/*.tar.gz" > /dev/null; then
+    echo "error: .carry/data holds no CIFAR-10 archives: run scripts/gpu/prepare.sh there and carry .carry" >&2
+    exit 2
+fi
 mkdir -p "$data"
 cp -u .carry/data/* "$data"/
 runs=${EVIDENCE_RUNS:-/tmp/taildistill-evidence-runs}
