@@ -18,9 +18,10 @@ step to step must be a device tensor the kernels read:
   (which keys, e.g. whether mixup fired) is part of the key too.
 
 The first `WARMUP_STEPS` steps run eager, on the stream the graphs are later captured on, so that
-lazily created state (momentum buffers, cuDNN's algorithm choice, cuBLAS workspaces) exists
-before capture; so does the first step of each new graph, under CUDA's sync debug mode: a step
-that reads a device value on the host cannot be captured, and is found there. Where capture is
+lazily created state (momentum buffers, cuDNN's algorithm choice, cuBLAS workspaces, compiled
+kernels) exists before capture; then the first step of each new graph runs eager under CUDA's sync
+debug mode: a step that reads a device value on the host cannot be captured, and is found there
+(after the warm-up, so that one-off work such as compilation is not taken for the step's). Where capture is
 impossible (a CPU device, DDP, gradient accumulation, streamed inputs, a host read), the run
 trains eager and says why in one line. A capture that fails anyway stops the run with the way
 on (CUDA's state is not recoverable in that process).
@@ -52,13 +53,21 @@ class CudaGraph:
         return torch.cuda.CUDAGraph()
 
     @contextmanager
-    def eager(self):
-        """An eager step on the capture stream (ordered after and before the default stream), with
-        CUDA's sync debug mode warning: yields a list that holds, afterwards, the host syncs seen.
-        (Found here, a sync costs nothing; found by a capture, it leaves CUDA's state unusable.)"""
+    def eager(self, watch: bool):
+        """An eager step on the capture stream (ordered after and before the default stream); with
+        `watch`, under CUDA's sync debug mode warning: yields a list that holds, afterwards, the
+        host syncs seen. (Found here, a sync costs nothing; found by a capture, it leaves CUDA's
+        state unusable.)"""
         current = torch.cuda.current_stream(self.stream.device)
         self.stream.wait_stream(current)
         syncs: list[str] = []
+        if not watch:
+            try:
+                with torch.cuda.stream(self.stream):
+                    yield syncs
+            finally:
+                current.wait_stream(self.stream)
+            return
         previous = torch.cuda.get_sync_debug_mode()
         try:
             with torch.cuda.stream(self.stream), warnings.catch_warnings(record=True) as caught:
@@ -141,7 +150,7 @@ class GraphedStep:
             self.method_key = method_key
         layout = batch_layout(batch)
         if self.eager_steps < WARMUP_STEPS or layout not in self.ready:
-            return self._eager(batch, epoch, layout)
+            return self._eager(batch, epoch, layout, watch=self.eager_steps >= WARMUP_STEPS)
         captured = self.graphs.get(layout)
         if captured is None:
             captured = self.graphs[layout] = self._capture(batch, epoch)
@@ -151,14 +160,16 @@ class GraphedStep:
         self.step.calls += 1
         return captured.outputs
 
-    def _eager(self, batch: Batch, epoch: int, layout: Hashable):
-        self._device_lr()  # the optimizer's path the graph will take (tensor lr, capturable), found sync-free here
+    def _eager(self, batch: Batch, epoch: int, layout: Hashable, watch: bool):
+        """An eager step; `watch`ed, it is the one before its layout's capture (found sync-free, the
+        layout is ready)."""
+        self._device_lr()  # the optimizer's path the graph will take (tensor lr, capturable)
         self.eager_steps += 1
-        with self.backend.eager() as syncs:
+        with self.backend.eager(watch) as syncs:
             out = self.step(batch, epoch)
         if syncs:
             self._stay_eager(f"the step reads a device value on the host ({syncs[0]})")
-        else:
+        elif watch:
             self.ready.add(layout)
         return out
 
