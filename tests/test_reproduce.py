@@ -80,6 +80,15 @@ def test_every_suite_runs_end_to_end_at_tiny_scale(suite, tmp_path):
         finished(tmp_path / suite / label / run["name"] / "seed0")
     results = json.loads((tmp_path / suite / "results.json").read_text())
     assert results["tiny"] and not results["paper_column"] and label in results["cells"]
+    # each run's gain is over its own pair's student (a VGG-8 row over student_vgg8, not over a ResNet)
+    header, rows = results["cells"][label]["header"], results["cells"][label]["rows"]
+    all_col = header.index("All")
+    accuracy = {row[0]: float(row[all_col].split(" ")[0]) for row in rows}
+    gain_col = header.index("gain") if "gain" in header else next(i for i, h in enumerate(header) if h.startswith("gain vs"))
+    for row in rows:
+        base = row[header.index("vs")] if "vs" in header else spec["baseline"]
+        assert base == spec["runs"][[r["name"] for r in spec["runs"]].index(row[0])].get("baseline", spec["baseline"])
+        assert float(row[gain_col]) == pytest.approx(accuracy[row[0]] - accuracy[base], abs=0.011), row
 
 
 def test_two_processes_at_once_give_the_report_of_one_and_a_rerun_trains_nothing(tmp_path):

@@ -16,7 +16,9 @@ A suite is a YAML file `configs/reproduce/NAME.yaml`:
     not_the_paper: "..."        # a suite that cannot be the paper's experiment says how; its report shows no paper column
 
 A run may set `cells: [ratio100]` (only in those grid cells: an ablation the paper has at one
-setting), `ddp: true` (trained over --nproc-per-node GPUs) and `small: false` (a whole GPU).
+setting), `ddp: true` (trained over --nproc-per-node GPUs), `small: false` (a whole GPU) and
+`baseline: NAME` (the student its gain is measured against, in a suite of several teacher-student
+pairs: each pair's own; default the suite's).
 
 Every run writes its normal run directory under OUT/<cell>/<run>/seed<k>; a run whose final.json
 exists is reused, so an interrupted suite continues where it stopped.
@@ -75,7 +77,22 @@ def load_suite(name: str, configs: str | Path | None = None) -> dict:
     for r in suite["runs"]:
         if r.get("teacher") and r["teacher"] not in names[: names.index(r["name"])]:
             raise ConfigError(f"suite {p}: run '{r['name']}' names teacher '{r['teacher']}' that is not an earlier run")
+        if baseline_of(suite, r["name"]) not in names:
+            raise ConfigError(f"suite {p}: run '{r['name']}' is measured against baseline "
+                              f"'{baseline_of(suite, r['name'])}', which is not a run of the suite")
     return suite
+
+
+def baseline_of(suite: dict, run: str) -> str:
+    """The run whose accuracy `run`'s gain is measured against (its pair's student)."""
+    entry = next((r for r in suite["runs"] if r["name"] == run), {})
+    return entry.get("baseline", suite["baseline"])
+
+
+def _gain_label(suite: dict) -> str:
+    """What the gain column is over: one student, or each pair's own."""
+    bases = sorted({baseline_of(suite, r["name"]) for r in suite["runs"]})
+    return f"`{bases[0]}`" if len(bases) == 1 else "each pair's own (" + ", ".join(f"`{b}`" for b in bases) + ")"
 
 
 def grid_cells(grid: dict) -> list[tuple[str, list[str]]]:
@@ -197,18 +214,20 @@ def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
             runs[run["name"]] = finals
             policy = finals[0].get("group_policy", policy)
     gcols = group_keys([f for finals in runs.values() for f in finals])
-    base = runs.get(suite["baseline"])
-    base_all = seed_cells(base, [])[1] if base else None
-    paper_base = paper.get(suite["baseline"])
+    base_all = {name: seed_cells(finals, [])[1] for name, finals in runs.items()}  # (a baseline's All)
     best_col = any("best_epoch_test" in f for finals in runs.values() for f in finals)
+    pairs = len({baseline_of(suite, r["name"]) for r in suite["runs"]}) > 1
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
-             [f"gain vs {suite['baseline']}"] + (["best epoch All*"] if best_col else []) + \
+             (["vs", "gain"] if pairs else [f"gain vs {suite['baseline']}"]) + (["best epoch All*"] if best_col else []) + \
              (["paper All", "paper gain"] if paper_column else [])
     rows = []
     for name, finals in runs.items():
         cells, all_m = seed_cells(finals, gcols)
-        gain = f"{all_m - base_all:+.2f}" if base_all is not None and all_m is not None else "–"
-        row = [name, finals[0]["method"], seed_list(finals)] + cells + [gain]
+        baseline = baseline_of(suite, name)
+        base = base_all.get(baseline)
+        gain = f"{all_m - base:+.2f}" if base is not None and all_m is not None else "–"
+        paper_base = paper.get(baseline)
+        row = [name, finals[0]["method"], seed_list(finals)] + cells + ([baseline, gain] if pairs else [gain])
         if best_col:
             row.append(mean_std([f.get("best_epoch_test", {}).get("top1") for f in finals])[0])
         if paper_column:
@@ -242,7 +261,7 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
             lines += [f"**Not the paper's experiment:** {differs} The paper's numbers are therefore not shown.", ""]
     lines += [suite.get("description", ""), "",
               "Last-epoch test accuracy (%), mean ± std over seeds; gains are over the "
-              f"`{suite['baseline']}` student on the same data."
+              f"{_gain_label(suite)} student on the same data."
               + (" The paper's numbers are on its own data (e.g. lossless CIFAR); compare the gains, not the absolute values."
                  if paper_column else ""), ""]
     results = {}
