@@ -45,7 +45,7 @@ class TorchvisionResNet(nn.Module):
 
 def _tv(builder: str):
     def factory(num_classes: int, in_channels: int = 3, image_size: int = 224, weights: str = "",
-                cosine_head: bool = False, cosine_scale: float = 30.0):
+                cosine_head: bool = False, cosine_scale: float = 30.0, cifar_stem: bool = False):
         import torchvision.models as tvm
         from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -53,7 +53,10 @@ def _tv(builder: str):
             net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
         else:
             net = getattr(tvm, builder)(weights=None, num_classes=num_classes)
-        if in_channels != 3:
+        if cifar_stem:  # 32 px inputs: a 3x3 stride-1 stem and no max-pool (the CIFAR ResNet-50 of the KD benchmarks)
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         model = TorchvisionResNet(net)
         if weights:
