@@ -15,6 +15,16 @@ def test_parameter_counts(name, classes, expected):
     assert abs(n - expected) / expected < 0.01, n
 
 
+def test_the_cifar_resnet50_keeps_32px_maps():
+    """model.kwargs.cifar_stem: the KD benchmarks' CIFAR ResNet-50 (3x3 stride-1 stem, no max-pool):
+    4x4 maps at the last stage from 32 px, where the ImageNet stem leaves 1x1; 23.7 M parameters."""
+    x = torch.randn(2, 3, 32, 32)
+    cifar, imagenet = build_model("resnet50", 100, cifar_stem=True), build_model("resnet50", 100)
+    assert tuple(cifar(x)["features"]["stage4"].shape) == (2, 2048, 4, 4)
+    assert tuple(imagenet(x)["features"]["stage4"].shape) == (2, 2048, 1, 1)
+    assert abs(count_parameters(cifar) - 23.71e6) / 23.71e6 < 0.01
+
+
 HEAVY = ("wrn_28_10", "resnet110", "resnet152", "deit_b_distilled", "deit_s_distilled", "spikingformer")  # tested elsewhere or too slow on CPU
 
 
