@@ -86,6 +86,15 @@ def test_train_eval_report_and_data_summary(tmp_path, capsys):
     assert info["num_classes"] == 10 and info["groups"]["policy"] == "shots" and info["val"] == 30
 
     assert main(["train", "--resume", str(out)]) == 0  # already finished: resumes to the same end
+    # a resume may change how the run executes, never what it computes
+    assert main(["train", "--resume", str(out), "train.progress=false", "train.cuda_graph=true"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "optim.lr=0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: a resumed run keeps its experiment: optim.lr=0.5 cannot change; a resume may set only "
+                   "train.progress, train.tensorboard, train.eval_every, train.checkpoint_every, train.device, "
+                   "train.cuda_graph"]
+    assert main(["train", "--resume", str(out), cfg]) == 2
 
 
 def test_bench_writes_json(tmp_path, capsys):

@@ -140,9 +140,13 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, capsys):
 
     with pytest.raises(KeyboardInterrupt):  # killed after its first epoch's checkpoint
         fit(load_config(spec.config_files, spec.overrides), spec.run_dir, quiet=True, on_epoch_end=stop)
-    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["ce"], executor="inline", quiet=True)
+    # resumed with a say on how it executes (not part of the hash): the resume takes it
+    run_suite("bkd-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["ce"], extra=["train.cuda_graph=true"],
+              executor="inline", quiet=True)
     assert "stopped before its end; resuming from its checkpoint" in capsys.readouterr().err
-    assert "--resume" in (spec.run_dir / "train.log").read_text()
+    resumed = [ln for ln in (spec.run_dir / "train.log").read_text().splitlines() if "--resume" in ln]
+    assert resumed and "train.cuda_graph=true" in resumed[-1]
+    assert "eager_reason" in json.loads((spec.run_dir / "env.json").read_text())["cuda_graph"]  # (on CPU)
     assert finished(spec.run_dir)["test"] == finished(tmp_path / "ref" / "ratio100" / "ce" / "seed0")["test"]
     assert ref.is_file()
 

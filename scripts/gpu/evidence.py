@@ -299,8 +299,8 @@ class Evidence:
             return self.skip(step, "kornia is not installed (AutoAugment / RandAugment need it)")
         out = self.runs / suite
         self.restore(suite, out)
-        # (train.cuda_graph is not part of a run's hash: finished runs are reused either way; a resumed
-        # run keeps its saved config, so this applies to the runs that start now)
+        # (train.cuda_graph is not part of a run's hash: finished runs are reused either way, the
+        # scheduler passes it to resumed runs too)
         over = ["train.cuda_graph=true"] if self.args.cuda_graph else []
         selection = ["--cells", *cells] + (["--only", *only] if only else []) + (["--tiny", "--seeds", "1"] if self.args.tiny else [])
         args = ["reproduce", suite, *over, "--out", str(out), *selection, "--quiet", "--executor", self.args.executor]
@@ -489,9 +489,9 @@ def parse_args(argv=None):
                    help="trainings per GPU (default: the pergpu step's measurement, else the scheduler's)")
     p.add_argument("--executor", default="local", choices=["local", "inline"], help="suite executor (default local)")
     p.add_argument("--cuda-graph", action="store_true",
-                   help="start the suites' runs with train.cuda_graph (the whole step one CUDA graph; resumed runs keep "
-                        "how they started); use it once the tests step has passed on this machine (test_cuda.py "
-                        "compares the graphs with eager)")
+                   help="train the suites' runs with train.cuda_graph (the whole step one CUDA graph; resumed runs too); "
+                        "use it once the tests step has passed on this machine (test_cuda.py compares the graphs "
+                        "with eager)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke scale, to test this script's logic")
     return p.parse_args(argv)
 

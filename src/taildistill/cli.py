@@ -81,9 +81,11 @@ def cmd_train(args) -> int:
     from .rundir import RunDir
 
     if args.resume:
-        if args.configs:
-            raise TaildistillError("--resume continues a run with its saved config; give no CONFIG or overrides")
-        run = resume(Path(args.resume), quiet=args.quiet)
+        files, overrides = split_configs(args.configs, "train --resume", required=False)
+        if files:
+            raise TaildistillError("--resume continues a run with its saved config; give no CONFIG (only overrides of "
+                                   "how it executes, e.g. train.device=cuda:1 train.cuda_graph=true)")
+        run = resume(Path(args.resume), quiet=args.quiet, overrides=overrides)
     else:
         files, overrides = split_configs(args.configs, "train (or --resume RUN_DIR)")
         cfg = load_config(files, overrides)
@@ -252,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report.md. Unknown or mistyped keys are errors that list the valid keys.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     _add_configs(t)
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint, with its saved "
+                                                       "config; overrides may change only how it executes "
+                                                       "(train.device, train.cuda_graph, train.progress, ...)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory, exactly (default OUT_DIR/NAME from the config); "
                                                     "one that holds a run is an error unless --overwrite")
     t.add_argument("--overwrite", action="store_true", help="replace the run the run directory holds")

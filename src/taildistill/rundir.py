@@ -29,6 +29,25 @@ from .files import clean_stale_temporaries, lock_exclusive, unlock, write_atomic
 _NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
                        "train": ("seed", "progress", "tensorboard", "eval_every", "checkpoint_every", "device",
                                  "cuda_graph")}
+# what a resumed run may change (`train --resume RUN KEY=VALUE`): how it executes, never what it computes
+RESUME_KEYS = tuple(f"train.{k}" for k in _NOT_THE_EXPERIMENT["train"] if k != "seed")
+
+
+def resume_overrides(overrides: list[str]) -> list[str]:
+    """The KEY=VALUE overrides a resumed run accepts (RESUME_KEYS); any other is an error, since it
+    would change the experiment the checkpoint belongs to."""
+    bad = [o for o in overrides if o.split("=", 1)[0] not in RESUME_KEYS]
+    if bad:
+        raise TaildistillError(f"a resumed run keeps its experiment: {', '.join(bad)} cannot change; a resume may "
+                               f"set only {', '.join(RESUME_KEYS)}")
+    return list(overrides)
+
+
+def execution_overrides(overrides: list[str]) -> list[str]:
+    """Of a run's overrides, the ones a resume passes on (RESUME_KEYS)."""
+    return [o for o in overrides if o.split("=", 1)[0] in RESUME_KEYS]
+
+
 # keys added after runs were saved without them: left out of the hash while empty, so that an old
 # run and its re-run with today's defaults are still the same experiment
 _ADDED_EMPTY = {"teacher": ("pretrained",)}

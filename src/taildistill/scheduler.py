@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import ConfigError, Interrupted, TaildistillError
 from .files import lock_exclusive, unlock
-from .rundir import RunDir, config_hash
+from .rundir import RunDir, config_hash, execution_overrides
 
 
 @dataclass
@@ -88,8 +88,8 @@ def plan_action(spec: RunSpec) -> tuple[str, str]:
 
 def train_command(spec: RunSpec, action: str) -> list[str]:
     """The `taildistill train` command line of a run (under torchrun for a DDP run)."""
-    if action == "resume":
-        args = ["train", "--resume", str(spec.run_dir), "--quiet"]
+    if action == "resume":  # the saved config, with the suite's say on how it executes (train.cuda_graph...)
+        args = ["train", "--resume", str(spec.run_dir), *execution_overrides(spec.overrides), "--quiet"]
     else:
         args = ["train", *spec.config_files, *spec.overrides, "--out", str(spec.run_dir), "--quiet"]
         if action == "overwrite":
@@ -230,7 +230,7 @@ class InlineExecutor:
             f.write(f"\n$ (inline) {shlex.join(cmd)}\n")
         try:
             if "--resume" in cmd:
-                resume(spec.run_dir, quiet=True)
+                resume(spec.run_dir, quiet=True, overrides=execution_overrides(spec.overrides))
             else:
                 fit(load_config(spec.config_files, spec.overrides), spec.run_dir, quiet=True,
                     overwrite="--overwrite" in cmd)

@@ -24,7 +24,7 @@ from ..eval import evaluate_split, predict_split, summary
 from ..eval.calibration import fit_temperature
 from ..experiment import Experiment, assemble, load_config, teacher_run_path, teacher_source
 from ..models.common import logit_scale_modules
-from ..rundir import RunDir, flat_config, load_state, load_weights, save_state, save_weights
+from ..rundir import RunDir, flat_config, load_state, load_weights, resume_overrides, save_state, save_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .graphed import GraphedStep, graph_blocker
 from .inputs import StreamInput, TensorInput
@@ -584,10 +584,11 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False,
         trainer.close()
 
 
-def resume(run_dir: Path, quiet: bool = False, on_epoch_end=None) -> Path:
-    """Continue a run from its last checkpoint, with the config saved in its directory."""
+def resume(run_dir: Path, quiet: bool = False, on_epoch_end=None, overrides: list[str] = ()) -> Path:
+    """Continue a run from its last checkpoint, with the config saved in its directory; `overrides`
+    may change how it executes (device, train.cuda_graph, progress...: RESUME_KEYS), nothing else."""
     rundir = RunDir(run_dir).require_run("--resume")
-    cfg = load_config(rundir.config_file)
+    cfg = load_config(rundir.config_file, resume_overrides(list(overrides)))
     trainer = Trainer(cfg, rundir.path, resume=True, quiet=quiet)
     try:
         return trainer.run(on_epoch_end)
