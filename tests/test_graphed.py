@@ -124,7 +124,7 @@ def test_a_capture_that_fails_stops_the_run_with_the_way_on(tmp_path, monkeypatc
 
     monkeypatch.setattr(Backend, "capture", fails)
     with pytest.raises(TrainingError, match=r"capturing the training step failed \(operation not permitted.*"
-                                            r"set train.cuda_graph: false"):
+                                            r"taildistill train --resume RUN_DIR train.cuda_graph=false"):
         _train(tmp_path / "graph", tiny(epochs=1), graph=True)
 
 

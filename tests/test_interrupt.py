@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from taildistill.engine.step import TrainStep
 from taildistill.engine.trainer import Trainer, fit, resume
-from taildistill.errors import ConfigError, Interrupted
+from taildistill.errors import ConfigError, Interrupted, TrainingError
 from taildistill.rundir import load_state
 
 from test_engine import tiny
@@ -284,3 +284,17 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_epochs_end_and_t
     a = load_file(RunDir(tmp_path / "ref").last_weights)
     b = load_file(RunDir(tmp_path / "cut").last_weights)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_resumes_only_on_the_device_type_it_trained_on(tmp_path):
+    """precision auto, channels_last and the epoch's generators follow the device type: a checkpoint
+    written on CUDA does not continue on the CPU (or the reverse), whatever train.device says."""
+    from taildistill.rundir import save_state
+
+    run = fit(tiny(epochs=1), tmp_path / "run", quiet=True)
+    state = load_state(run / "checkpoints/last_state.pt")
+    assert state["device_type"] == "cpu"
+    state["device_type"] = "cuda"
+    save_state(state, run / "checkpoints/last_state.pt")
+    with pytest.raises(TrainingError, match="was trained on cuda; resume it on a cuda device"):
+        resume(run, quiet=True)

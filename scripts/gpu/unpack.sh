@@ -11,9 +11,17 @@ if ! compgen -G "$from/evidence.tgz.*" > /dev/null; then
     exit 2
 fi
 mkdir -p "$dest"
+# into a fresh folder first: a part missing or damaged leaves the previous sitting's state as it was
+fresh=$(mktemp -d)
+if ! cat "$from"/evidence.tgz.* | tar xzf - -C "$fresh"; then
+    rm -rf "$fresh"
+    echo "error: the parts in $from do not make a whole pack (one missing or damaged?); $dest is unchanged" >&2
+    exit 2
+fi
 # what a pack holds is replaced, not merged: a carry/ the device has emptied must not travel again
 for f in SUMMARY.md evidence.log console.log environment.json evidence-state.json bench results teachers carry logs; do
     rm -rf "${dest:?}/$f"
 done
-cat "$from"/evidence.tgz.* | tar xzf - -C "$dest"
+cp -a "$fresh"/. "$dest"/
+rm -rf "$fresh"
 echo "unpacked into $dest:"; ls "$dest"

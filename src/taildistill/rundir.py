@@ -30,7 +30,8 @@ _NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
                        "train": ("seed", "progress", "tensorboard", "eval_every", "checkpoint_every", "device",
                                  "cuda_graph")}
 # what a resumed run may change (`train --resume RUN KEY=VALUE`): how it executes, never what it computes
-RESUME_KEYS = tuple(f"train.{k}" for k in _NOT_THE_EXPERIMENT["train"] if k != "seed")
+# or selects (eval_every decides which epochs the best-on-validation weights are chosen from)
+RESUME_KEYS = tuple(f"train.{k}" for k in _NOT_THE_EXPERIMENT["train"] if k not in ("seed", "eval_every"))
 
 
 def resume_overrides(overrides: list[str]) -> list[str]:

@@ -221,8 +221,8 @@ class GraphedStep:
             # unusable in this process: stop, with the way on
             cause = exc.__context__ if exc.__context__ is not None else exc
             raise TrainingError(f"train.cuda_graph: capturing the training step failed ({str(cause).splitlines()[0]}); "
-                                "set train.cuda_graph: false (for a stopped run, in its config.yaml) and resume from "
-                                "the last checkpoint") from exc
+                                "resume from the last checkpoint without it: taildistill train --resume RUN_DIR "
+                                "train.cuda_graph=false (a suite: run it without train.cuda_graph=true)") from exc
         finally:
             self.step.calls = calls  # capturing records the step; it does not take it
             # (the gradients were none before, and are after a good capture; a failed one may leave some)

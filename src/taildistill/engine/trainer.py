@@ -87,7 +87,8 @@ class Trainer:
     (bench builds one with a stand-in teacher); by default the config is assembled here."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, quiet: bool = False,
-                 experiment: Experiment | None = None, overwrite: bool = False, nested: bool = False):
+                 experiment: Experiment | None = None, overwrite: bool = False, nested: bool = False,
+                 resume_overrides: list[str] = ()):
         self.cfg = cfg
         self.quiet = quiet
         tc = cfg.train
@@ -176,6 +177,8 @@ class Trainer:
             env = provenance(self.device)
             env["world_size"] = self.dist.world_size
             if resume:
+                if resume_overrides:  # how this part of the run executed differently from its config.yaml
+                    env["overrides"] = list(resume_overrides)
                 self.rundir.record_resume(env)
             else:
                 self.rundir.write_header(dump_config(cfg), info.to_json(), env)
@@ -214,7 +217,7 @@ class Trainer:
         epoch exactly where it stopped."""
         state = {"epoch": epoch, "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
                  "optimizer": portable_state(self.optimizer), "best_val": self.state.best_val,
-                 "best_epoch": self.state.best_epoch}
+                 "best_epoch": self.state.best_epoch, "device_type": self.device.type}
         meta = {"epoch": str(epoch), "model": self.cfg.model.name}
         if partial is not None:
             state["partial"] = partial
@@ -226,6 +229,10 @@ class Trainer:
         if not self.rundir.last_state.is_file():
             raise TrainingError(f"{self.rundir} has no checkpoint to resume from (checkpoints/last_state.pt)")
         state = load_state(self.rundir.last_state)
+        trained_on = state.get("device_type", self.device.type)
+        if trained_on != self.device.type:  # (precision auto, channels_last and the epoch's generators follow it)
+            raise TrainingError(f"{self.rundir.path} was trained on {trained_on}; resume it on a {trained_on} device "
+                                f"(this one is {self.device.type}: its precision and random generators would differ)")
         try:
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -491,8 +498,8 @@ class Trainer:
             return
         before = self.rundir.env().get("cuda_graph", {})
         for k in ("captures", "replays", "eager_steps"):
-            if k in record:
-                record[k] += before.get(k, 0)
+            if k in record or k in before:
+                record[k] = record.get(k, 0) + before.get(k, 0)
         self.rundir.note("cuda_graph", record)
 
     def _log_final(self, final: dict) -> None:
@@ -589,7 +596,7 @@ def resume(run_dir: Path, quiet: bool = False, on_epoch_end=None, overrides: lis
     may change how it executes (device, train.cuda_graph, progress...: RESUME_KEYS), nothing else."""
     rundir = RunDir(run_dir).require_run("--resume")
     cfg = load_config(rundir.config_file, resume_overrides(list(overrides)))
-    trainer = Trainer(cfg, rundir.path, resume=True, quiet=quiet)
+    trainer = Trainer(cfg, rundir.path, resume=True, quiet=quiet, resume_overrides=list(overrides))
     try:
         return trainer.run(on_epoch_end)
     finally:

@@ -30,14 +30,15 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """CIFAR MobileNetV2 (stride-1 stem, the benchmark's stage layout); `width` multiplies channels."""
+    """CIFAR MobileNetV2 as the distillation benchmarks have it (`mobile_half`: a stride-2 stem, then
+    their stage layout; 16x16 maps after the stem at 32 px); `width` multiplies channels."""
 
     SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 0.5):
         super().__init__()
         cin = int(32 * width)
-        self.stem = _conv_bn(in_channels, cin, 3, 1)
+        self.stem = _conv_bn(in_channels, cin, 3, 2)
         stages = []
         for t, c, n, s in self.SETTINGS:
             cout = int(c * width)
