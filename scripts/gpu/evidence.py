@@ -104,6 +104,10 @@ class Evidence:
         tmp.write_text(json.dumps(self.state, indent=1))
         tmp.replace(self.state_file)
 
+    def graph_overrides(self) -> list[str]:
+        """What --cuda-graph adds to the suites' runs and the pergpu benchmarks."""
+        return ["train.cuda_graph=true"] if self.args.cuda_graph else []
+
     def done(self, step: str) -> bool:
         st = self.state["steps"].get(step, {})
         if step == "pergpu" and st.get("cuda_graph", False) != self.args.cuda_graph:
@@ -214,7 +218,7 @@ class Evidence:
         enough that the timed windows overlap. With --cuda-graph the runs measured are graphed, as
         the suites' runs will be (fewer launches from the host: fewer runs may fill the GPU)."""
         files, over = self.bench_config()
-        over = over + (["train.cuda_graph=true"] if self.args.cuda_graph else [])
+        over = over + self.graph_overrides()
         ks, steps = ((1, 2), ["--steps", "3", "--warmup", "1"]) if self.args.tiny else \
             ((1, 2, 4, 8), ["--steps", "300", "--warmup", "100"])
         folder = self.out / "bench" / "pergpu"
@@ -264,9 +268,8 @@ class Evidence:
 
     def _recipe(self, step: str, graph: bool) -> str:
         measured = self.state["steps"].get("bench", {}).get("result") or {}
-        bench = _eager(measured)
-        if graph and not measured.get("compare", {}).get("graphed", {}).get("skipped"):
-            bench = measured.get("compare", {}).get("graphed", bench)
+        graphed = measured.get("compare", {}).get("graphed", {})
+        bench = graphed if graph and graphed and "skipped" not in graphed else _eager(measured)
         files, _ = self.bench_config()
         graph_over = ["train.cuda_graph=true"] if graph else []
         if self.args.tiny:
@@ -304,7 +307,7 @@ class Evidence:
         self.restore(suite, out)
         # (train.cuda_graph is not part of a run's hash: finished runs are reused either way, the
         # scheduler passes it to resumed runs too)
-        over = ["train.cuda_graph=true"] if self.args.cuda_graph else []
+        over = self.graph_overrides()
         selection = ["--cells", *cells] + (["--only", *only] if only else []) + (["--tiny", "--seeds", "1"] if self.args.tiny else [])
         args = ["reproduce", suite, *over, "--out", str(out), *selection, "--quiet", "--executor", self.args.executor]
         if not self.args.tiny:

@@ -28,7 +28,8 @@ def _batches(trainer: Trainer):
 
 
 def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
-    """Steady-state images/s of the trainer's own training step over `steps` steps after `warmup`."""
+    """Steady-state images/s of the trainer's own training step over `steps` steps after `warmup`
+    (and, under train.cuda_graph, whether the step was replayed or why not)."""
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda *a: None)
     images = 0
     t0 = None
@@ -44,8 +45,10 @@ def _measure(trainer: Trainer, steps: int, warmup: int) -> dict:
             images += len(batch["y"])
     sync()
     elapsed = time.perf_counter() - t0
+    graphs = trainer.graph_record()
     return {"images_per_s": images / elapsed, "steps": steps, "seconds": elapsed,
-            "epoch_s_estimate": len(trainer.data.train) / (images / elapsed)}
+            "epoch_s_estimate": len(trainer.data.train) / (images / elapsed),
+            **({"cuda_graph": graphs} if graphs is not None else {})}
 
 
 class _Clock:
@@ -147,8 +150,6 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             trainer = Trainer(base, run_dir=tmp / "teacher", quiet=True)
             trainers.append(trainer)
             result["teacher"] = _measure(trainer, steps, warmup)
-            if trainer.graph_record() is not None:  # whether the step was replayed, or why not
-                result["teacher"]["cuda_graph"] = trainer.graph_record()
             if phases and not base.train.compile and not base.train.cuda_graph:
                 result["teacher"]["phases"] = _phases(trainer, steps)
         if mode in ("distill", "both"):
@@ -164,8 +165,6 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             trainers.append(trainer)
             result["distill_method"] = dcfg.method.name
             result["distill"] = _measure(trainer, steps, warmup)
-            if trainer.graph_record() is not None:
-                result["distill"]["cuda_graph"] = trainer.graph_record()
             if phases and not dcfg.train.compile and not dcfg.train.cuda_graph:
                 result["distill"]["phases"] = _phases(trainer, steps)
         result["precision"] = "bf16" if trainers[0].bf16 else "fp32"
@@ -198,14 +197,14 @@ def run_recipe(student_config: str, teacher_config: str, overrides: list[str], o
         student_run = fit(load_config(student_config, list(overrides) + [f"teacher.run={teacher_run}"]), out / "student", quiet=quiet)
         t2 = time.perf_counter()
         for phase, run, seconds in (("teacher", teacher_run, t1 - t0), ("student", student_run, t2 - t1)):
-            final = RunDir(run).final()
-            records = RunDir(run).metrics()
+            rundir = RunDir(run)
+            final, records, env = rundir.final(), rundir.metrics(), rundir.env()
             rates = sorted(r["images_per_s"] for r in records)
             result[phase] = {"method": final["method"], "model": final["model"], "epochs": final["epochs"],
                              "seconds": seconds, "train_seconds": sum(r["epoch_s"] for r in records),
                              "median_images_per_s": rates[len(rates) // 2] if rates else None,
                              "test": {k: v for k, v in final.get("test", {}).items() if not isinstance(v, (list, dict))},
-                             **({"cuda_graph": RunDir(run).env()["cuda_graph"]} if "cuda_graph" in RunDir(run).env() else {}),
+                             **({"cuda_graph": env["cuda_graph"]} if "cuda_graph" in env else {}),
                              **({"run": str(run)} if out_dir else {})}
         result["total_seconds"] = t2 - t0
     finally:

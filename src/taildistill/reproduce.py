@@ -89,9 +89,14 @@ def baseline_of(suite: dict, run: str) -> str:
     return entry.get("baseline", suite["baseline"])
 
 
+def baselines(suite: dict) -> list[str]:
+    """The students the suite's gains are measured against (several in a suite of several pairs)."""
+    return sorted({baseline_of(suite, r["name"]) for r in suite["runs"]})
+
+
 def _gain_label(suite: dict) -> str:
     """What the gain column is over: one student, or each pair's own."""
-    bases = sorted({baseline_of(suite, r["name"]) for r in suite["runs"]})
+    bases = baselines(suite)
     return f"`{bases[0]}`" if len(bases) == 1 else "each pair's own (" + ", ".join(f"`{b}`" for b in bases) + ")"
 
 
@@ -216,7 +221,7 @@ def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
     gcols = group_keys([f for finals in runs.values() for f in finals])
     base_all = {name: seed_cells(finals, [])[1] for name, finals in runs.items()}  # (a baseline's All)
     best_col = any("best_epoch_test" in f for finals in runs.values() for f in finals)
-    pairs = len({baseline_of(suite, r["name"]) for r in suite["runs"]}) > 1
+    pairs = len(baselines(suite)) > 1
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
              (["vs", "gain"] if pairs else [f"gain vs {suite['baseline']}"]) + (["best epoch All*"] if best_col else []) + \
              (["paper All", "paper gain"] if paper_column else [])

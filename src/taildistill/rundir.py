@@ -34,19 +34,20 @@ _NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
 RESUME_KEYS = tuple(f"train.{k}" for k in _NOT_THE_EXPERIMENT["train"] if k not in ("seed", "eval_every"))
 
 
+def execution_overrides(overrides: list[str]) -> list[str]:
+    """Of a run's KEY=VALUE overrides, the ones a resume passes on (RESUME_KEYS)."""
+    return [o for o in overrides if o.split("=", 1)[0] in RESUME_KEYS]
+
+
 def resume_overrides(overrides: list[str]) -> list[str]:
     """The KEY=VALUE overrides a resumed run accepts (RESUME_KEYS); any other is an error, since it
     would change the experiment the checkpoint belongs to."""
-    bad = [o for o in overrides if o.split("=", 1)[0] not in RESUME_KEYS]
+    allowed = execution_overrides(overrides)
+    bad = [o for o in overrides if o not in allowed]
     if bad:
         raise TaildistillError(f"a resumed run keeps its experiment: {', '.join(bad)} cannot change; a resume may "
                                f"set only {', '.join(RESUME_KEYS)}")
-    return list(overrides)
-
-
-def execution_overrides(overrides: list[str]) -> list[str]:
-    """Of a run's overrides, the ones a resume passes on (RESUME_KEYS)."""
-    return [o for o in overrides if o.split("=", 1)[0] in RESUME_KEYS]
+    return allowed
 
 
 # keys added after runs were saved without them: left out of the hash while empty, so that an old

@@ -29,7 +29,7 @@ on (CUDA's state is not recoverable in that process).
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Hashable
 
 import torch
@@ -55,37 +55,37 @@ class CudaGraph:
     @contextmanager
     def eager(self, watch: bool):
         """An eager step on the capture stream (ordered after and before the default stream); with
-        `watch`, under CUDA's sync debug mode warning: yields a list that holds, afterwards, the
-        host syncs seen. (Found here, a sync costs nothing; found by a capture, it leaves CUDA's
-        state unusable.)"""
+        `watch`, under CUDA's sync debug mode: yields a list that holds, afterwards, the host syncs
+        seen. (Found here, a sync costs nothing; found by a capture, it leaves CUDA's state unusable.)"""
         current = torch.cuda.current_stream(self.stream.device)
         self.stream.wait_stream(current)
         syncs: list[str] = []
-        if not watch:
-            try:
-                with torch.cuda.stream(self.stream):
-                    yield syncs
-            finally:
-                current.wait_stream(self.stream)
-            return
-        previous = torch.cuda.get_sync_debug_mode()
         try:
-            with torch.cuda.stream(self.stream), warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with torch.cuda.stream(self.stream), warnings.catch_warnings():
                 # AdamW says once that capturable=True is slower uncaptured: these steps are, on purpose
                 warnings.filterwarnings("ignore", message=".*capturable=True.*")
-                torch.cuda.set_sync_debug_mode("warn")
-                try:
+                with self._watch(syncs) if watch else nullcontext():
                     yield syncs
-                finally:
-                    torch.cuda.set_sync_debug_mode(previous)
-            for w in caught:
-                if self.SYNC in str(w.message):
-                    syncs.append(str(w.message).splitlines()[0])
-                else:  # the step's other warnings go on, through the usual filters
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         finally:
             current.wait_stream(self.stream)
+
+    @contextmanager
+    def _watch(self, syncs: list[str]):
+        """CUDA's sync debug mode set to warn: the syncs it reports go into `syncs`, the step's other
+        warnings on through the usual filters."""
+        previous = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+        for w in caught:
+            if self.SYNC in str(w.message):
+                syncs.append(str(w.message).splitlines()[0])
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def capture(self, graph):
         return torch.cuda.graph(graph, stream=self.stream)

@@ -595,8 +595,9 @@ def resume(run_dir: Path, quiet: bool = False, on_epoch_end=None, overrides: lis
     """Continue a run from its last checkpoint, with the config saved in its directory; `overrides`
     may change how it executes (device, train.cuda_graph, progress...: RESUME_KEYS), nothing else."""
     rundir = RunDir(run_dir).require_run("--resume")
-    cfg = load_config(rundir.config_file, resume_overrides(list(overrides)))
-    trainer = Trainer(cfg, rundir.path, resume=True, quiet=quiet, resume_overrides=list(overrides))
+    overrides = resume_overrides(list(overrides))
+    cfg = load_config(rundir.config_file, overrides)
+    trainer = Trainer(cfg, rundir.path, resume=True, quiet=quiet, resume_overrides=overrides)
     try:
         return trainer.run(on_epoch_end)
     finally:
