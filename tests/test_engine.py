@@ -433,3 +433,42 @@ def test_reviewkd_maps_student_features_to_the_teachers_shapes():
                      student, teacher, info)
     with pytest.raises(ConfigError, match="linear layer"):
         build_method("catkd", resolve_params("catkd", {}), build_model("resnet32", 10, 3, 32, cosine_head=True), teacher, info)
+
+
+def test_resolve_device_refuses_what_it_would_ignore(monkeypatch):
+    from taildistill.engine.distributed import DistInfo
+    from taildistill.engine.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # under torchrun each process takes its LOCAL_RANK's GPU: a named index would be dropped silently
+    with pytest.raises(ConfigError, match="under torchrun each process .* use train.device=cuda"):
+        resolve_device("cuda:1", DistInfo(1, 2, 1))
+    assert resolve_device("cuda", DistInfo(1, 2, 1)) == torch.device("cuda", 1)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="'cuda:2' but this machine has 2 CUDA device"):
+        resolve_device("cuda:2")
+
+
+def test_a_student_records_its_teachers_weights_and_refuses_to_resume_on_other_ones(tmp_path):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    teacher = fit(tiny("teacher", epochs=1), tmp_path / "teacher", quiet=True)
+    weights = teacher / "checkpoints" / "last.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny("kd", epochs=2, method={"name": "kd"}, teacher=teacher), tmp_path / "kd", quiet=True, on_epoch_end=stop)
+    assert json.loads((tmp_path / "kd" / "env.json").read_text())["teacher_weights_sha256"] == digest
+    original = weights.read_bytes()
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in load_file(weights).items()}, str(weights))  # trained again
+    with pytest.raises(ConfigError, match="holds other weights than when .* started .*--overwrite"):
+        resume(tmp_path / "kd", quiet=True)
+    weights.write_bytes(original)  # the same weights back: the resume goes on, and final.json names them
+    resume(tmp_path / "kd", quiet=True)
+    assert json.loads((tmp_path / "kd" / "final.json").read_text())["teacher"]["weights_sha256"] == digest

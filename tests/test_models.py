@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -66,11 +68,18 @@ def test_local_weights_only(tmp_path):
     src = build_model("resnet10", 5)
     save_file({k: v.contiguous() for k, v in src.net.state_dict().items()}, str(tmp_path / "w.safetensors"))
     # a different head size: the backbone loads, the head stays freshly initialised
-    dst = build_model("resnet10", 7, weights=str(tmp_path / "w.safetensors"))
+    with pytest.warns(UserWarning, match=r"2 of the model's tensors keep their initialisation: fc.weight \(file \[5, 512\], model \[7, 512\]\), fc.bias"):
+        dst = build_model("resnet10", 7, weights=str(tmp_path / "w.safetensors"))
     assert torch.equal(dst.net.conv1.weight, src.net.conv1.weight)
     assert dst.net.fc.weight.shape == (7, 512)
+    # a CIFAR stem cannot take the 7x7 stem's weights: said, never silent
+    with pytest.warns(UserWarning, match=r"1 of the model's tensors .*conv1.weight \(file \[64, 3, 7, 7\], model \[64, 3, 3, 3\]\)$"):
+        stem = build_model("resnet10", 5, weights=str(tmp_path / "w.safetensors"), cifar_stem=True)
+    assert torch.equal(stem.net.layer1[0].conv1.weight, src.net.layer1[0].conv1.weight)
     torch.save({"state_dict": src.net.state_dict()}, tmp_path / "w.pth")
-    dst2 = build_model("resnet10", 5, weights=str(tmp_path / "w.pth"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # everything fits: no warning
+        dst2 = build_model("resnet10", 5, weights=str(tmp_path / "w.pth"))
     assert torch.equal(dst2.net.fc.weight, src.net.fc.weight)
     with pytest.raises(ConfigError, match="not found"):
         build_model("resnet10", 5, weights=str(tmp_path / "missing.pth"))

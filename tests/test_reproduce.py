@@ -161,6 +161,29 @@ def test_a_changed_config_is_trained_again_not_reused(tmp_path, capsys):
     assert "lr: 0.01" in (out / "ratio100" / "ce" / "seed0" / "config.yaml").read_text()
 
 
+def test_a_moved_suite_is_reused_and_a_changed_teacher_retrains_its_students(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from taildistill.scheduler import RunSpec, _dependents_first_trained
+
+    run_suite("bkd-cifar10", tmp_path / "s", seeds=1, tiny=True, configs=CONFIGS, only=["kd"], executor="inline", quiet=True)
+    moved = tmp_path / "moved"
+    (tmp_path / "s").rename(moved)  # a student is the same experiment wherever its teacher's folder lies now
+    run_suite("bkd-cifar10", moved, seeds=1, tiny=True, configs=CONFIGS, only=["kd"], executor="inline", quiet=True)
+    assert set(outcomes(moved).values()) == {"reused"}
+    # the teacher's weights replaced (a manual retrain): its student trains again, the teacher is kept
+    weights = moved / "ratio100" / "ce_teacher" / "seed0" / "checkpoints" / "last.safetensors"
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}, str(weights))
+    run_suite("bkd-cifar10", moved, seeds=1, tiny=True, configs=CONFIGS, only=["kd"], executor="inline", quiet=True)
+    assert "learnt from other weights of its teacher" in capsys.readouterr().err
+    assert outcomes(moved) == {"ratio100/ce_teacher/seed0": "reused", "ratio100/kd/seed0": "finished"}
+    # a teacher trained from its start (new or changed) retrains what depends on it, through a chain
+    specs = [RunSpec(k, tmp_path / k, [], [], deps=d) for k, d in (("a", []), ("b", ["a"]), ("c", ["b"]), ("d", []))]
+    actions = {"a": "overwrite", "b": "reuse", "c": "resume", "d": "reuse"}
+    assert [s.key for s in _dependents_first_trained(specs, actions)] == ["b", "c"]
+    assert actions == {"a": "overwrite", "b": "overwrite", "c": "overwrite", "d": "reuse"}
+
+
 def test_a_failed_teacher_skips_its_students_and_the_others_go_on(tmp_path, capsys):
     (tmp_path / "reproduce").mkdir()
     (tmp_path / "bad_teacher.yaml").write_text("base: " + str(CONFIGS / "digits" / "ce_teacher.yaml") +

@@ -44,9 +44,10 @@ in its own process session (`setsid nohup python scripts/gpu/evidence.py ... > e
 with --minutes a little under the time the machine is held; bring OUT back (without --runs)
 before the hold ends. A later sitting on another machine goes on from OUT alone: a suite's finished
 runs are restored from OUT/results, and the weights of the finished teachers that its unfinished
-runs need from OUT/carry (written when a sitting stops inside a suite). Keep the absolute path of
---runs the same between sittings: a student's config names its teacher's run directory, so a moved
-runs folder trains the students again. scripts/gpu/prepare.sh (here), start.sh and pack.sh (there)
+runs need from OUT/carry (written when a sitting stops inside a suite). Keep the absolute paths of
+--runs and the data the same between sittings: the data folder is part of every run's config, and
+an unfinished student names its teacher by its run directory (a finished one by what the teacher
+run is), so moved folders train runs again. scripts/gpu/prepare.sh (here), start.sh and pack.sh (there)
 and unpack.sh (here again) do these steps; scripts/gpu/README.md lists the calls.
 """
 from __future__ import annotations

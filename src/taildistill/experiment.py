@@ -133,6 +133,7 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
             warnings.warn(f"distilling from the unfinished teacher run {run.path} ({epoch} done)", stacklevel=2)
         tcfg = run.config()
         name, kwargs = tcfg.model.name, dict(tcfg.model.kwargs)
+        kwargs.pop("weights", None)  # the run's initialisation file: its trained weights replace it (and it may be elsewhere)
         weights = run.last_weights
         tdata = run.data_info()
         t_mean, t_std, t_norm = tdata.get("mean") or info.mean, tdata.get("std") or info.std, tcfg.augment.normalize

@@ -72,10 +72,14 @@ def flat_config(cfg) -> dict:
     return walk("", cfg, {})
 
 
-def config_hash(raw: dict, with_seed: bool = False) -> str:
+def config_hash(raw: dict, with_seed: bool = False, teacher: str | None = None) -> str:
     """A short hash of a resolved config (as written to config.yaml) minus its name, folder and
-    the settings that do not change the result; the seed too unless `with_seed`."""
+    the settings that do not change the result; the seed too unless `with_seed`. `teacher`, the
+    teacher run's own hash (with its seed), stands for `teacher.run`'s path when given: a student
+    is then the same experiment wherever its suite folder lies or however the path is spelt."""
     data = json.loads(json.dumps(raw))
+    if teacher is not None and (data.get("teacher") or {}).get("run"):
+        data["teacher"]["run"] = f"run {teacher}"
     for key, sub in _NOT_THE_EXPERIMENT.items():
         if sub is None:
             data.pop(key, None)
@@ -124,6 +128,7 @@ def load_state(path: Path) -> dict:
 # ----------------------------------------------------------------------------- the directory
 
 
+_DIGESTS: dict[tuple, str] = {}  # RunDir.weights_digest's memo
 _KEPT = {".lock", "train.log"}  # a run's lock and the log its scheduler writes, kept across --overwrite
 
 
@@ -273,12 +278,32 @@ class RunDir:
         return out
 
     def config_hash(self, with_seed: bool = False) -> str:
-        """What experiment this run is (see :func:`config_hash`), from its config.yaml."""
+        """What experiment this run is (see :func:`config_hash`), from its config.yaml; a finished
+        student's teacher run by the hash its final.json recorded (by its path before that)."""
         try:
             raw = yaml.safe_load(self.require_run().config_file.read_text()) or {}
         except yaml.YAMLError as exc:
             raise TaildistillError(f"{self.config_file} is damaged: {exc}") from None
-        return config_hash(raw, with_seed)
+        return config_hash(raw, with_seed, self.teacher_learnt().get("config_hash"))
+
+    def teacher_learnt(self) -> dict:
+        """The teacher run a finished student learnt from, as its final.json recorded it (run,
+        config_hash, weights_sha256; older runs lack the last); {} otherwise."""
+        return (self.final().get("teacher") or {}) if self.is_finished() else {}
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the run's last weights (what a student loads as its teacher); memoised per
+        (path, inode, size, mtime), so a suite planning a hundred students reads a teacher's file once."""
+        p = self.last_weights.resolve()
+        st = p.stat()
+        key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns)  # (an atomic rewrite is a new inode)
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _DIGESTS[key] = h.hexdigest()
+        return _DIGESTS[key]
 
     # writers (the trainer's)
     def lock(self) -> None:

@@ -5,7 +5,7 @@ as Ray tasks with fractional GPUs over a Ray cluster (`--executor ray`).
 Every run is an ordinary `taildistill train` process writing its own run directory (and its log,
 `train.log`, there), so a suite on a cluster shares the same cache and report as one on a laptop:
 - a finished run whose resolved config matches is reused; one trained with another config is
-  trained again (said so);
+  trained again (said so), and so is a student whose teacher trains again or changed its weights;
 - an unfinished run with a checkpoint resumes from it (`train --resume`), exactly;
 - a failed run does not stop the others; the runs that need it are skipped, with the reason;
 - after a time limit, or on SIGTERM, no run starts and the running ones are sent SIGTERM (each
@@ -60,30 +60,58 @@ class Outcome:
     ended: float = 0.0  # wall-clock time the run ended (runs overlap when several run at once)
 
 
-def _dump_hash(cfg) -> str:
+def _dump_hash(cfg, teacher: str | None = None) -> str:
     import yaml
 
     from .config import dump_config
 
-    return config_hash(yaml.safe_load(dump_config(cfg)), with_seed=True)
+    return config_hash(yaml.safe_load(dump_config(cfg)), with_seed=True, teacher=teacher)
 
 
 def plan_action(spec: RunSpec) -> tuple[str, str]:
-    """What a run needs: ('reuse', ''), ('resume', why), ('new', ''), ('overwrite', why)."""
-    from .experiment import load_config
+    """What a run needs: ('reuse', ''), ('resume', why), ('new', ''), ('overwrite', why).
+
+    A finished student is compared with its config by the teacher run it learnt from (what that
+    run is, not where it lies: a moved suite folder is reused), and is trained again when that
+    teacher's weights are no longer the ones it learnt from."""
+    from .experiment import load_config, teacher_run_path
 
     cfg = load_config(spec.config_files, spec.overrides)  # a bad config stops the graph before it starts
     run = RunDir(spec.run_dir)
     if not run.is_run():
         return "new", ""
-    same = run.config_hash(with_seed=True) == _dump_hash(cfg)
-    if not same:
+    learnt = run.teacher_learnt()
+    teacher = RunDir(teacher_run_path(cfg.teacher)) if cfg.teacher.run or cfg.teacher.pretrained else None
+    now = None  # what the config's teacher run is now, for a student that recorded what it learnt from
+    if cfg.teacher.run and "config_hash" in learnt:
+        if not teacher.is_run():
+            return "overwrite", f"{run.path}: its teacher run {teacher.path} is gone; training it again after it"
+        now = teacher.config_hash(with_seed=True)
+    if run.config_hash(with_seed=True) != _dump_hash(cfg, now):
         return "overwrite", f"{run.path} was trained with another config; training it again"
+    if teacher is not None and learnt.get("weights_sha256") and teacher.last_weights.is_file() \
+            and teacher.weights_digest() != learnt["weights_sha256"]:
+        return "overwrite", f"{run.path} learnt from other weights of its teacher {teacher.path}; training it again"
     if run.is_finished():
         return "reuse", ""
     if run.last_state.is_file():
         return "resume", f"{run.path} stopped before its end; resuming from its checkpoint"
     return "overwrite", f"{run.path} stopped before its first checkpoint; starting it again"
+
+
+def _dependents_first_trained(specs: list[RunSpec], actions: dict[str, str]) -> list[RunSpec]:
+    """Turn to 'overwrite' every reused or resumed run that depends (directly or through others)
+    on a run that trains ('new', 'overwrite', or 'resume': its weights change, and a student may
+    have learnt from its unfinished checkpoint); returns the runs changed."""
+    changed, again = [], True
+    while again:
+        again = False
+        for s in specs:
+            if actions[s.key] in ("reuse", "resume") and any(actions.get(d) in ("new", "overwrite", "resume") for d in s.deps):
+                actions[s.key] = "overwrite"
+                changed.append(s)
+                again = True
+    return changed
 
 
 def train_command(spec: RunSpec, action: str) -> list[str]:
@@ -364,6 +392,9 @@ def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = 
         actions[s.key], why = plan_action(s)
         if why:
             print(f"note: {why}", file=sys.stderr)
+    for s in _dependents_first_trained(specs, actions):  # a teacher trained (again) retrains its students
+        print(f"note: {s.run_dir}: its teacher trains (again), so it is trained again after it", file=sys.stderr)
+    for s in specs:
         if actions[s.key] == "reuse":
             outcomes[s.key] = Outcome(s.key, "reused", s.run_dir)
     todo = [s for s in specs if s.key not in outcomes]
@@ -463,8 +494,10 @@ def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local",
     try:
         t0 = time.time()
         outcomes = run_graph(specs, ex, desc=what, quiet=quiet, time_limit=time_limit)
-        for o in outcomes:
-            if o.status == "finished":
+        for o in outcomes:  # a run's own `taildistill train` process wrote its report (not the inline executor)
+            run = RunDir(o.run_dir)
+            if o.status == "finished" and not (run.report_file.is_file()
+                                               and run.report_file.stat().st_mtime_ns >= run.final_file.stat().st_mtime_ns):
                 write_run_report(o.run_dir)
         cost = accounting(outcomes, time.time() - t0, per_gpu, len(getattr(ex, "gpus", [])))
         write_outcomes(out / "outcomes.json", outcomes, {"executor": ex.name, "jobs": jobs, "per_gpu": per_gpu,

@@ -40,9 +40,16 @@ def resolve_device(name: str, dist: DistInfo | None = None) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device is '{name}' but no CUDA device is available")
         if dist is not None and dist.enabled:
+            if name != "cuda":  # torchrun gives every process its GPU; an index would be silently ignored
+                raise ConfigError(f"train.device is '{name}', but under torchrun each process trains on the GPU "
+                                  "of its LOCAL_RANK: use train.device=cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)")
             return torch.device("cuda", dist.local_rank)
         if name == "cuda":  # with its index, so that it equals the device of the tensors made on it
             return torch.device("cuda", torch.cuda.current_device())
+        device = torch.device(name)  # the form was validated with the config
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device is '{name}' but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
     return torch.device(name)
 
 
@@ -171,11 +178,20 @@ class Trainer:
         ce = tc.checkpoint_every
         self.checkpoint_every = ce if ce != "auto" else 1  # auto on CUDA: re-chosen after the first checkpoint
         self.checkpoint_auto = ce == "auto" and cuda
+        # which training of the teacher run this student learns from (the file assemble just read; a
+        # given experiment, the bench's, may hold a stand-in teacher instead)
+        self.teacher_digest = (RunDir(teacher_run_path(cfg.teacher)).weights_digest() if experiment is None
+                               and self.is_main and (cfg.teacher.run or cfg.teacher.pretrained) else None)
+        if resume and self.is_main and self.teacher_digest != self.rundir.env().get("teacher_weights_sha256", self.teacher_digest):
+            raise ConfigError(f"{teacher_source(cfg.teacher)} holds other weights than when {self.rundir.path} started "
+                              f"(the teacher was trained again): train this run again with --overwrite")
         if resume:
             self._load_checkpoint()
         if self.is_main:
             env = provenance(self.device)
             env["world_size"] = self.dist.world_size
+            if self.teacher_digest:
+                env["teacher_weights_sha256"] = self.teacher_digest
             if resume:
                 if resume_overrides:  # how this part of the run executed differently from its config.yaml
                     env["overrides"] = list(resume_overrides)
@@ -399,7 +415,7 @@ class Trainer:
             self.checkpoint_auto = False
             spent = time.perf_counter() - t0
             self.checkpoint_every = max(1, math.ceil(spent / (CHECKPOINT_BUDGET * max(epoch_seconds, 1e-9))))
-            record = {"checkpoint_seconds": round(spent, 4), "epoch_seconds": round(epoch_seconds, 3),
+            record = {"checkpoint_seconds": round(spent, 6), "epoch_seconds": round(epoch_seconds, 6),
                       "checkpoint_every": self.checkpoint_every}
             self.rundir.note("checkpoints", record)
 
@@ -536,7 +552,8 @@ class Trainer:
         if not t.run and not t.pretrained:
             return {"checkpoint": t.checkpoint, "model": t.model}
         run = RunDir(teacher_run_path(t))
-        record = {"run": str(run.path), "config_hash": run.config_hash(with_seed=True)}
+        record = {"run": str(run.path), "config_hash": run.config_hash(with_seed=True),
+                  "weights_sha256": self.teacher_digest}  # which training of it (read when the run started)
         if t.pretrained:
             record["pretrained"] = t.pretrained
         if run.is_finished():

@@ -2,6 +2,7 @@
 Weights are only ever loaded from a local file (`weights: path`), never downloaded."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,8 +15,9 @@ from .common import pooled_head, read_weight_file, run_stages
 
 def load_local_weights(model: nn.Module, path: str, strict: bool = False) -> nn.Module:
     """Load a local .safetensors or torch checkpoint (read with weights_only=True) into `model`.
-    Keys of a differently sized head are skipped, so a checkpoint for another class count loads
-    its backbone."""
+    Tensors that do not fit (a head for another class count, a stem changed by `cifar_stem`) are
+    skipped, so a checkpoint loads the backbone it shares with the model; a warning names every
+    model tensor left at its initialisation, so a skipped stem or a key prefix is never silent."""
     if not path:
         return model
     p = Path(path).expanduser()
@@ -24,6 +26,14 @@ def load_local_weights(model: nn.Module, path: str, strict: bool = False) -> nn.
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fitting:
         raise ConfigError(f"no tensor of {p} fits the model (is it the right architecture?)")
+    left = [k for k in own if k not in fitting and not k.endswith("num_batches_tracked")]
+    if left:
+        def why(k: str) -> str:
+            return (f"{k} (file {list(state[k].shape)}, model {list(own[k].shape)})" if k in state
+                    else f"{k} (not in the file)")
+        shown = ", ".join(why(k) for k in left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+        warnings.warn(f"weights {p}: {len(left)} of the model's tensors keep their initialisation: {shown}",
+                      stacklevel=2)
     model.load_state_dict(fitting, strict=strict and len(fitting) == len(own))
     return model
 
