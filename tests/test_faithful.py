@@ -101,6 +101,13 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     assert (bkd.method.params.temperature, bkd.method.params.bkd_beta, bkd.method.params.bkd_start_epoch) == (2.0, 0.9999, 160)
     assert (bkd.train.epochs, bkd.train.batch_size, bkd.optim.lr, bkd.optim.weight_decay) == (200, 128, 0.1, 2e-4)
     assert bkd.optim.decay_norm_and_bias and bkd.schedule.milestones == [160, 180]
+    # Table 1 (CIFAR-100): the same recipe, BKD from the first epoch (the epoch-160 switch is CIFAR-10's, Sec. 5.2)
+    bkd100 = load_config(CONFIGS / "cifar100_lt_bkd" / "bkd.yaml")
+    assert (bkd100.data.source, bkd100.data.n_max, bkd100.model.name, bkd100.method.params.bkd_start_epoch) == \
+        ("cifar100", 500, "resnet32", 0)
+    assert (bkd100.train.epochs, bkd100.optim.lr, bkd100.augment.mixup_alpha, bkd100.method.params.temperature) == \
+        (200, 0.1, 1.0, 2.0)
+    assert load_config(CONFIGS / "cifar100_lt_bkd" / "kd.yaml").method.params.temperature == 2.0
     ltkd = load_config([CONFIGS / "cifar100_lt" / "_base.yaml", CONFIGS / "methods" / "ltkd.yaml"])
     assert (ltkd.method.params.ltkd_alpha, ltkd.method.params.ltkd_beta) == (6.0, 6.0)
     deit = load_config(CONFIGS / "cifar10_lt" / "deitlt.yaml")
@@ -126,3 +133,19 @@ def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):
     for value in ("model.name=deit_b_distilled", "train.grad_accum=8", "augment.random_resized_crop=224",
                   "method.params.dist.drw_epoch=1100", "teacher.run=runs/reproduce/deitlt-cifar10/ratio100/ldam_drw_sam_teacher/seed0"):
         assert value in deit, value
+
+
+def test_the_step_imbalanced_suites_train_on_the_step_profile_with_the_papers_numbers_per_cell(tmp_path):
+    from taildistill.experiment import load_config
+
+    specs = suite_specs("bkd-cifar10-step", load_suite("bkd-cifar10-step", CONFIGS), tmp_path, 1, False, CONFIGS, None, None)
+    cfg = load_config(next(s for s in specs if s.key == "ratio50/bkd/seed0").config_files,
+                      next(s for s in specs if s.key == "ratio50/bkd/seed0").overrides)
+    assert (cfg.data.profile, cfg.data.ratio, cfg.data.group_policy, cfg.data.group_cuts) == ("step", 50, "cuts", [5])
+    assert cfg.method.params.bkd_start_epoch == 160  # CIFAR-10: plain KD first (Sec. 5.2)
+    c100 = load_suite("bkd-cifar100", CONFIGS)
+    specs = suite_specs("bkd-cifar100", c100, tmp_path, 1, False, CONFIGS, None, None)
+    step = next(s for s in specs if s.key == "profilestep_ratio10/mixup/seed0")
+    cfg = load_config(step.config_files, step.overrides)
+    assert (cfg.data.profile, cfg.data.ratio, cfg.augment.mixup_alpha, cfg.method.name) == ("step", 10, 1.0, "ce")
+    assert c100["paper"]["profilestep_ratio10"]["bkd"] == 61.8 and c100["paper"]["profileexp_ratio100"]["bkd"] == 46.5

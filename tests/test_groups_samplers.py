@@ -26,7 +26,10 @@ def test_thirds_policy_by_rank():
 def test_cuts_policy_deit_lt_cifar10():
     g = make_groups("cuts", [1] * 10, [3, 7])
     assert g.class_to_group == (0, 0, 0, 1, 1, 1, 1, 2, 2, 2)
-    assert "cuts" in g.policy
+    assert "cuts" in g.policy and g.names == ("head", "medium", "tail")
+    step = make_groups("cuts", [5000] * 5 + [50] * 5, [5])  # a step-imbalanced set's halves
+    assert step.class_to_group == (0,) * 5 + (1,) * 5 and step.names == ("head", "tail")
+    assert make_groups("cuts", [1] * 10, [2, 4, 6]).names == ("group0", "group1", "group2", "group3")
     with pytest.raises(DataError):
         make_groups("cuts", [1] * 10, [])
     with pytest.raises(DataError):

@@ -15,7 +15,7 @@ from taildistill.reproduce import grid_cells, list_suites, load_suite, run_suite
 from conftest import finished, hold_lock
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"
-SUITES = ["bkd-cifar10", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar10-small",
+SUITES = ["bkd-cifar10", "bkd-cifar10-step", "bkd-cifar100", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar10-small",
           "ltsf-cifar10", "acckd-cifar10"]
 
 
@@ -47,6 +47,13 @@ def test_unknown_suite_and_bad_teacher(tmp_path):
     (tmp_path / "reproduce" / "bad.yaml").write_text("baseline: a\nruns: [{name: a, config: x.yaml, teacher: b}]\n")
     with pytest.raises(ConfigError, match="teacher 'b'"):
         load_suite("bad", tmp_path)
+    runs = "baseline: a\ngrid: {data.ratio: [100, 10]}\nruns: [{name: a, config: x.yaml}]\n"
+    (tmp_path / "reproduce" / "cell.yaml").write_text(runs + "paper: {ratio50: {a: 1.0}}\n")
+    with pytest.raises(ConfigError, match="cell 'ratio50', which the grid does not have; its cells: ratio100, ratio10"):
+        load_suite("cell", tmp_path)
+    (tmp_path / "reproduce" / "run.yaml").write_text(runs + "paper: {ratio10: {a: 1.0, b: 2.0}}\n")
+    with pytest.raises(ConfigError, match="paper numbers for b in cell 'ratio10', not runs"):
+        load_suite("run", tmp_path)
 
 
 def test_the_graph_makes_students_wait_for_their_teachers(tmp_path):

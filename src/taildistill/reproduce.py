@@ -80,6 +80,15 @@ def load_suite(name: str, configs: str | Path | None = None) -> dict:
         if baseline_of(suite, r["name"]) not in names:
             raise ConfigError(f"suite {p}: run '{r['name']}' is measured against baseline "
                               f"'{baseline_of(suite, r['name'])}', which is not a run of the suite")
+    # a paper number under a misspelt cell or run would silently drop out of the report
+    labels = [label for label, _ in grid_cells(suite.get("grid", {}))]
+    for label, numbers in (suite.get("paper") or {}).items():
+        if label not in labels:
+            raise ConfigError(f"suite {p}: paper numbers for cell '{label}', which the grid does not have; "
+                              f"its cells: {', '.join(labels)}")
+        unknown = [n for n in numbers or {} if n not in names]
+        if unknown:
+            raise ConfigError(f"suite {p}: paper numbers for {', '.join(unknown)} in cell '{label}', not runs of the suite")
     return suite
 
 

@@ -52,13 +52,14 @@ def thirds(counts: list[int], cuts: list[int] | None = None) -> Groups:
 @GROUP_POLICIES.register("cuts")
 def cuts(counts: list[int], cuts: list[int] | None = None) -> Groups:
     """Explicit class-index cuts: classes < cuts[0] are group 0, cuts[0] <= c < cuts[1] group 1,
-    and so on (e.g. DeiT-LT's [3, 7] for CIFAR-10, [36, 71] for CIFAR-100)."""
+    and so on (e.g. DeiT-LT's [3, 7] for CIFAR-10, [36, 71] for CIFAR-100; one cut, e.g. [5], splits
+    a step-imbalanced set into its head and tail halves)."""
     if not cuts:
         raise DataError("group policy 'cuts' needs data.group_cuts, e.g. [3, 7]")
     if sorted(cuts) != list(cuts) or cuts[0] <= 0 or cuts[-1] >= len(counts):
         raise DataError(f"data.group_cuts must be increasing and inside 1..{len(counts) - 1}, got {cuts}")
     ids = tuple(sum(c >= cut for cut in cuts) for c in range(len(counts)))
-    names = ("head", "medium", "tail") if len(cuts) == 2 else tuple(f"group{i}" for i in range(len(cuts) + 1))
+    names = {1: ("head", "tail"), 2: ("head", "medium", "tail")}.get(len(cuts), tuple(f"group{i}" for i in range(len(cuts) + 1)))
     return Groups(f"cuts{list(cuts)}", ids, names)
 
 
