@@ -108,6 +108,11 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     assert (bkd100.train.epochs, bkd100.optim.lr, bkd100.augment.mixup_alpha, bkd100.method.params.temperature) == \
         (200, 0.1, 1.0, 2.0)
     assert load_config(CONFIGS / "cifar100_lt_bkd" / "kd.yaml").method.params.temperature == 2.0
+    # Table 3 (ImageNet-LT): 90 epochs, batch 512, SGD 0.2 cosine (Sec. 5.2), BKD from the first epoch
+    inet = load_config(CONFIGS / "imagenet_lt_bkd" / "bkd.yaml")
+    assert (inet.train.epochs, inet.train.batch_size, inet.optim.lr, inet.schedule.name, inet.model.name) == \
+        (90, 512, 0.2, "cosine", "resnet10")
+    assert (inet.method.params.bkd_start_epoch, inet.augment.mixup_alpha, inet.data.group_policy) == (0, 0.2, "shots")
     ltkd = load_config([CONFIGS / "cifar100_lt" / "_base.yaml", CONFIGS / "methods" / "ltkd.yaml"])
     assert (ltkd.method.params.ltkd_alpha, ltkd.method.params.ltkd_beta) == (6.0, 6.0)
     deit = load_config(CONFIGS / "cifar10_lt" / "deitlt.yaml")
