@@ -77,9 +77,23 @@ def test_cells_and_only_select_part_of_a_suite_and_name_what_exists(tmp_path):
 # at tiny scale every suite trains on digits: ltkd-tinyimagenet's ResNet-8x4 and VGG-8 rows would
 # repeat ltkd-cifar100's pairs and methods (28 runs, a minute of CI), so its smoke trains the pairs
 # only it has (and the students its teachers' rows are compared with)
+# (every run of every suite still resolves its full-scale config in the test below)
 SMOKE_ONLY = {"ltkd-tinyimagenet": lambda name: name.endswith(("_shuv1", "_mv2")) or name in ("student_r8x4", "student_vgg8"),
+              # its ResNet-8x4 methods are ltkd-cifar10's runs (the student stays: the suite's baseline)
+              "ltkd-cifar100": lambda name: not name.endswith("_r8x4") or name == "student_r8x4",
               # its ResNeXt-50 rows are the ResNet-10 rows' configs with another backbone (23M parameters)
               "bkd-imagenet-lt": lambda name: name.endswith("_r10")}
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_run_of_every_suite_resolves_its_full_scale_config(suite, capsys):
+    spec = load_suite(suite, CONFIGS)
+    assert main(["reproduce", suite, "--print", "--seeds", "1", "--configs", str(CONFIGS)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cells = grid_cells(spec.get("grid", {}))
+    # one resolved recipe per run and cell (an ablation only in the cells the paper has it in)
+    assert len(lines) == sum(1 for label, _ in cells for r in spec["runs"] if label in r.get("cells", [label]))
+    assert not any("data.source=digits" in ln for ln in lines)  # the paper's data, not the smoke's
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -95,6 +109,7 @@ def test_every_suite_runs_end_to_end_at_tiny_scale(suite, tmp_path):
     trained = {r["name"] for r in spec["runs"] if only is None or r["name"] in only}
     trained |= {r["teacher"] for r in spec["runs"] if r["name"] in trained and r.get("teacher")}
     assert suite != "ltkd-tinyimagenet" or len(trained) == 16  # 12 runs of ShuffleNetV1 / MobileNetV2, 2 teachers, 2 students
+    assert suite != "ltkd-cifar100" or len(trained) == 23  # 28 less ResNet-32x4 and its five distilled students
     for run in spec["runs"]:
         if run["name"] in trained:
             assert f"| {run['name']} |" in text, run["name"]
