@@ -10,7 +10,7 @@ import pytest
 
 from taildistill.cli import main
 from taildistill.errors import ConfigError
-from taildistill.reproduce import grid_cells, list_suites, load_suite, run_suite, suite_specs
+from taildistill.reproduce import ddp_batch, grid_cells, list_suites, load_suite, run_suite, suite_specs
 
 from conftest import finished, hold_lock
 
@@ -47,13 +47,16 @@ def test_unknown_suite_and_bad_teacher(tmp_path):
     (tmp_path / "reproduce" / "bad.yaml").write_text("baseline: a\nruns: [{name: a, config: x.yaml, teacher: b}]\n")
     with pytest.raises(ConfigError, match="teacher 'b'"):
         load_suite("bad", tmp_path)
-    runs = "baseline: a\ngrid: {data.ratio: [100, 10]}\nruns: [{name: a, config: x.yaml}]\n"
-    (tmp_path / "reproduce" / "cell.yaml").write_text(runs + "paper: {ratio50: {a: 1.0}}\n")
-    with pytest.raises(ConfigError, match="cell 'ratio50', which the grid does not have; its cells: ratio100, ratio10"):
-        load_suite("cell", tmp_path)
-    (tmp_path / "reproduce" / "run.yaml").write_text(runs + "paper: {ratio10: {a: 1.0, b: 2.0}}\n")
-    with pytest.raises(ConfigError, match="paper numbers for b in cell 'ratio10', not runs"):
-        load_suite("run", tmp_path)
+    grid = "baseline: a\ngrid: {data.ratio: [100, 10]}\nruns: [{name: a, config: x.yaml}, {name: c, config: x.yaml, cells: [ratio100]}]\n"
+    for paper, error in (("{ratio50: {a: 1.0}}", "cell 'ratio50', which the grid does not have; its cells: ratio100, ratio10"),
+                         ("{ratio10: {a: 1.0, b: 2.0}}", "paper numbers for b in cell 'ratio10', not runs"),
+                         ("{ratio10: 1.0}", "paper: ratio10 must map run names to accuracies"),
+                         ("{ratio10: {c: 1.0}}", "paper numbers for c in cell 'ratio10', not runs of that cell")):
+        (tmp_path / "reproduce" / "paper.yaml").write_text(grid + f"paper: {paper}\n")
+        with pytest.raises(ConfigError, match=error):
+            load_suite("paper", tmp_path)
+    with pytest.raises(ConfigError, match="its batch of 512 does not split over 3 processes"):
+        ddp_batch(512, 3, "s")
 
 
 def test_the_graph_makes_students_wait_for_their_teachers(tmp_path):
@@ -80,7 +83,7 @@ def test_cells_and_only_select_part_of_a_suite_and_name_what_exists(tmp_path):
 # (every run of every suite still resolves its full-scale config in the test below)
 SMOKE_ONLY = {"ltkd-tinyimagenet": lambda name: name.endswith(("_shuv1", "_mv2")) or name in ("student_r8x4", "student_vgg8"),
               # its ResNet-8x4 methods are ltkd-cifar10's runs (the student stays: the suite's baseline)
-              "ltkd-cifar100": lambda name: not name.endswith("_r8x4") or name == "student_r8x4",
+              "ltkd-cifar100": lambda name: not name.endswith(("_r8x4", "_r32x4")) or name == "student_r8x4",
               # its ResNeXt-50 rows are the ResNet-10 rows' configs with another backbone (23M parameters)
               "bkd-imagenet-lt": lambda name: name.endswith("_r10")}
 
@@ -94,6 +97,15 @@ def test_every_run_of_every_suite_resolves_its_full_scale_config(suite, capsys):
     # one resolved recipe per run and cell (an ablation only in the cells the paper has it in)
     assert len(lines) == sum(1 for label, _ in cells for r in spec["runs"] if label in r.get("cells", [label]))
     assert not any("data.source=digits" in ln for ln in lines)  # the paper's data, not the smoke's
+    if spec.get("effective_batch"):  # the paper's batch per step, on one GPU and split over eight
+        from taildistill.experiment import load_config
+
+        ddp = {r["name"] for r in spec["runs"] if r.get("ddp")}
+        for nproc in (1, 8):
+            for s in suite_specs(suite, spec, Path("out"), 1, False, CONFIGS, None, None, nproc):
+                if s.key.split("/")[1] in ddp:
+                    cfg = load_config(s.config_files, s.overrides)
+                    assert cfg.train.batch_size * cfg.train.grad_accum * s.nproc == spec["effective_batch"], (s.key, nproc)
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -109,7 +121,7 @@ def test_every_suite_runs_end_to_end_at_tiny_scale(suite, tmp_path):
     trained = {r["name"] for r in spec["runs"] if only is None or r["name"] in only}
     trained |= {r["teacher"] for r in spec["runs"] if r["name"] in trained and r.get("teacher")}
     assert suite != "ltkd-tinyimagenet" or len(trained) == 16  # 12 runs of ShuffleNetV1 / MobileNetV2, 2 teachers, 2 students
-    assert suite != "ltkd-cifar100" or len(trained) == 23  # 28 less ResNet-32x4 and its five distilled students
+    assert suite != "ltkd-cifar100" or len(trained) == 22  # 28 less ResNet-32x4 and the five students it distils
     for run in spec["runs"]:
         if run["name"] in trained:
             assert f"| {run['name']} |" in text, run["name"]

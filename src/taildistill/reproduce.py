@@ -14,6 +14,8 @@ A suite is a YAML file `configs/reproduce/NAME.yaml`:
     tiny: [...]                 # extra overrides for --tiny (CPU smoke runs); a run may add its own `tiny`
     overrides: [...]            # overrides for every run of the suite (e.g. train.report_best_test=true)
     not_the_paper: "..."        # a suite that cannot be the paper's experiment says how; its report shows no paper column
+    effective_batch: 512        # the paper's batch per optimizer step: a `ddp` run over N processes trains
+                                # batch_size = effective_batch / N each, without accumulation (the batch is per process)
 
 A run may set `cells: [ratio100]` (only in those grid cells: an ablation the paper has at one
 setting), `ddp: true` (trained over --nproc-per-node GPUs), `small: false` (a whole GPU) and
@@ -86,9 +88,12 @@ def load_suite(name: str, configs: str | Path | None = None) -> dict:
         if label not in labels:
             raise ConfigError(f"suite {p}: paper numbers for cell '{label}', which the grid does not have; "
                               f"its cells: {', '.join(labels)}")
-        unknown = [n for n in numbers or {} if n not in names]
+        if not isinstance(numbers, dict):
+            raise ConfigError(f"suite {p}: paper: {label} must map run names to accuracies, got {numbers!r}")
+        runs_here = [r["name"] for r in suite["runs"] if label in r.get("cells", [label])]
+        unknown = [n for n in numbers if n not in runs_here]
         if unknown:
-            raise ConfigError(f"suite {p}: paper numbers for {', '.join(unknown)} in cell '{label}', not runs of the suite")
+            raise ConfigError(f"suite {p}: paper numbers for {', '.join(unknown)} in cell '{label}', not runs of that cell")
     return suite
 
 
@@ -163,14 +168,26 @@ def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, confi
                 if run.get("teacher"):
                     overrides.append(f"teacher.run={out / label / run['teacher'] / 'seed0'}")
                     deps.append(f"{label}/{run['teacher']}/seed0")
+                ddp_procs = nproc if run.get("ddp") and not tiny else 1
+                if ddp_procs > 1 and suite.get("effective_batch"):
+                    overrides += ddp_batch(suite["effective_batch"], ddp_procs, name)
                 if tiny:
                     overrides += TINY + list(suite.get("tiny", [])) + list(run.get("tiny", []))
                 overrides += list(extra or [])
                 files = run["config"] if isinstance(run["config"], list) else [run["config"]]
                 specs.append(RunSpec(f"{label}/{run['name']}/seed{seed}", out / label / run["name"] / f"seed{seed}",
                                      [str(root / f) for f in files], overrides, deps,
-                                     nproc=nproc if run.get("ddp") and not tiny else 1, small=bool(run.get("small", True))))
+                                     nproc=ddp_procs, small=bool(run.get("small", True))))
     return specs
+
+
+def ddp_batch(effective: int, procs: int, suite: str) -> list[str]:
+    """The overrides that keep a suite's batch per optimizer step over `procs` DDP processes (the
+    config's batch is per process: 512 on one GPU would be 8 x 512 on eight)."""
+    if effective % procs:
+        raise ConfigError(f"suite {suite}: its batch of {effective} does not split over {procs} processes; "
+                          f"choose a --nproc-per-node that divides it")
+    return ["train.grad_accum=1", f"train.batch_size={effective // procs}"]
 
 
 def print_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False, configs=None,
