@@ -263,6 +263,13 @@ def test_out_that_is_a_file_or_holds_a_run(tmp_path, trained, capsys):
     one_error(capsys, "holds a finished run", "--overwrite", "--resume")
     out = tmp_path / "again"
     assert main(["train", cfg, "--out", str(out), "--quiet"]) == 0
+    # an --overwrite whose new run cannot start (bad data, a teacher that is the run itself) keeps the old one
+    before = (out / "final.json").read_text()
+    assert main(["train", cfg, "--out", str(out), "--quiet", "data.ratio=1000", "--overwrite"]) == 2
+    one_error(capsys, "empty")  # found when the data is built, after the run directory was locked
+    assert main(["train", cfg, "method.name=kd", f"teacher.run={out}", "--out", str(out), "--quiet", "--overwrite"]) == 2
+    one_error(capsys, "teacher.run is", "the run directory this run would write")
+    assert (out / "final.json").read_text() == before and (out / "checkpoints" / "last.safetensors").is_file()
     assert main(["train", cfg, "--out", str(out), "--quiet", "train.seed=4", "--overwrite"]) == 0
     assert "seed: 4" in (out / "config.yaml").read_text() and not (tmp_path / "again-2").exists()
 
@@ -366,3 +373,25 @@ def test_commands_without_what_they_need(capsys):
     one_error(capsys, "needs a subcommand")
     assert main(["bench", "digits/ce_teacher", "--steps", "0"]) == 2
     one_error(capsys, "--steps")
+
+
+def test_bad_command_lines_and_values_are_one_line_each(tmp_path, capsys):
+    cfg = config_file(tmp_path)
+    assert main(["config", cfg, "optim.weight_decay=nan"]) == 2  # NaN passes every range check: refused as a number
+    one_error(capsys, "optim.weight_decay", "expects a number", "nan")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\nb: 3\n")
+    assert main(["config", str(tmp_path / "bad.yaml")]) == 2
+    one_error(capsys, "is not valid YAML", "at line 2, column 2")
+    (tmp_path / "folder.yaml").mkdir()
+    assert main(["config", str(tmp_path / "folder.yaml")]) == 2
+    one_error(capsys, "is a folder, not a YAML file")
+    assert main(["config", cfg, "train.epochs"]) == 2  # a file after an override is refused; alone it is a missing file
+    one_error(capsys, "config file")
+    assert main(["config", "train.epochs"]) == 2
+    one_error(capsys, "not found: train.epochs", "an override is KEY=VALUE")
+    assert main(["sweep", cfg, "--set", "optim.lr=0.1", "--set", "optim.lr=0.2", "--out", str(tmp_path / "s")]) == 2
+    one_error(capsys, "--set gives optim.lr twice")
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse: usage and the error, exit 2
+        main(["reproduce", "bkd-cifar10", "--print", "--seeds", "0"])
+    assert exit_.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err

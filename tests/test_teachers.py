@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from taildistill import teachers
 from taildistill.cli import main
 from taildistill.engine.trainer import fit
-from taildistill.errors import ConfigError
+from taildistill.errors import ConfigError, TaildistillError
 from taildistill.experiment import build_config, load_config, teacher_run_path
 from taildistill.rundir import RunDir
 
@@ -81,6 +81,17 @@ def test_export_refuses_bad_names_unfinished_runs_and_existing_teachers(teacher_
     with pytest.raises(ConfigError, match="has not finished"):
         teachers.export(unfinished, "u", tmp_path)
     assert not (tmp_path / "u").exists() and not list(tmp_path.glob(".*.tmp"))
+    # damaged weights are refused before anything is copied, and the shipped teacher stays as it was
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(teacher_run, damaged)
+    weights = damaged / "checkpoints" / "last.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    shipped = (tmp_path / "ok" / "checkpoints" / "last.safetensors").read_bytes()
+    with pytest.raises(TaildistillError, match="cannot read checkpoint"):
+        teachers.export(damaged, "ok", tmp_path, overwrite=True)
+    assert (tmp_path / "ok" / "checkpoints" / "last.safetensors").read_bytes() == shipped
 
 
 def test_runs_saved_before_teacher_pretrained_existed_are_still_the_same_experiment():

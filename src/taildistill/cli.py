@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--print", action="store_true", help="print each run's resolved recipe (the values that differ from "
                                                           "the defaults), one line per run, and train nothing")
     rp.add_argument("--out", help="output folder (default runs/reproduce/NAME, or NAME-tiny with --tiny)")
-    rp.add_argument("--seeds", type=int, help="student seeds (default: the suite's)")
+    rp.add_argument("--seeds", type=_positive_int, help="student seeds (default: the suite's)")
     rp.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (and the teachers they need)")
     rp.add_argument("--cells", nargs="+", metavar="CELL", help="only these grid cells (e.g. ratio100; --print lists "
                                                               "the runs of each cell)")
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_configs(sw)
     sw.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis (repeatable)")
-    sw.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    sw.add_argument("--seeds", type=_positive_int, default=1, help="seeds per grid point (default 1)")
     sw.add_argument("--out", required=True, help="output folder: OUT/<grid point>/seed<k>, OUT/report.md")
     _add_scheduling(sw)
     sw.set_defaults(func=cmd_sweep)

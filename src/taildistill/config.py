@@ -382,13 +382,25 @@ def expand_env(value: Any) -> Any:
     return value
 
 
+def yaml_error(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return what + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
 def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a YAML file")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        hint = ""
+        if path.suffix != ".yaml" and re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$", str(path)):
+            hint = f" (an override is KEY=VALUE: {path}=...)"
+        raise ConfigError(f"config file not found: {path}{hint}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_error(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     if raw is None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import yaml_error
 from .errors import ConfigError
 from .rundir import RunDir
 
@@ -56,7 +57,7 @@ def _read(p: Path) -> dict:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"suite {p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"suite {p} is not valid YAML: {yaml_error(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"suite {p} must hold a mapping")
     return data

@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .config import ExperimentConfig, load_raw, parse_config
+from .config import ExperimentConfig, load_raw, parse_config, yaml_error
 from .errors import TaildistillError, TrainingError
 from .files import clean_stale_temporaries, lock_exclusive, unlock, write_atomic, write_text_atomic
 
@@ -283,7 +283,7 @@ class RunDir:
         try:
             raw = yaml.safe_load(self.require_run().config_file.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise TaildistillError(f"{self.config_file} is damaged: {exc}") from None
+            raise TaildistillError(f"{self.config_file} is damaged: {yaml_error(exc)}") from None
         return config_hash(raw, with_seed, self.teacher_learnt().get("config_hash"))
 
     def teacher_learnt(self) -> dict:

@@ -27,6 +27,8 @@ def parse_sets(sets: list[str]) -> list[tuple[str, list[str]]]:
         parts.append(cur)
         if not key or not all(p.strip() for p in parts):
             raise ConfigError(f"--set '{text}' has an empty key or value")
+        if key in (k for k, _ in out):  # the later one would silently win
+            raise ConfigError(f"--set gives {key} twice; list its values in one --set ({key}=V1,V2)")
         out.append((key, [p.strip() for p in parts]))
     return out
 

@@ -16,9 +16,11 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+
 from .errors import ConfigError
 from .files import write_text_atomic
-from .rundir import RunDir
+from .rundir import RunDir, load_weights
 
 SHIPPED = Path(__file__).resolve().parent / "teachers"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -71,6 +73,11 @@ def export(run_dir: str | Path, name: str, root: str | Path, overwrite: bool = F
     run = RunDir(run_dir).require_run("teachers --export")
     if not run.is_finished() or not run.last_weights.is_file():
         raise ConfigError(f"{run.path} has not finished; only a finished run can be a teacher")
+    # read what a student will read, so that a damaged run is refused here and not where it is used
+    run.config(), run.final(), run.data_info()
+    bad = [k for k, v in load_weights(run.last_weights).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{run.last_weights} holds non-finite values (in {bad[:3]}): not a teacher to ship")
     dest = Path(root) / name
     if dest.exists() and not overwrite:
         raise ConfigError(f"{dest} exists; choose another name or pass --overwrite")

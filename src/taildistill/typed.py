@@ -9,6 +9,7 @@ not epochs later where the value is first used.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -75,13 +76,16 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-2` as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-2` as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and not math.isnan(number):  # NaN passes every range check: never a setting
+            return number
         raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

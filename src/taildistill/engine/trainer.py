@@ -114,8 +114,10 @@ class Trainer:
         barrier(self.dist)  # every rank has checked before rank 0 writes
         if self.is_main:
             self.rundir.lock()
-            if overwrite and not resume and self.rundir.is_run():
-                self.rundir.clear()
+        if (cfg.teacher.run or cfg.teacher.pretrained) and not resume \
+                and Path(teacher_run_path(cfg.teacher)).resolve() == self.rundir.path.resolve():
+            raise ConfigError(f"teacher.run is {self.rundir.path}, the run directory this run would write; "
+                              "give the student another --out / name")
         seed_everything(tc.seed, tc.deterministic)
         cuda = self.device.type == "cuda"
         self.bf16 = use_bf16(tc, self.device)
@@ -197,6 +199,8 @@ class Trainer:
                     env["overrides"] = list(resume_overrides)
                 self.rundir.record_resume(env)
             else:
+                if overwrite and self.rundir.is_run():  # only now that the new run has data, models and a valid setup
+                    self.rundir.clear()
                 self.rundir.write_header(dump_config(cfg), info.to_json(), env)
         self.tb = None
 
