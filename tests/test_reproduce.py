@@ -244,6 +244,7 @@ runs:
   - {{name: bad_teacher, config: bad_teacher.yaml, teacher_run: true}}
   - {{name: ce, config: {CONFIGS / 'digits' / '_base.yaml'}}}
   - {{name: kd, config: [{CONFIGS / 'digits' / '_base.yaml'}, {CONFIGS / 'methods' / 'kd.yaml'}], teacher: bad_teacher}}
+  - {{name: orphan, config: [{CONFIGS / 'digits' / '_base.yaml'}, {CONFIGS / 'methods' / 'kd.yaml'}], overrides: [teacher.run={tmp_path / 'nowhere'}]}}
 """)
     out = tmp_path / "out"
     assert main(["reproduce", "mini", "--configs", str(tmp_path), "--out", str(out), "--tiny", "--quiet",
@@ -251,6 +252,8 @@ runs:
     err = capsys.readouterr().err
     assert "all/bad_teacher/seed0 failed (exit code 1; log: " in err and "all/kd/seed0 skipped (all/bad_teacher/seed0 did not finish)" in err
     assert "Traceback" in (out / "all" / "bad_teacher" / "seed0" / "train.log").read_text()
+    # a run that stops on bad input says why in the suite's own message, not only in its log
+    assert f"all/orphan/seed0 failed (error: teacher.run: {tmp_path / 'nowhere'} is not a run directory" in err
     assert outcomes(out)["all/ce/seed0"] == "finished"
     report = (out / "report.md").read_text()
     assert "## Runs that did not finish" in report and "| ce |" in report

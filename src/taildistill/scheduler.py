@@ -268,6 +268,10 @@ class InlineExecutor:
                 f.write(f"{exc}\n")
             rc = exc.exit_code
             self.interrupted = exc.signal_name
+        except TaildistillError as exc:  # bad input found by the run: one line, as `taildistill train` says it
+            with open(log, "a") as f:
+                f.write(f"error: {exc}\n")
+            rc = 2  # the command line's exit code for bad input
         except Exception:  # an isolation boundary: the failure is logged and reported, the graph goes on
             with open(log, "a") as f:
                 f.write(traceback.format_exc())
@@ -419,7 +423,7 @@ def run_graph(specs: list[RunSpec], executor, desc: str = "runs", quiet: bool = 
             outcomes[key] = Outcome(key, "stopped", s.run_dir, seconds, gpus, stopped_why, time.time())
         else:
             outcomes[key] = Outcome(key, "failed", s.run_dir, seconds, gpus,
-                                    f"exit code {rc}; log: {s.run_dir / 'train.log'}", time.time())
+                                    _failure_reason(rc, s.run_dir / "train.log"), time.time())
         bar.update(1)
 
     try:
@@ -561,6 +565,19 @@ def write_outcomes(path: Path, outcomes: list[Outcome], extra: dict) -> None:
     from .files import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=1))
+
+
+def _failure_reason(rc: int, log: Path) -> str:
+    """Why a run failed: its own `error:` line (the last in its log) and where the log is."""
+    said = ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))  # the end of the log is enough
+            lines = f.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()
+        said = next((ln.strip() for ln in reversed(lines) if ln.startswith("error: ")), "")
+    except OSError:  # no log (the process did not start): the exit code alone
+        pass
+    return (f"{said}; " if said else "") + f"exit code {rc}; log: {log}"
 
 
 def failures_message(outcomes: list[Outcome]) -> str:
