@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from .config import ExperimentConfig, env_imports, import_modules, load_raw, parse_config
@@ -15,7 +14,7 @@ from .errors import ConfigError
 from .methods import Method, build_method, method_class, resolve_params
 from .models import build_model, check_model_name
 from .models.common import Renormalized, renormalizer
-from .rundir import RunDir, load_weights
+from .rundir import RunDir, load_weights, non_finite
 
 
 def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -157,7 +156,7 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
         t_mean, t_std, t_norm = (t.mean or info.mean), (t.std or info.std), t.normalize
     teacher = build_model(name, info.num_classes, **in_args, **kwargs)
     load_weights_into(teacher, weights, f"teacher weights (model '{name}')")
-    bad = [k for k, v in teacher.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite(teacher.state_dict())
     if bad:
         raise ConfigError(f"teacher weights {weights} hold non-finite values (in {bad[:3]}): the teacher is broken")
     if info.input_kind == "image":  # the teacher sees each batch normalised as it was trained, not as the student

@@ -2,6 +2,7 @@
 exclusive lock held for a process's life."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -100,3 +101,12 @@ def unlock(path: Path) -> None:
     fd = _HELD.pop(str(Path(path).resolve()), None)
     if fd is not None:
         os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (weights and archives need not fit in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

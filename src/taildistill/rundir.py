@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ExperimentConfig, load_raw, parse_config, yaml_error
 from .errors import TaildistillError, TrainingError
-from .files import clean_stale_temporaries, lock_exclusive, unlock, write_atomic, write_text_atomic
+from .files import clean_stale_temporaries, lock_exclusive, sha256_file, unlock, write_atomic, write_text_atomic
 
 # settings that do not change what a run computes: two runs that differ only in these (and the
 # seed) are seeds of one configuration
@@ -109,6 +109,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for corrupt or foreign files
         raise TrainingError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding NaN or inf (a broken teacher)."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def save_state(state: dict, path: Path) -> None:
@@ -298,11 +303,7 @@ class RunDir:
         st = p.stat()
         key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns)  # (an atomic rewrite is a new inode)
         if key not in _DIGESTS:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            _DIGESTS[key] = h.hexdigest()
+            _DIGESTS[key] = sha256_file(p)
         return _DIGESTS[key]
 
     # writers (the trainer's)

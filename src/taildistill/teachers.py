@@ -16,11 +16,9 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
-
 from .errors import ConfigError
 from .files import write_text_atomic
-from .rundir import RunDir, load_weights
+from .rundir import RunDir, load_weights, non_finite
 
 SHIPPED = Path(__file__).resolve().parent / "teachers"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -75,7 +73,7 @@ def export(run_dir: str | Path, name: str, root: str | Path, overwrite: bool = F
         raise ConfigError(f"{run.path} has not finished; only a finished run can be a teacher")
     # read what a student will read, so that a damaged run is refused here and not where it is used
     run.config(), run.final(), run.data_info()
-    bad = [k for k, v in load_weights(run.last_weights).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite(load_weights(run.last_weights))
     if bad:
         raise ConfigError(f"{run.last_weights} holds non-finite values (in {bad[:3]}): not a teacher to ship")
     dest = Path(root) / name

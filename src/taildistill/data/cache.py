@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..files import sha256_file
 
 
 def cache_root(cache_dir: str = "") -> Path:
@@ -45,11 +46,7 @@ def file_digest(path: Path, root: Path | None = None) -> str:
     memo = (root / "digests" / memo_key) if root is not None else None
     if memo is not None and memo.is_file():
         return memo.read_text().strip()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = sha256_file(path)
     if memo is not None:
         memo.parent.mkdir(exist_ok=True)
         tmp = memo.with_name(f".{memo.name}.tmp{os.getpid()}")

@@ -114,8 +114,8 @@ class Trainer:
         barrier(self.dist)  # every rank has checked before rank 0 writes
         if self.is_main:
             self.rundir.lock()
-        if (cfg.teacher.run or cfg.teacher.pretrained) and not resume \
-                and Path(teacher_run_path(cfg.teacher)).resolve() == self.rundir.path.resolve():
+        teacher_run = RunDir(teacher_run_path(cfg.teacher)) if cfg.teacher.run or cfg.teacher.pretrained else None
+        if teacher_run is not None and not resume and teacher_run.path.resolve() == self.rundir.path.resolve():
             raise ConfigError(f"teacher.run is {self.rundir.path}, the run directory this run would write; "
                               "give the student another --out / name")
         seed_everything(tc.seed, tc.deterministic)
@@ -182,8 +182,8 @@ class Trainer:
         self.checkpoint_auto = ce == "auto" and cuda
         # which training of the teacher run this student learns from (the file assemble just read; a
         # given experiment, the bench's, may hold a stand-in teacher instead)
-        self.teacher_digest = (RunDir(teacher_run_path(cfg.teacher)).weights_digest() if experiment is None
-                               and self.is_main and (cfg.teacher.run or cfg.teacher.pretrained) else None)
+        self.teacher_digest = (teacher_run.weights_digest() if experiment is None and self.is_main
+                               and teacher_run is not None else None)
         if resume and self.is_main and self.teacher_digest != self.rundir.env().get("teacher_weights_sha256", self.teacher_digest):
             raise ConfigError(f"{teacher_source(cfg.teacher)} holds other weights than when {self.rundir.path} started "
                               f"(the teacher was trained again): train this run again with --overwrite")
