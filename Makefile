@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/taildistill demo --out runs/demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n auto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

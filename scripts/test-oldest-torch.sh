@@ -31,4 +31,4 @@ if not torch.__version__.startswith(want):
     sys.exit(f"error: the environment has torch {torch.__version__}, not {want} (a dependency upgraded it)")
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
 EOF
-HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pytest "$@"
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pytest -n auto "$@"

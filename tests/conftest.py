@@ -6,12 +6,24 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one test process per core (pytest -n auto): each computes on one thread, and so do
+    # the training processes its tests start. Two processes of two threads each on two cores took as long
+    # as one process (9:54 against about 10 min); one thread each took 5:02.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+def _isolated_cache(tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TAILDISTILL_CACHE", str(tmp_path / "cache"))
+    # a config without `out_dir` writes to runs/<name> under the working directory: each test gets its
+    # own, so no test writes into the checkout or meets another test's run (its own folder, so tests
+    # that check that nothing was written in tmp_path still can)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 def write_cifar(root: Path, num_classes: int = 10, per_class_train: int = 12, per_class_test: int = 3,
