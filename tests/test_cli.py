@@ -104,6 +104,9 @@ def test_bench_writes_json(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["teacher"]["images_per_s"] > 0 and res["distill"]["images_per_s"] > 0
     assert res["distill_method"] == "kd" and "commit" in res and "hardware" in res
+    # no trained teacher at the config's teacher.run: a random stand-in, said and recorded
+    assert res["distill_teacher"].startswith("random weights") and "teacher.run" in res["distill_teacher"]
+    assert "distilling from random weights" in capsys.readouterr().err
     # the phases of the step: a teacher forward only when distilling, every part measured, and the
     # parts adding up to the step (other = what no phase covers, a small remainder)
     teacher, distill = res["teacher"]["phases"], res["distill"]["phases"]

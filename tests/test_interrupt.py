@@ -233,11 +233,13 @@ def test_a_time_limited_sweep_stops_its_runs_resumably_and_the_same_command_cont
                    "method: {name: ce}\n")
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "taildistill", "sweep", str(cfg), "--set", "optim.lr=0.05,0.1", "--out", str(out),
-           "--jobs", "2", "--time-limit", "0.15", "--quiet"]
+           "--jobs", "2", "--time-limit", "0.3", "--quiet"]
+    # 18 s: the runs must get past their start (seconds on a machine shared with other test processes)
+    # to stop with a checkpoint; a run stopped before its first step has nothing to resume
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 75, first.stderr
-    assert "stopped at the time limit (0.15 min): 0 of 2 runs finished, 2 stopped" in first.stderr
+    assert "stopped at the time limit (0.3 min): 0 of 2 runs finished, 2 stopped" in first.stderr
     runs = json.loads((out / "outcomes.json").read_text())["runs"]
     assert [r["status"] for r in runs] == ["stopped", "stopped"]
     reached = {}

@@ -146,6 +146,18 @@ def test_invalid_runs_are_refused_before_training(tmp_path, capsys, override, ne
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("overrides,needles", [
+    (["model.kwargs.width=0"], ["'convnet_small'", "{'width': 0}", "empty layers"]),  # built, failed at the first step
+    (["model.kwargs.width=-3"], ["'convnet_small'", "{'width': -3}", "negative dimension"]),
+    (["model.name=deit_ti_distilled", "model.kwargs={num_heads: 5}"], ["'deit_ti_distilled'", "divisible by num_heads"]),
+    (["model.name=timm:vit_tiny_patch16_224", "model.kwargs={num_heads: 5}"], ["'timm:vit_tiny_patch16_224'", "divisible"]),
+    (["model.name=timm:resnet18", "model.kwargs={nonsense: 1}"], ["'timm:resnet18'", "nonsense"]),
+])
+def test_model_kwargs_a_model_rejects_are_named(tmp_path, capsys, overrides, needles):
+    assert main(["train", config_file(tmp_path), *overrides, "--out", str(tmp_path / "run")]) == 2
+    one_error(capsys, "model.kwargs", *needles)
+
+
 def test_demo_with_non_positive_epochs_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "--epochs", "-1"])
@@ -231,6 +243,16 @@ def test_report_refuses_runs_on_different_data_before_writing_anything(tmp_path,
     assert not (tmp_path / "rep").exists()
 
 
+def test_a_comparison_is_not_written_into_a_run_folder(tmp_path, trained, capsys):
+    import shutil
+
+    shutil.copytree(trained, tmp_path / "other")
+    (tmp_path / "other" / "report.md").write_text("the run's own report")
+    assert main(["report", str(trained), "--out", str(tmp_path / "other")]) == 2
+    one_error(capsys, "is a run folder")
+    assert (tmp_path / "other" / "report.md").read_text() == "the run's own report"
+
+
 def test_truncated_files_are_repaired_or_named(tmp_path, capsys):
     def stop(epoch, record):
         if epoch == 1:
@@ -248,6 +270,29 @@ def test_truncated_files_are_repaired_or_named(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "cut")]) == 2
     one_error(capsys, "final.json is damaged")
+
+
+@pytest.mark.parametrize("file,text,needle", [
+    ("final.json", "[1, 2]", "final.json is not a run's final metrics (a list, not a mapping)"),
+    ("final.json", '{"name": "x"}', "(no 'method')"),
+    ("final.json", "WITH_TEST", "'top1' is 'high'"),
+    ("metrics.jsonl", '{"epoch": 0}\n{"epoch": 1}\n', "metrics.jsonl line 1 is not an epoch's record (no 'loss')"),
+    ("metrics.jsonl", '"text"\n{"epoch": 1}\n', "line 1 is not an epoch's record (a str, not a mapping)"),
+])
+def test_run_files_of_another_shape_are_named(tmp_path, trained, capsys, file, text, needle):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    (run / "report.md").unlink(missing_ok=True)  # another test may have reported the shared run
+    if text == "WITH_TEST":  # valid JSON of the right kind, with a value of the wrong type
+        final = json.loads((run / "final.json").read_text())
+        final["test"]["top1"] = "high"
+        text = json.dumps(final)
+    (run / file).write_text(text)
+    assert main(["report", str(run)]) == 2
+    one_error(capsys, needle)
+    assert not (run / "report.md").exists()
 
 
 # ---------------------------------------------------------------------------------- files and paths
@@ -392,6 +437,30 @@ def test_bad_command_lines_and_values_are_one_line_each(tmp_path, capsys):
     assert main(["sweep", cfg, "--set", "optim.lr=0.1", "--set", "optim.lr=0.2", "--out", str(tmp_path / "s")]) == 2
     one_error(capsys, "--set gives optim.lr twice")
     assert not (tmp_path / "s").exists()
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    assert main(["config", str(tmp_path / "loop.yaml")]) == 2
+    one_error(capsys, "loop.yaml cannot be resolved", "ymlink loop")
+    assert main(["config", cfg, f"data.root={tmp_path / 'loop.yaml'}"]) == 2  # a path among the overrides
+    one_error(capsys, "loop.yaml cannot be resolved")
+    assert main(["train", cfg, "--out", str(tmp_path / "run\udcffname")]) == 2  # a byte that is not UTF-8
+    one_error(capsys, "is not a UTF-8 path")
+    assert not any("name" in p.name for p in tmp_path.iterdir())
+    (tmp_path / "afile").write_text("x")
+    assert main(["reproduce", "bkd-cifar10", "--tiny", "--quiet", "--out", str(tmp_path / "afile")]) == 2
+    one_error(capsys, "afile is a file; a folder is needed there")
+    assert main(["demo", "--out", str(tmp_path / "afile" / "demo")]) == 2
+    one_error(capsys, "a part of this path is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "x"
+    (tmp_path / "failing_module.py").write_text("import os\nraise ValueError('no licence key')\n")
+    (tmp_path / "broken_module.py").write_text("def f(:\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert main(["--import", "failing_module", "models"]) == 2
+        one_error(capsys, "importing 'failing_module'", "ValueError: no licence key", "failing_module.py, line 2")
+        assert main(["--import", "broken_module", "models"]) == 2
+        one_error(capsys, "importing 'broken_module'", "SyntaxError", "broken_module.py, line 1")
+    finally:
+        sys.path.remove(str(tmp_path))
     with pytest.raises(SystemExit) as exit_:  # argparse: usage and the error, exit 2
         main(["reproduce", "bkd-cifar10", "--print", "--seeds", "0"])
     assert exit_.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err

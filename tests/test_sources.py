@@ -121,8 +121,21 @@ def test_imagefolder_corrupt_image_is_named(tmp_path):
     write_image_folder(tmp_path / "train")
     write_image_folder(tmp_path / "test")
     (tmp_path / "train" / "b" / "0001.png").write_bytes(b"garbage")
-    with pytest.raises(DataError, match=r"0001\.png"):
+    with pytest.raises(DataError, match=r"0001\.png: not an image file") as e:
         build_data(DataConfig(source="imagefolder", root=str(tmp_path / "train"), test_root=str(tmp_path / "test"), profile="none"))
+    assert "BytesIO" not in str(e.value)
+
+
+def test_a_file_that_is_no_archive_is_one_line(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not an archive")
+    with pytest.raises(DataError) as e:  # tarfile lists every format it tried, one per line
+        safe_extract(tmp_path / "cifar-10-python.tar.gz", tmp_path / "out")
+    assert "\n" not in str(e.value) and "not a tar, tar.gz, tar.bz2 or tar.xz archive" in str(e.value)
+    write_image_folder(tmp_path / "test")
+    (tmp_path / "train.tar").write_bytes(b"\0" * 10 + b"not a tar")
+    with pytest.raises(DataError) as e:
+        build_data(DataConfig(source="imagefolder", root=str(tmp_path / "train.tar"), test_root=str(tmp_path / "test"), profile="none"))
+    assert "\n" not in str(e.value) and "train.tar" in str(e.value)
 
 
 def test_imagefolder_class_lists_must_agree(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from .config import MethodConfig, TeacherConfig
 from .data import build_data
 from .engine.provenance import provenance
 from .engine.trainer import Trainer, fit, resolve_device
-from .experiment import assemble, build_student, load_config, load_teacher
+from .experiment import assemble, build_student, load_config, load_teacher, teacher_source
 from .methods import resolve_params
 from .rundir import RunDir
 
@@ -158,8 +159,13 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
                 dcfg.method = MethodConfig("kd", resolve_params("kd", {}))
             data = build_data(dcfg.data)
             given = dcfg.teacher.checkpoint or dcfg.teacher.pretrained or (dcfg.teacher.run and RunDir(dcfg.teacher.run).is_run())
-            # without a trained teacher, a same-architecture stand-in with random weights (speed only)
+            # without a trained teacher, a same-architecture stand-in with random weights (speed only),
+            # said on stderr and recorded: a misspelt teacher.run must not pass for the real teacher
             teacher = load_teacher(dcfg, data.info) if given else build_student(dcfg, data.info)
+            result["distill_teacher"] = (teacher_source(dcfg.teacher) if given else
+                                         f"random weights, the student's model (teacher.run '{dcfg.teacher.run}' is not a run)")
+            if not given:
+                print(f"bench: distilling from {result['distill_teacher']}; throughput only", file=sys.stderr)
             exp = assemble(dcfg, data=data, teacher=teacher)
             trainer = Trainer(dcfg, run_dir=tmp / "distill", quiet=True, experiment=exp)
             trainers.append(trainer)

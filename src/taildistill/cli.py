@@ -129,6 +129,9 @@ def cmd_report(args) -> int:
         print(f"report: {write_run_report(dirs[0])}")
     else:
         out = Path(args.out or "reports/comparison")
+        if RunDir(out).is_run():  # its report.md and plots/ are the run's own
+            raise TaildistillError(f"--out {out} is a run folder; a comparison would replace the run's own report: "
+                                   "give a folder of its own")
         print(f"report: {write_comparison(dirs, out, args.title)}")
     return 0
 
@@ -551,8 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the filesystem refused (permissions, a full disk, a name too long): one line
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (resume with `taildistill train --resume RUN_DIR`)", file=sys.stderr)
@@ -562,6 +564,18 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop("TAILDISTILL_IMPORTS", None)
         else:
             os.environ["TAILDISTILL_IMPORTS"] = previous
+
+
+def os_error_line(exc: OSError) -> str:
+    """What the filesystem refused, in words: a folder wanted where a file is (an --out that names a
+    file: 'File exists' / 'Not a directory') is said as such."""
+    name = exc.filename
+    if isinstance(exc, FileExistsError) and name and os.path.lexists(name) and not os.path.isdir(name):
+        what = "a file" if os.path.isfile(name) else "a link that leads to no folder"
+        return f"{name} is {what}; a folder is needed there"
+    if isinstance(exc, NotADirectoryError) and name:
+        return f"{name}: a part of this path is a file, not a folder"
+    return f"{name}: {exc.strerror or exc}" if name else str(exc.strerror or exc)
 
 
 if __name__ == "__main__":

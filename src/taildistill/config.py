@@ -256,6 +256,14 @@ def config_dirs() -> list[Path]:
     return [*user, PACKAGE_CONFIGS]
 
 
+def resolved(path: Path, what: str) -> Path:
+    """`path.resolve()`, with a symbolic link loop named as a ConfigError (RuntimeError before Python 3.13)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        raise ConfigError(f"{what} {path} cannot be resolved: {exc}") from None
+
+
 def find_config(name: str | Path) -> Path:
     """A config given as a path (absolute or relative to the current folder) or as a name relative
     to a config folder, with or without `.yaml` (`cifar10_lt/bkd`, `configs/cifar10_lt/bkd.yaml`)."""
@@ -280,6 +288,16 @@ def import_modules(names: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"cannot import '{name}' (from --import / imports): {exc}") from None
+        except Exception as exc:  # the user's module failed while running: where, in one line
+            import traceback
+
+            if isinstance(exc, SyntaxError):  # where the parser stopped, not importlib's frame
+                where, message = (exc.filename, exc.lineno), exc.msg
+            else:
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                where, message = (frame.filename, frame.lineno), str(exc)
+            raise ConfigError(f"importing '{name}' (from --import / imports) failed: {type(exc).__name__}: {message} "
+                              f"({where[0]}, line {where[1]})") from None
 
 
 def env_imports() -> list[str]:
@@ -442,7 +460,7 @@ def resolve_data_paths(raw: dict, config_dir: Path | None = None) -> dict:
         if p.is_absolute():
             return str(p)
         if value.startswith(("./", "../")):  # already resolved against its file by load_raw, if it had one
-            return str((config_dir / p).resolve()) if config_dir is not None else value
+            return str(resolved(config_dir / p, "path")) if config_dir is not None else value
         return str(data_dir() / p)
 
     return _map_paths(raw, fix)
@@ -478,12 +496,12 @@ def load_raw(paths: str | Path | list, _stack: tuple[Path, ...] = ()) -> dict:
             out = merge(out, load_raw(p, _stack))
         return out
     path = find_config(paths) if not _stack else Path(paths).expanduser()
-    key = path.resolve()
+    key = resolved(path, "config file")
     if key in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, key))
         raise ConfigError(f"config files include each other in a cycle: {chain}")
     raw = _map_paths(expand_env(_read_yaml(path)),
-                     lambda v: str((path.parent / v).resolve()) if v.startswith(("./", "../")) else v)
+                     lambda v: str(resolved(path.parent / v, "path")) if v.startswith(("./", "../")) else v)
     bases = raw.pop("base", None)
     if bases is None:
         return _method_section(raw)
@@ -545,7 +563,7 @@ def parse_config(raw: dict, overrides: list[str] | None = None) -> ExperimentCon
     input paths from config files resolve against the data folder; relative paths given as
     overrides (typed in a shell) against the current folder."""
     cli = apply_overrides({}, overrides or [])
-    cli = _map_paths(cli, lambda v: str(Path(v).expanduser().resolve()))
+    cli = _map_paths(cli, lambda v: str(resolved(Path(v).expanduser(), "path")))
     raw = apply_overrides(resolve_data_paths(raw), overrides or [])
     raw = deep_merge(raw, {k: v for k, v in cli.items() if k in ("data", "teacher")})
     raw = resolve_references(raw)

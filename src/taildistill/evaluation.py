@@ -30,6 +30,8 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
         cfg = load_config(config or run.config_file, overrides)
         out_file = run.path / f"eval_{split_name}.json"
     else:
+        if not target.exists():
+            raise ConfigError(f"nothing to evaluate at {target}: neither a run folder nor a checkpoint file")
         if not config:
             raise ConfigError("evaluating a bare checkpoint needs --config (model + data)")
         weights = target

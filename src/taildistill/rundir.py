@@ -34,6 +34,26 @@ _NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
 RESUME_KEYS = tuple(f"train.{k}" for k in _NOT_THE_EXPERIMENT["train"] if k not in ("seed", "eval_every"))
 
 
+_NUMBER = (int, float)
+# what the readers of a finished run (report, eval, teachers, suites) rely on: a file of another shape
+# (valid JSON written by something else) is named, not a KeyError deep in a report
+_FINAL_SHAPE = {"name": str, "method": str, "model": str, "group_policy": str, "class_counts": list}
+_TEST_SHAPE = {"top1": _NUMBER, "per_class": list, "confusion": list}
+_METRICS_SHAPE = {"epoch": int, "loss": _NUMBER, "train_acc": _NUMBER}
+
+
+def shape_error(record, shape: dict) -> str:
+    """'' when `record` is a mapping holding every key of `shape` with a value of its type; else what is wrong."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a mapping"
+    for key, kind in shape.items():
+        if key not in record:
+            return f"no '{key}'"
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            return f"'{key}' is {record[key]!r}"
+    return ""
+
+
 def execution_overrides(overrides: list[str]) -> list[str]:
     """Of a run's KEY=VALUE overrides, the ones a resume passes on (RESUME_KEYS)."""
     return [o for o in overrides if o.split("=", 1)[0] in RESUME_KEYS]
@@ -264,7 +284,11 @@ class RunDir:
     def final(self) -> dict:
         if not self.is_finished():
             raise TaildistillError(f"{self.path} has no final.json (not a finished run)")
-        return self._json(self.final_file, "final metrics")
+        final = self._json(self.final_file, "final metrics")
+        wrong = shape_error(final, _FINAL_SHAPE) or ("test" in final and shape_error(final["test"], _TEST_SHAPE))
+        if wrong:
+            raise TaildistillError(f"{self.final_file} is not a run's final metrics ({wrong})")
+        return final
 
     def metrics(self) -> list[dict]:
         """One record per logged epoch. A last line cut off by a crash mid-write is ignored (a resume
@@ -275,11 +299,15 @@ class RunDir:
         out = []
         for i, ln in enumerate(lines):
             try:
-                out.append(json.loads(ln))
+                record = json.loads(ln)
             except json.JSONDecodeError:
                 if i == len(lines) - 1:
                     break
                 raise TaildistillError(f"{self.metrics_file} is damaged at line {i + 1}") from None
+            wrong = shape_error(record, _METRICS_SHAPE)
+            if wrong:
+                raise TaildistillError(f"{self.metrics_file} line {i + 1} is not an epoch's record ({wrong})")
+            out.append(record)
         return out
 
     def config_hash(self, with_seed: bool = False) -> str:
@@ -310,6 +338,11 @@ class RunDir:
     def lock(self) -> None:
         """One writer per run: an exclusive lock on `.lock`, held until :meth:`unlock` or the
         process ends (the OS releases it after a crash). Leftovers of killed writes are removed."""
+        try:  # safetensors and TensorBoard take UTF-8 paths only: refused before anything is written
+            str(self.path.absolute()).encode("utf-8")
+        except UnicodeEncodeError:
+            raise TaildistillError(f"the run folder {str(self.path)!r} is not a UTF-8 path; the weights and "
+                                   "TensorBoard files need one") from None
         self.path.mkdir(parents=True, exist_ok=True)
         lock_exclusive(self.path / ".lock", f"run directory {self.path}")
         for folder in (self.path, self.checkpoints):

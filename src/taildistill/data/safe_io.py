@@ -25,6 +25,16 @@ def _refusal(member: tarfile.TarInfo, target: Path, exc: Exception) -> DataError
     return DataError(f"archive member '{member.name}' {why}; refusing")
 
 
+def archive_error(exc: BaseException) -> str:
+    """tarfile's reason on one line: opening an unknown format lists every method it tried, one per
+    line ("file could not be opened successfully:\n- method gz: ..."); a file that is no archive of
+    any kind is said as such."""
+    text = str(exc)
+    if isinstance(exc, tarfile.ReadError) and "could not be opened successfully" in text:
+        return "not a tar, tar.gz, tar.bz2 or tar.xz archive, or a damaged one"
+    return " ".join(text.split())
+
+
 def safe_extract(archive: str | Path, target: str | Path) -> Path:
     """Extract a .tar/.tar.gz into `target` with the standard library's `data` extraction filter
     (PEP 706: no absolute paths, no `..`, no links leaving the target, no device files, no
@@ -53,7 +63,7 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
             shutil.rmtree(target)
         os.replace(tmp, target)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"cannot extract archive {archive}: {exc}") from None
+        raise DataError(f"cannot extract archive {archive}: {archive_error(exc)}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

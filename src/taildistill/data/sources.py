@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..registry import Registry
-from .safe_io import load_cifar_pickle, safe_extract
+from .safe_io import archive_error, load_cifar_pickle, safe_extract
 
 SOURCES: Registry = Registry("data source")
 
@@ -102,7 +102,9 @@ def decode_image(data: bytes, name: str, size: int = 0) -> np.ndarray:
             if size and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        raise DataError(f"cannot decode image {name}: not an image file of a format Pillow reads") from None
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot decode image {name}: {exc}") from None
 
 
@@ -239,7 +241,7 @@ def _iter_tar(archive: Path):
     try:
         tar = tarfile.open(archive)
     except (tarfile.TarError, OSError) as exc:
-        raise DataError(f"cannot open archive {archive}: {exc}") from None
+        raise DataError(f"cannot open archive {archive}: {archive_error(exc)}") from None
     with tar:
         try:
             for m in tar:
@@ -248,7 +250,7 @@ def _iter_tar(archive: Path):
                     data = f.read() if f else b""
                     yield m.name, (lambda data=data: data)
         except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
-            raise DataError(f"archive {archive} is corrupt: {exc}") from None
+            raise DataError(f"archive {archive} is corrupt: {archive_error(exc)}") from None
 
 
 def read_image_folder(path: Path, size: int, what: str, class_names: list[str] | None = None):

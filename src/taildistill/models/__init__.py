@@ -26,17 +26,14 @@ def check_model_name(name: str) -> None:
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs):
     """A registered model, or any timm / torchvision classifier (`timm:resnet18`), with the
     output contract above."""
-    from ..errors import ConfigError
+    from .common import construct
 
     if name.startswith(EXTERNAL):
         from .external import build_external
 
         return build_external(name, num_classes, in_channels, image_size, **kwargs)
-    factory = MODELS.get(name)
-    try:
-        return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"model '{name}': bad model.kwargs ({exc})") from None
+    return construct(name, MODELS.get(name), kwargs, num_classes=num_classes, in_channels=in_channels,
+                     image_size=image_size)
 
 
 def count_parameters(model) -> int:

@@ -10,6 +10,31 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 
+# what a model's constructor raises for argument values it cannot build: an unknown keyword (TypeError),
+# a value it checks (ValueError, AssertionError: timm's ViT asserts `dim % num_heads == 0`) or one torch
+# cannot make a tensor of (RuntimeError: a negative width)
+KWARG_ERRORS = (TypeError, ValueError, AssertionError, RuntimeError)
+
+
+def construct(spec: str, factory, kwargs: dict, **fixed) -> nn.Module:
+    """`factory(**fixed, **kwargs)`, with the user's `model.kwargs` named as the cause when the
+    constructor rejects them, or when they leave a layer without parameters (a width of 0 builds, but
+    fails at the first forward pass with a message about weight shapes). Without user kwargs a failure
+    is a bug of the model and keeps its traceback."""
+    try:
+        model = factory(**fixed, **kwargs)
+    except KWARG_ERRORS as exc:
+        if not kwargs and not isinstance(exc, TypeError):
+            raise
+        raise ConfigError(f"model '{spec}' cannot be built with model.kwargs {kwargs}: {type(exc).__name__}: {exc}") from None
+    if kwargs:
+        empty = [name for name, p in model.named_parameters() if p.numel() == 0]
+        if empty:
+            raise ConfigError(f"model '{spec}' with model.kwargs {kwargs} has empty layers ({', '.join(empty[:3])}"
+                              f"{', ...' if len(empty) > 3 else ''}): a width or size is 0")
+    return model
+
+
 def read_weight_file(path: str) -> dict[str, torch.Tensor]:
     """A local .safetensors or torch checkpoint (read with weights_only=True: no pickled code),
     unwrapped from a {'state_dict' | 'model': ...} container."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .common import read_weight_file
+from .common import construct, read_weight_file
 
 
 def _classifier(net: nn.Module) -> nn.Linear:
@@ -94,6 +94,18 @@ def _load_local(net: nn.Module, path: str, head: nn.Linear) -> None:
           + ("" if len(fitting) == len(own) else " (the classifier is new: another class count)"), file=sys.stderr)
 
 
+def create_fetching(spec: str, create, name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """`create(name, **kwargs)`; with `pretrained`, a failure to get the published weights (offline, or
+    none published) is named as such."""
+    try:
+        return create(name, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not pretrained:
+            raise  # the model's own refusal of a value: `construct` names it
+        raise ConfigError(f"cannot fetch pretrained weights for {spec} ({type(exc).__name__}: {exc}); offline, "
+                          "download them elsewhere and give model.kwargs.weights=PATH") from None
+
+
 def build_external(spec: str, num_classes: int, in_channels: int = 3, image_size: int = 32, pretrained: bool = False,
                    weights: str = "", **kwargs) -> ExternalClassifier:
     """`timm:NAME` or `torchvision:NAME` with `num_classes` outputs (kwargs go to the library)."""
@@ -103,30 +115,19 @@ def build_external(spec: str, num_classes: int, in_channels: int = 3, image_size
 
         if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
             raise ConfigError(f"timm has no model '{name}' (timm.list_models() lists them)")
+        fixed = {"num_classes": num_classes, "in_chans": in_channels}
         if ("vit" in name or "deit" in name) and "img_size" not in kwargs:
-            kwargs["img_size"] = image_size  # a ViT's position embeddings are sized for the data's images
-        try:
-            net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"model '{spec}': bad model.kwargs ({exc})") from None
-        except (OSError, RuntimeError, ValueError) as exc:  # no network for the pretrained weights, or none published
-            if pretrained:
-                raise ConfigError(f"cannot fetch pretrained weights for {spec} ({type(exc).__name__}: {exc}); offline, "
-                                  "download them elsewhere and give model.kwargs.weights=PATH") from None
-            raise
+            fixed["img_size"] = image_size  # a ViT's position embeddings are sized for the data's images
+        net = construct(spec, lambda **kw: create_fetching(spec, timm.create_model, name, pretrained=pretrained, **kw),
+                        kwargs, **fixed)
         expects = in_channels
     elif kind == "torchvision":
         import torchvision.models as tvm
 
         if name not in tvm.list_models():
             raise ConfigError(f"torchvision has no model '{name}' (torchvision.models.list_models() lists them)")
-        try:
-            net = tvm.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"model '{spec}': bad model.kwargs ({exc})") from None
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"cannot fetch pretrained weights for {spec} ({exc}); offline, give "
-                              "model.kwargs.weights=PATH") from None
+        net = construct(spec, lambda **kw: create_fetching(spec, tvm.get_model, name, pretrained=pretrained,
+                                                           weights="DEFAULT" if pretrained else None, **kw), kwargs)
         head = _classifier(net)
         if head.out_features != num_classes:  # a new classifier for this data's classes
             new = nn.Linear(head.in_features, num_classes)
