@@ -388,6 +388,40 @@ def test_optimizers_are_fused_without_decay_on_1d_parameters():
     assert [len(g["params"]) for g in build_optimizer(OptimConfig(), frozen, "cpu").param_groups] == [0]
 
 
+def test_lr_scale_gives_named_parameters_their_own_learning_rate_through_the_schedule():
+    from taildistill.config import OptimConfig
+    from taildistill.engine.optim import build_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))  # "1" plays a new classifier
+    opt = build_optimizer(OptimConfig(lr=0.01, weight_decay=0.1, lr_scale={"1": 10.0}), net, "cpu")
+    lrs = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(net[0].weight)] == (0.01, 0.1) and lrs[id(net[0].bias)] == (0.01, 0.0)
+    assert lrs[id(net[1].weight)] == (pytest.approx(0.1), 0.1) and lrs[id(net[1].bias)] == (pytest.approx(0.1), 0.0)
+    assert set_lr(opt, 0.01, 0.5) == 0.005  # the schedule scales both, keeping the ratio
+    assert sorted(round(g["lr"], 6) for g in opt.param_groups) == [0.005, 0.005, 0.05, 0.05]
+    # the step is SGD's at each group's rate: the classifier moves 10x as far as it would unscaled
+    moved = []
+    for scale in ({}, {"1": 10.0}):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        o = build_optimizer(OptimConfig(lr=0.005, weight_decay=0.0, momentum=0.0, lr_scale=scale), m, "cpu")
+        m(torch.ones(2, 3)).sum().backward()
+        before = [p.detach().clone() for p in m.parameters()]
+        o.step()
+        moved.append([p.detach() - b for p, b in zip(m.parameters(), before)])
+    assert torch.allclose(moved[1][0], moved[0][0]) and torch.allclose(moved[1][2], 10 * moved[0][2])
+    with pytest.raises(ConfigError, match="no trainable parameter is named 2"):  # a misspelt prefix scales nothing
+        build_optimizer(OptimConfig(lr_scale={"2": 10.0}), net, "cpu")
+
+
+def test_runs_saved_before_lr_scale_existed_are_still_the_same_experiment():
+    from taildistill.rundir import config_hash
+
+    old = {"method": {"name": "ce"}, "optim": {"lr": 0.1}}
+    assert config_hash(old) == config_hash({"method": {"name": "ce"}, "optim": {"lr": 0.1, "lr_scale": {}}})
+    assert config_hash(old) != config_hash({"method": {"name": "ce"}, "optim": {"lr": 0.1, "lr_scale": {"student.fc": 10.0}}})
+
+
 def test_reviewkd_and_catkd_train_end_to_end(tmp_path):
     teacher = fit(tiny("teacher", epochs=1, model={"kwargs": {"width": 16}}), tmp_path / "teacher", quiet=True)
     methods = {"reviewkd": {"name": "reviewkd", "student_features": ["stage1", "stage2", "pooled"],

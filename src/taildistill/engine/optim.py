@@ -8,17 +8,37 @@ import torch
 from ..errors import ConfigError
 
 
-def param_groups(module: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict]:
+def param_groups(module: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool = False,
+                 lr_scale: dict[str, float] | None = None) -> list[dict]:
     """No weight decay on biases, norm weights and token/position embeddings (1-D parameters), as
     timm does; with `decay_norm_and_bias`, decay on every parameter, as the BKD / LDAM-DRW /
-    mdistiller reference code does (torch.optim.SGD(model.parameters(), weight_decay=...))."""
-    decay, no_decay = [], []
+    mdistiller reference code does (torch.optim.SGD(model.parameters(), weight_decay=...)).
+    `lr_scale` maps parameter-name prefixes to learning-rate multipliers (the longest matching
+    prefix counts): each group carries its `lr_scale`, which :func:`set_lr` applies. A prefix that
+    names no trainable parameter is an error (a misspelt one would silently scale nothing)."""
+    scales = lr_scale or {}
+    groups: dict[tuple[float, bool], list] = {}
+    used = set()
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
+        prefix = max((k for k in scales if name == k or name.startswith(k + ".")), key=len, default=None)
+        used.add(prefix)
         exempt = p.ndim <= 1 or name.endswith(("cls_token", "dist_token", "pos_embed"))
-        (no_decay if exempt and not decay_norm_and_bias else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((scales.get(prefix, 1.0), exempt and not decay_norm_and_bias), []).append(p)
+    unused = sorted(set(scales) - used)
+    if unused:
+        modules = list(dict.fromkeys(n.rsplit(".", 1)[0] for n, p in module.named_parameters() if p.requires_grad))
+        raise ConfigError(f"optim.lr_scale: no trainable parameter is named {unused[0]} or {unused[0]}.*; the last "
+                          f"modules with parameters are {', '.join(modules[-3:])}")
+    out = []
+    for scale in sorted({s for s, _ in groups}, key=lambda s: s != 1.0):  # the unscaled groups first, as before
+        for no_decay in (False, True):
+            group = {"params": groups.get((scale, no_decay), []), "weight_decay": 0.0 if no_decay else weight_decay}
+            if scale != 1.0:
+                group["lr_scale"] = scale
+            out.append(group)
+    return out or [{"params": [], "weight_decay": weight_decay}, {"params": [], "weight_decay": 0.0}]
 
 
 def build_optimizer(cfg, module: torch.nn.Module, device_type: str) -> torch.optim.Optimizer:
@@ -26,7 +46,10 @@ def build_optimizer(cfg, module: torch.nn.Module, device_type: str) -> torch.opt
     (one multi-tensor kernel per step instead of a launch per parameter): the same code path the
     CPU tests run is the one a GPU run takes."""
     # empty groups dropped; a model with nothing to train (an NCM head, 0 epochs) keeps one
-    groups = [g for g in param_groups(module, cfg.weight_decay, cfg.decay_norm_and_bias) if g["params"]] or [{"params": []}]
+    groups = [g for g in param_groups(module, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr_scale) if g["params"]] \
+        or [{"params": []}]
+    for g in groups:
+        g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
     fast = {"fused": True} if device_type in ("cuda", "cpu") else {}
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **fast)
@@ -123,12 +146,14 @@ def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
 
 
 def set_lr(opt: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
-    """Set every group's learning rate to base_lr * factor (returned). A tensor learning rate (a
-    captured step reads it on the device) is filled in place: one tiny kernel, no host sync."""
+    """Set every group's learning rate to base_lr * factor (returned), times the group's
+    `lr_scale` (optim.lr_scale). A tensor learning rate (a captured step reads it on the device) is
+    filled in place: one tiny kernel, no host sync."""
     lr = base_lr * factor
     for g in opt.param_groups:
+        value = lr * g.get("lr_scale", 1.0)
         if isinstance(g["lr"], torch.Tensor):
-            g["lr"].fill_(lr)
+            g["lr"].fill_(value)
         else:
-            g["lr"] = lr
+            g["lr"] = value
     return lr
