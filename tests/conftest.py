@@ -8,13 +8,24 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one test process per core (pytest -n auto): each computes on one thread, and so do
-    # the training processes its tests start. Two processes of two threads each on two cores took as long
-    # as one process (9:54 against about 10 min); one thread each took 5:02.
+    # the training processes its tests start (unless a scheduler under test sets its own thread count).
+    # Two processes of two threads each on two cores took as long as one process (9:54 against about
+    # 10 min); one thread each took 5:02.
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory):
+    """What the per-test isolation below does, for the fixtures shared by a module (set up before it):
+    their cache and working directory are the session's own, not ~/.cache or the checkout."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TAILDISTILL_CACHE", str(tmp_path_factory.mktemp("session-cache")))
+        mp.chdir(tmp_path_factory.mktemp("session-cwd"))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -253,8 +253,8 @@ def test_a_time_limited_sweep_stops_its_runs_resumably_and_the_same_command_cont
     assert second.returncode == 75, second.stderr
     assert second.stderr.count("stopped before its end; resuming from its checkpoint") == 2
     for run_dir, epoch in reached.items():
-        # resumed where it stopped, not from the start (a loaded machine may not get further in 9 s)
-        assert progress(load_state(os.path.join(run_dir, "checkpoints", "last_state.pt"))) >= epoch
+        # resumed where it stopped and went on (18 s are ample once started)
+        assert progress(load_state(os.path.join(run_dir, "checkpoints", "last_state.pt"))) > epoch
         log = open(os.path.join(run_dir, "train.log")).read()
         assert "--resume" in log and "Traceback" not in log
 

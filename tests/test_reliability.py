@@ -152,6 +152,7 @@ def test_invalid_runs_are_refused_before_training(tmp_path, capsys, override, ne
     (["model.name=deit_ti_distilled", "model.kwargs={num_heads: 5}"], ["'deit_ti_distilled'", "divisible by num_heads"]),
     (["model.name=timm:vit_tiny_patch16_224", "model.kwargs={num_heads: 5}"], ["'timm:vit_tiny_patch16_224'", "divisible"]),
     (["model.name=timm:resnet18", "model.kwargs={nonsense: 1}"], ["'timm:resnet18'", "nonsense"]),
+    (["model.kwargs.num_classes=7"], ["sets num_classes, which the data decides"]),  # it clashed with the data's
 ])
 def test_model_kwargs_a_model_rejects_are_named(tmp_path, capsys, overrides, needles):
     assert main(["train", config_file(tmp_path), *overrides, "--out", str(tmp_path / "run")]) == 2
@@ -442,6 +443,9 @@ def test_bad_command_lines_and_values_are_one_line_each(tmp_path, capsys):
     one_error(capsys, "loop.yaml cannot be resolved", "ymlink loop")
     assert main(["config", cfg, f"data.root={tmp_path / 'loop.yaml'}"]) == 2  # a path among the overrides
     one_error(capsys, "loop.yaml cannot be resolved")
+    assert main(["train", cfg, "method.name=kd", f"teacher.run={tmp_path / 'loop.yaml'}", "--out", str(tmp_path / "st")]) == 2
+    one_error(capsys, "teacher.run", "loop.yaml cannot be resolved")
+    assert not (tmp_path / "st").exists()  # checked before the run folder is made
     assert main(["train", cfg, "--out", str(tmp_path / "run\udcffname")]) == 2  # a byte that is not UTF-8
     one_error(capsys, "is not a UTF-8 path")
     assert not any("name" in p.name for p in tmp_path.iterdir())

@@ -162,8 +162,9 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             # without a trained teacher, a same-architecture stand-in with random weights (speed only),
             # said on stderr and recorded: a misspelt teacher.run must not pass for the real teacher
             teacher = load_teacher(dcfg, data.info) if given else build_student(dcfg, data.info)
+            why = f"teacher.run '{dcfg.teacher.run}' is not a run" if dcfg.teacher.run else "no teacher configured"
             result["distill_teacher"] = (teacher_source(dcfg.teacher) if given else
-                                         f"random weights, the student's model (teacher.run '{dcfg.teacher.run}' is not a run)")
+                                         f"random weights, the student's model ({why})")
             if not given:
                 print(f"bench: distilling from {result['distill_teacher']}; throughput only", file=sys.stderr)
             exp = assemble(dcfg, data=data, teacher=teacher)

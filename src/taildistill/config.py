@@ -116,12 +116,22 @@ class AugmentConfig:
             raise ConfigError(f"config key '{prefix}.repeated' must be >= 1, got {self.repeated}")
 
 
+def _no_input_kwargs(key: str, kwargs: dict) -> None:
+    """The data sets a model's classes, channels and input size: kwargs may not (they would clash)."""
+    given = [k for k in ("num_classes", "in_channels", "image_size") if k in kwargs]
+    if given:
+        raise ConfigError(f"config key '{key}' sets {given[0]}, which the data decides; remove it")
+
+
 @dataclass
 class ModelConfig:
     """A model from the registry (``taildistill models`` lists them)."""
 
     name: str = "convnet_small"
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, prefix: str) -> None:
+        _no_input_kwargs(f"{prefix}.kwargs", self.kwargs)
 
 
 @dataclass
@@ -137,6 +147,9 @@ class TeacherConfig:
     mean: list[float] = field(default_factory=list)  # teacher.checkpoint: its inputs' channel mean (default: the student's)
     std: list[float] = field(default_factory=list)  # teacher.checkpoint: its inputs' channel std (default: the student's)
     normalize: bool = True  # teacher.checkpoint: whether it takes normalised inputs (a run records its own)
+
+    def validate(self, prefix: str) -> None:
+        _no_input_kwargs(f"{prefix}.kwargs", self.kwargs)
 
 
 @dataclass
@@ -253,7 +266,8 @@ class ExperimentConfig:
 
 # ----------------------------------------------------------------------------- files
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_CONFIGS = PACKAGE_DIR / "configs"
 
 
 def config_dirs() -> list[Path]:
@@ -295,16 +309,18 @@ def import_modules(names: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"cannot import '{name}' (from --import / imports): {exc}") from None
-        except Exception as exc:  # the user's module failed while running: where, in one line
+        except SyntaxError as exc:  # where the parser stopped, not importlib's frame
+            raise ConfigError(f"importing '{name}' (from --import / imports) failed: SyntaxError: {exc.msg} "
+                              f"({exc.filename}, line {exc.lineno})") from None
+        except Exception as exc:
             import traceback
 
-            if isinstance(exc, SyntaxError):  # where the parser stopped, not importlib's frame
-                where, message = (exc.filename, exc.lineno), exc.msg
-            else:
-                frame = traceback.extract_tb(exc.__traceback__)[-1]
-                where, message = (frame.filename, frame.lineno), str(exc)
-            raise ConfigError(f"importing '{name}' (from --import / imports) failed: {type(exc).__name__}: {message} "
-                              f"({where[0]}, line {where[1]})") from None
+            frames = traceback.extract_tb(exc.__traceback__)
+            if Path(frames[-1].filename).resolve().is_relative_to(PACKAGE_DIR):
+                raise  # raised inside taildistill (a bug, or a refusal a traceback explains best)
+            frame = frames[-1]  # the user's module failed while running: where, in one line
+            raise ConfigError(f"importing '{name}' (from --import / imports) failed: {type(exc).__name__}: {exc} "
+                              f"({frame.filename}, line {frame.lineno})") from None
 
 
 def env_imports() -> list[str]:

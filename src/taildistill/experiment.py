@@ -154,7 +154,8 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
         name, kwargs, weights = t.model, dict(t.kwargs), Path(t.checkpoint).expanduser()
         in_args = model_input_args(info)
         t_mean, t_std, t_norm = (t.mean or info.mean), (t.std or info.std), t.normalize
-    teacher = build_model(name, info.num_classes, **in_args, **kwargs)
+    where = "teacher.kwargs" if t.checkpoint and not (t.run or t.pretrained) else "model.kwargs of the teacher run"
+    teacher = build_model(name, info.num_classes, **in_args, kwargs_key=where, **kwargs)
     load_weights_into(teacher, weights, f"teacher weights (model '{name}')")
     bad = non_finite(teacher.state_dict())
     if bad:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import COMPILE_GRAPHS, ExperimentConfig, dump_config
+from ..config import COMPILE_GRAPHS, ExperimentConfig, dump_config, resolved
 from ..data.samplers import EpochSampler
 from ..errors import ConfigError, Interrupted, TrainingError
 from ..eval import evaluate_split, predict_split, summary
@@ -111,13 +111,13 @@ class Trainer:
             self.rundir.require_run("--resume")
         else:
             self.rundir.check_new(overwrite)
+        teacher_run = RunDir(teacher_run_path(cfg.teacher)) if cfg.teacher.run or cfg.teacher.pretrained else None
+        if teacher_run is not None and not resume and resolved(teacher_run.path, "teacher.run") == resolved(self.rundir.path, "run folder"):
+            raise ConfigError(f"teacher.run is {self.rundir.path}, the run directory this run would write; "
+                              "give the student another --out / name")
         barrier(self.dist)  # every rank has checked before rank 0 writes
         if self.is_main:
             self.rundir.lock()
-        teacher_run = RunDir(teacher_run_path(cfg.teacher)) if cfg.teacher.run or cfg.teacher.pretrained else None
-        if teacher_run is not None and not resume and teacher_run.path.resolve() == self.rundir.path.resolve():
-            raise ConfigError(f"teacher.run is {self.rundir.path}, the run directory this run would write; "
-                              "give the student another --out / name")
         seed_everything(tc.seed, tc.deterministic)
         cuda = self.device.type == "cuda"
         self.bf16 = use_bf16(tc, self.device)

@@ -23,16 +23,17 @@ def check_model_name(name: str) -> None:
         MODELS.get(name)
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs):
+def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                kwargs_key: str = "model.kwargs", **kwargs):
     """A registered model, or any timm / torchvision classifier (`timm:resnet18`), with the
-    output contract above."""
+    output contract above. `kwargs_key` names where the kwargs came from, for errors."""
     from .common import construct
 
     if name.startswith(EXTERNAL):
         from .external import build_external
 
-        return build_external(name, num_classes, in_channels, image_size, **kwargs)
-    return construct(name, MODELS.get(name), kwargs, num_classes=num_classes, in_channels=in_channels,
+        return build_external(name, num_classes, in_channels, image_size, kwargs_key=kwargs_key, **kwargs)
+    return construct(name, MODELS.get(name), kwargs, kwargs_key, num_classes=num_classes, in_channels=in_channels,
                      image_size=image_size)
 
 

@@ -16,22 +16,22 @@ from ..errors import ConfigError
 KWARG_ERRORS = (TypeError, ValueError, AssertionError, RuntimeError)
 
 
-def construct(spec: str, factory, kwargs: dict, **fixed) -> nn.Module:
-    """`factory(**fixed, **kwargs)`, with the user's `model.kwargs` named as the cause when the
-    constructor rejects them, or when they leave a layer without parameters (a width of 0 builds, but
-    fails at the first forward pass with a message about weight shapes). Without user kwargs a failure
-    is a bug of the model and keeps its traceback."""
+def construct(spec: str, factory, kwargs: dict, what: str = "model.kwargs", **fixed) -> nn.Module:
+    """`factory(**fixed, **kwargs)`, with the user's kwargs (the config key `what`) named as the
+    cause when the constructor rejects them, or when they leave a layer without parameters (a width
+    of 0 builds, but fails at the first forward pass with a message about weight shapes). Without
+    user kwargs a failure is a bug of the model and keeps its traceback; with them, the model's own
+    exception stays chained to the error (`__cause__`) for a debugger or the Python API."""
+    if not kwargs:
+        return factory(**fixed)
     try:
         model = factory(**fixed, **kwargs)
     except KWARG_ERRORS as exc:
-        if not kwargs and not isinstance(exc, TypeError):
-            raise
-        raise ConfigError(f"model '{spec}' cannot be built with model.kwargs {kwargs}: {type(exc).__name__}: {exc}") from None
-    if kwargs:
-        empty = [name for name, p in model.named_parameters() if p.numel() == 0]
-        if empty:
-            raise ConfigError(f"model '{spec}' with model.kwargs {kwargs} has empty layers ({', '.join(empty[:3])}"
-                              f"{', ...' if len(empty) > 3 else ''}): a width or size is 0")
+        raise ConfigError(f"model '{spec}' cannot be built with {what} {kwargs}: {type(exc).__name__}: {exc}") from exc
+    empty = [name for name, p in model.named_parameters() if p.numel() == 0]
+    if empty:
+        raise ConfigError(f"model '{spec}' with {what} {kwargs} has empty layers ({', '.join(empty[:3])}"
+                          f"{', ...' if len(empty) > 3 else ''}): a width or size is 0")
     return model
 
 

@@ -99,15 +99,17 @@ def create_fetching(spec: str, create, name: str, pretrained: bool, **kwargs) ->
     none published) is named as such."""
     try:
         return create(name, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if not pretrained:
-            raise  # the model's own refusal of a value: `construct` names it
+    except (OSError, RuntimeError) as exc:
+        # a download that failed (OSError: no network, hub errors) or timm's "No pretrained weights exist";
+        # any other refusal is the model's, named by `construct`
+        if not pretrained or (isinstance(exc, RuntimeError) and "pretrained" not in str(exc).lower()):
+            raise
         raise ConfigError(f"cannot fetch pretrained weights for {spec} ({type(exc).__name__}: {exc}); offline, "
                           "download them elsewhere and give model.kwargs.weights=PATH") from None
 
 
 def build_external(spec: str, num_classes: int, in_channels: int = 3, image_size: int = 32, pretrained: bool = False,
-                   weights: str = "", **kwargs) -> ExternalClassifier:
+                   weights: str = "", kwargs_key: str = "model.kwargs", **kwargs) -> ExternalClassifier:
     """`timm:NAME` or `torchvision:NAME` with `num_classes` outputs (kwargs go to the library)."""
     kind, _, name = spec.partition(":")
     if kind == "timm":
@@ -119,7 +121,7 @@ def build_external(spec: str, num_classes: int, in_channels: int = 3, image_size
         if ("vit" in name or "deit" in name) and "img_size" not in kwargs:
             fixed["img_size"] = image_size  # a ViT's position embeddings are sized for the data's images
         net = construct(spec, lambda **kw: create_fetching(spec, timm.create_model, name, pretrained=pretrained, **kw),
-                        kwargs, **fixed)
+                        kwargs, kwargs_key, **fixed)
         expects = in_channels
     elif kind == "torchvision":
         import torchvision.models as tvm
@@ -127,7 +129,7 @@ def build_external(spec: str, num_classes: int, in_channels: int = 3, image_size
         if name not in tvm.list_models():
             raise ConfigError(f"torchvision has no model '{name}' (torchvision.models.list_models() lists them)")
         net = construct(spec, lambda **kw: create_fetching(spec, tvm.get_model, name, pretrained=pretrained,
-                                                           weights="DEFAULT" if pretrained else None, **kw), kwargs)
+                                                           weights="DEFAULT" if pretrained else None, **kw), kwargs, kwargs_key)
         head = _classifier(net)
         if head.out_features != num_classes:  # a new classifier for this data's classes
             new = nn.Linear(head.in_features, num_classes)
