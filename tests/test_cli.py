@@ -93,7 +93,7 @@ def test_train_eval_report_and_data_summary(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: a resumed run keeps its experiment: optim.lr=0.5 cannot change; a resume may set only "
                    "train.progress, train.tensorboard, train.checkpoint_every, train.device, "
-                   "train.cuda_graph"]
+                   "train.cuda_graph, train.report_plots"]
     assert main(["train", "--resume", str(out), cfg]) == 2
 
 

@@ -126,6 +126,11 @@ def test_every_suite_runs_end_to_end_at_tiny_scale(suite, tmp_path):
         if run["name"] in trained:
             assert f"| {run['name']} |" in text, run["name"]
             finished(tmp_path / suite / label / run["name"] / "seed0")
+    # each run's report, without the plots a smoke leaves out (they took longer to draw than to train)
+    one = tmp_path / suite / label / spec["runs"][-1]["name"] / "seed0"
+    assert spec["runs"][-1]["name"] not in trained or ("report_plots: false" in (one / "config.yaml").read_text()
+                                                       and "| top-1 |" in (one / "report.md").read_text()
+                                                       and not (one / "plots").exists())
     results = json.loads((tmp_path / suite / "results.json").read_text())
     assert results["tiny"] and not results["paper_column"] and label in results["cells"]
     # each run's gain is over its own pair's student (a VGG-8 row over student_vgg8, not over a ResNet)

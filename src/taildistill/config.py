@@ -214,6 +214,9 @@ class TrainConfig:
     grad_clip: float = 0.0
     progress: bool = True
     tensorboard: bool = True
+    # the run's report.md with its plots (per-class accuracy, confusion matrix, curves); --tiny smoke runs
+    # leave the plots out: drawing them (about 1 s a run, matplotlib's text layout) took longer than training
+    report_plots: bool = True
     max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (smoke tests, benchmarks)
     calibrate: bool = False  # fit a temperature on the validation split after training (saved into cosine heads)
     report_best_test: bool = False  # also evaluate the test split every eval_every epochs and report the best epoch's accuracy (the papers' protocol: optimistic, never used for selection)

@@ -39,7 +39,8 @@ from .rundir import RunDir
 
 TINY = ["data.source=digits", "data.root=", "data.test_root=", "data.lists={}", "data.n_max=0",
         "data.image_size=0", "data.val_per_class=0", "train.epochs=2", "train.max_steps_per_epoch=2", "train.batch_size=16",
-        "train.device=cpu", "train.progress=false", "train.tensorboard=false", "train.eval_every=0"]
+        "train.device=cpu", "train.progress=false", "train.tensorboard=false", "train.eval_every=0",
+        "train.report_plots=false"]
 
 
 def configs_root(configs: str | Path | None = None) -> Path:

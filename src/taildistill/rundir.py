@@ -28,7 +28,7 @@ from .files import clean_stale_temporaries, lock_exclusive, sha256_file, unlock,
 # seed) are seeds of one configuration
 _NOT_THE_EXPERIMENT = {"name": None, "out_dir": None,
                        "train": ("seed", "progress", "tensorboard", "eval_every", "checkpoint_every", "device",
-                                 "cuda_graph")}
+                                 "cuda_graph", "report_plots")}
 # what a resumed run may change (`train --resume RUN KEY=VALUE`): how it executes, never what it computes
 # or selects (eval_every decides which epochs the best-on-validation weights are chosen from)
 RESUME_KEYS = tuple(f"train.{k}" for k in _NOT_THE_EXPERIMENT["train"] if k not in ("seed", "eval_every"))

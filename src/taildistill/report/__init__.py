@@ -28,7 +28,9 @@ def read_run(run_dir: Path) -> dict:
     out["history"] = run.metrics()
     out["env"] = run.env()
     out["run_dir"] = str(run.path)
-    out["seed"] = run.config().train.seed
+    cfg = run.config()
+    out["seed"] = cfg.train.seed
+    out["report_plots"] = cfg.train.report_plots
     out["config_hash"] = run.config_hash()
     return out
 
@@ -159,8 +161,10 @@ def write_run_report(run_dir: Path) -> Path:
     """report.md + plots/ for one finished run."""
     rundir = RunDir(run_dir)
     run = read_run(run_dir)
+    draw = run["report_plots"]
     plots = rundir.plots
-    plots.mkdir(exist_ok=True)
+    if draw:
+        plots.mkdir(exist_ok=True)
     lines = [f"# {run['name']} — {run['method']} ({run['model']})", ""]
     test = run.get("test")
     if test:
@@ -178,12 +182,16 @@ def write_run_report(run_dir: Path) -> Path:
             b = run["best_on_val"]
             lines += [f"Best-on-validation checkpoint (epoch {b['epoch']}, val top-1 {fmt(b['val_top1'])}): "
                       f"test top-1 {fmt(b['test']['top1'])}.", ""]
-        plot_per_class({run["name"]: test["per_class"]}, run["class_counts"], plots / "per_class.png",
-                       class_names=run.get("class_names"))
-        plot_confusion(test["confusion"], plots / "confusion.png", class_names=run.get("class_names"))
-        lines += ["![per-class accuracy](plots/per_class.png)", "", "![confusion matrix](plots/confusion.png)", ""]
-    plot_curves(run["history"], plots / "curves.png", run["name"])
-    lines += ["![training curves](plots/curves.png)", ""]
+        if draw:
+            plot_per_class({run["name"]: test["per_class"]}, run["class_counts"], plots / "per_class.png",
+                           class_names=run.get("class_names"))
+            plot_confusion(test["confusion"], plots / "confusion.png", class_names=run.get("class_names"))
+            lines += ["![per-class accuracy](plots/per_class.png)", "", "![confusion matrix](plots/confusion.png)", ""]
+    if draw:
+        plot_curves(run["history"], plots / "curves.png", run["name"])
+        lines += ["![training curves](plots/curves.png)", ""]
+    else:
+        lines += ["(No plots: train.report_plots is false.)", ""]
     env = run.get("env", {})
     if env:
         lines += ["## Provenance", "", f"- command: `{env.get('command', '')}`", f"- commit: {env.get('commit')}",
