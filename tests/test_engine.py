@@ -267,6 +267,18 @@ def test_text_pipeline_with_local_vectors(tmp_path):
     run = fit(build_config(raw), tmp_path / "run", quiet=True)
     final = json.loads((run / "final.json").read_text())
     assert final["model"] == "textcnn" and len(final["test"]["per_class"]) == 4
+    # a student reads its teacher's vocabulary: token ids of other texts would mean other words
+    student = copy.deepcopy(raw)
+    student["method"] = {"name": "kd"}
+    student["teacher"] = {"run": str(run)}
+    del student["model"]["kwargs"]["vectors"]
+    student["data"]["vocab_size"] = 10  # the 8 most frequent words only
+    with pytest.raises(ConfigError, match="another vocabulary than this data's"):
+        fit(build_config(student), tmp_path / "other", quiet=True)
+    student["data"]["vocab_size"] = raw["data"].get("vocab_size", 20000)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(vec), str(tmp_path / "gone.txt")))
+    kd = fit(build_config(student), tmp_path / "kd", quiet=True)  # (the teacher's vectors file is not read again)
+    assert json.loads((kd / "final.json").read_text())["method"] == "kd"
 
 
 def test_analyses_from_the_papers():

@@ -91,3 +91,23 @@ def test_textcnn_loads_local_vectors(tmp_path):
     m = build_model("textcnn", 4, vocab_size=5, embed_dim=3, vectors=str(vec), vocab={"hello": 2, "world": 3, "bad": 4})
     w = m.embed.weight.data
     assert w[2].tolist() == [1, 2, 3] and w[3].tolist() == [4, 5, 6] and w[0].abs().sum() == 0
+
+
+def test_word_vectors_of_another_dimension_or_language_are_refused_not_left_random(tmp_path):
+    from taildistill.errors import DataError
+
+    vocab = {"hello": 2, "world": 3}
+    vec = tmp_path / "v.txt"
+    vec.write_text("hello 1 2 3 4\nworld 4 5 6 7\n")
+    with pytest.raises(DataError, match="have 4 dimensions, model.kwargs.embed_dim is 3"):
+        build_model("textcnn", 4, vocab_size=4, embed_dim=3, vectors=str(vec), vocab=vocab)
+    vec.write_text("hallo 1 2 3\nwelt 4 5 6\n")
+    with pytest.raises(DataError, match="hold none of the vocabulary's 2 words"):
+        build_model("textcnn", 4, vocab_size=4, embed_dim=3, vectors=str(vec), vocab=vocab)
+    # word2vec's text format starts with `COUNT DIM`; GloVe 840B has phrases with spaces
+    vec.write_text("3 3\nhello 1 2 3\nworld and more 9 9 9\nworld 4 5 6\n")
+    w = build_model("textcnn", 4, vocab_size=4, embed_dim=3, vectors=str(vec), vocab=vocab).embed.weight.data
+    assert w[2].tolist() == [1, 2, 3] and w[3].tolist() == [4, 5, 6]
+    vec.write_text("hello 1 2 x\n")
+    with pytest.raises(DataError, match="cannot read word vectors"):
+        build_model("textcnn", 4, vocab_size=4, embed_dim=3, vectors=str(vec), vocab=vocab)

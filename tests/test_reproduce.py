@@ -15,7 +15,7 @@ from taildistill.reproduce import ddp_batch, grid_cells, list_suites, load_suite
 from conftest import finished, hold_lock
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"
-SUITES = ["bkd-cifar10", "bkd-cifar10-step", "bkd-cifar100", "bkd-imagenet-lt", "bkd-inaturalist", "bkd-places-lt", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar10-small",
+SUITES = ["bkd-ag-news", "bkd-cifar10", "bkd-cifar10-step", "bkd-cifar100", "bkd-imagenet-lt", "bkd-inaturalist", "bkd-places-lt", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar10-small",
           "ltsf-cifar10", "acckd-cifar10"]
 
 
@@ -144,6 +144,49 @@ def test_every_suite_runs_end_to_end_at_tiny_scale(suite, tmp_path):
         base = row[header.index("vs")] if "vs" in header else spec["baseline"]
         assert base == spec["runs"][[r["name"] for r in spec["runs"]].index(row[0])].get("baseline", spec["baseline"])
         assert float(row[gain_col]) == pytest.approx(accuracy[row[0]] - accuracy[base], abs=0.011), row
+
+
+def write_news(path: Path, per_class: list[int], seed: int) -> None:
+    """An AG's News-format CSV whose classes use words of their own (and some shared ones)."""
+    import random
+
+    rng = random.Random(seed)
+    topic = [["summit", "minister", "election"], ["match", "goal", "team"], ["stocks", "market", "profit"],
+             ["chip", "software", "internet"]]
+    rows = []
+    for c, n in enumerate(per_class):
+        for i in range(n):
+            words = rng.choices(topic[c], k=4) + rng.choices(["the", "a", "today", "new", "says"], k=4) + [f"rare{c}x{i}"]
+            rows.append(f'"{c + 1}","{words[0]} {words[1]}","{" ".join(words[2:])}"')
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_the_text_suite_distils_textcnn_teachers_on_its_own_data(tmp_path, monkeypatch):
+    # the smoke trains bkd-ag-news on digits: this runs it on text, at its full recipe but two epochs
+    # and small sizes, through the environment variables its configs read
+    write_news(tmp_path / "train.csv", [40] * 4, seed=0)
+    write_news(tmp_path / "test.csv", [6] * 4, seed=1)
+    (tmp_path / "glove.txt").write_text("".join(f"{w} " + " ".join(["0.1"] * 8) + "\n"
+                                                for w in ("the", "goal", "market", "new york", "chip")))
+    monkeypatch.setenv("TAILDISTILL_DATA", str(tmp_path))
+    for var, name in (("AG_NEWS_TRAIN", "train.csv"), ("AG_NEWS_TEST", "test.csv"), ("GLOVE_VECTORS", "glove.txt")):
+        monkeypatch.setenv(var, name)  # relative: read in the data folder
+    out = tmp_path / "suite"
+    report = run_suite("bkd-ag-news", out, seeds=1, configs=CONFIGS, executor="inline", quiet=True,
+                       extra=["data.ratio=10", "model.kwargs.embed_dim=8", "model.kwargs.channels=4", "train.epochs=2",
+                              "train.batch_size=16", "train.device=cpu", "train.progress=false", "train.tensorboard=false",
+                              "train.report_plots=false"])
+    results = json.loads((out / "results.json").read_text())["cells"]["all"]
+    assert results["group_policy"] == "cuts[1, 2, 3]"
+    assert results["header"][3:8] == ["All", "Group0", "Group1", "Group2", "Group3"]  # Table 6's Acc_0 .. Acc_3
+    assert [row[0] for row in results["rows"]] == ["ce_teacher", "ce", "kd", "bkd"]
+    runs = {name: out / "all" / name / "seed0" for name in ("ce_teacher", "kd", "bkd")}
+    data = {name: json.loads((d / "data.json").read_text()) for name, d in runs.items()}
+    assert data["bkd"]["input_kind"] == "tokens" and data["bkd"]["class_counts"] == [40, 18, 8, 4]
+    assert len({d["vocab_digest"] for d in data.values()}) == 1  # teacher and students read the same words
+    config = (runs["bkd"] / "config.yaml").read_text()
+    assert f"vectors: {tmp_path / 'glove.txt'}" in config and "teacher:" in config
+    assert "paper All" in report.read_text()
 
 
 def test_two_processes_at_once_give_the_report_of_one_and_a_rerun_trains_nothing(tmp_path):

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import pickle
 import tarfile
@@ -212,6 +213,23 @@ def test_ag_news_csv(tmp_path):
     p.write_text('"7","x","y"\n')
     with pytest.raises(DataError, match="out of range 1..4"):
         build_data(cfg)
+
+
+def test_the_vocabulary_is_the_long_tailed_training_sets(tmp_path):
+    rows = [f'"{c + 1}","t","common word{c} only{c}x{i}"' for c in range(4) for i in range(20)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "test.csv").write_text('"1","t","common unseen"\n"4","t","word3 only3x19"\n')
+    cfg = DataConfig(source="ag_news", root=str(tmp_path / "train.csv"), test_root=str(tmp_path / "test.csv"),
+                     profile="exp", ratio=10, max_len=4, group_policy="thirds")
+    data = build_data(cfg)
+    assert data.info.class_counts == [20, 9, 4, 2]
+    kept = sorted(w for w in data.vocab if w.startswith("only3x"))
+    assert len(kept) == 2  # the words of the 18 dropped tail texts are unknown words, as those of the test set
+    assert "unseen" not in data.vocab and len(data.info.vocab_digest) == 64
+    first = data.test.x[0].tolist()
+    assert first == [data.vocab["t"], data.vocab["common"], 1, 0]  # unknown = 1, padding = 0
+    assert build_data(cfg).info.vocab_digest == data.info.vocab_digest
+    assert build_data(dataclasses.replace(cfg, seed=1)).info.vocab_digest != data.info.vocab_digest  # other texts
 
 
 def test_digits_source():

@@ -455,7 +455,9 @@ def _read_yaml(path: Path) -> dict:
 
 
 # config values that name input files: relative ones do not depend on where a command is run
-DATA_PATH_KEYS = (("data", "root"), ("data", "test_root"), ("teacher", "checkpoint"))
+# (model weights and word vectors too: they are inputs like the data)
+DATA_PATH_KEYS = (("data", "root"), ("data", "test_root"), ("teacher", "checkpoint"),
+                  ("model", "kwargs", "weights"), ("model", "kwargs", "vectors"), ("teacher", "kwargs", "weights"))
 
 
 def data_dir() -> Path:
@@ -465,11 +467,16 @@ def data_dir() -> Path:
 
 def _map_paths(raw: dict, fix) -> dict:
     """Apply `fix(value) -> value` to the input-file values of a raw mapping (data.lists too)."""
+    def apply(mapping: dict, keys: tuple[str, ...]) -> dict:
+        head, rest = keys[0], keys[1:]
+        value = mapping.get(head)
+        if not rest:
+            return {**mapping, head: fix(value)} if isinstance(value, str) and value else mapping
+        return {**mapping, head: apply(value, rest)} if isinstance(value, dict) else mapping
+
     raw = dict(raw)
-    for section, key in DATA_PATH_KEYS:
-        sec = raw.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
-            raw[section] = {**sec, key: fix(sec[key])}
+    for keys in DATA_PATH_KEYS:
+        raw = apply(raw, keys)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("lists"), dict):
         raw["data"] = {**raw["data"], "lists": {k: fix(v) if isinstance(v, str) and v else v for k, v in data["lists"].items()}}

@@ -132,7 +132,8 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
             warnings.warn(f"distilling from the unfinished teacher run {run.path} ({epoch} done)", stacklevel=2)
         tcfg = run.config()
         name, kwargs = tcfg.model.name, dict(tcfg.model.kwargs)
-        kwargs.pop("weights", None)  # the run's initialisation file: its trained weights replace it (and it may be elsewhere)
+        for init in ("weights", "vectors"):  # the run's initialisation files: its trained weights replace them
+            kwargs.pop(init, None)                # (and they may be elsewhere, or large)
         weights = run.last_weights
         tdata = run.data_info()
         t_mean, t_std, t_norm = tdata.get("mean") or info.mean, tdata.get("std") or info.std, tcfg.augment.normalize
@@ -146,6 +147,9 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
         in_args = ({"in_channels": tdata["input_shape"][0],
                     "image_size": tcfg.augment.random_resized_crop or tdata["input_shape"][-1]} if tdata else model_input_args(info))
         if tdata.get("input_kind") == "tokens":
+            if tdata.get("vocab_digest") and info.vocab_digest and tdata["vocab_digest"] != info.vocab_digest:
+                raise ConfigError(f"teacher run {run} was trained with another vocabulary than this data's (other "
+                                  "training texts, data.vocab_size or tokens): its token ids would mean other words")
             in_args = model_input_args(info)
             kwargs.setdefault("vocab_size", tdata.get("vocab_size", info.vocab_size))
     else:

@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import DataError
 from .groups import Groups, make_groups
 from .longtail import balanced_split, longtail_counts, longtail_indices
-from .sources import SOURCES, Split, check_labels
+from .sources import SOURCES, Split, check_labels, encode_texts
 
 
 @dataclass
@@ -24,6 +24,7 @@ class DataInfo:
     mean: list[float] = field(default_factory=list)  # per-channel mean of the training images (0-1)
     std: list[float] = field(default_factory=list)
     vocab_size: int = 0
+    vocab_digest: str = ""  # text: SHA-256 of the vocabulary (token ids mean the same words iff equal)
     description: str = ""
 
     @property
@@ -88,7 +89,9 @@ def build_data(cfg) -> DataBundle:
         if split is not None:
             check_labels(split.y, C, f"{cfg.source} {name}")
     groups = make_groups(cfg.group_policy, class_counts, cfg.group_cuts)
+    test, extra = src.test, src.extra
     if src.kind == "tokens":
+        train, (val, test), extra = encode_texts(train, [val, test], cfg.vocab_size, cfg.max_len)
         shape: tuple[int, ...] = (train.x.shape[1],)
         mean, std = [], []
     elif train.x is not None:
@@ -101,6 +104,6 @@ def build_data(cfg) -> DataBundle:
     info = DataInfo(
         num_classes=C, class_counts=class_counts, groups=groups, class_names=list(src.class_names),
         input_shape=shape, input_kind=src.kind, mean=mean, std=std,
-        vocab_size=int(src.extra.get("vocab_size", 0)), description=f"{cfg.source}: {desc}",
+        vocab_size=int(extra.get("vocab_size", 0)), vocab_digest=extra.get("vocab_digest", ""), description=f"{cfg.source}: {desc}",
     )
-    return DataBundle(info, train, val, src.test, src.extra.get("vocab"))
+    return DataBundle(info, train, val, test, extra.get("vocab"))

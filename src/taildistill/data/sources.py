@@ -29,12 +29,14 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm")
 @dataclass
 class Split:
     """One split. `x` is uint8 (N, H, W, C) images or int64 (N, L) token ids; or `paths` + `root`
-    for images streamed from disk. `y` is int64 (N,)."""
+    for images streamed from disk; or raw `texts`, which :func:`encode_texts` turns into token ids
+    once the training set is chosen. `y` is int64 (N,)."""
 
     y: np.ndarray
     x: np.ndarray | None = None
     paths: list[str] | None = None
     root: str = ""
+    texts: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -45,6 +47,7 @@ class Split:
             x=None if self.x is None else self.x[idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             root=self.root,
+            texts=None if self.texts is None else [self.texts[i] for i in idx],
         )
 
 
@@ -456,8 +459,9 @@ AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 @SOURCES.register("ag_news")
 def ag_news(cfg) -> SourceData:
     """AG's News CSV for text classification: `data.root` the training CSV and `data.test_root`
-    the test CSV; with only `data.root`, a stratified `data.test_fraction` is held out. The
-    vocabulary is built from the training split only."""
+    the test CSV; with only `data.root`, a stratified `data.test_fraction` is held out. The splits
+    hold raw texts: the vocabulary is built later from the long-tailed training set alone
+    (:func:`encode_texts`)."""
     from .longtail import stratified_split
 
     texts, labels = read_ag_news(_require(cfg.root, "ag_news"))
@@ -468,8 +472,27 @@ def ag_news(cfg) -> SourceData:
         tr, te = stratified_split(labels, cfg.test_fraction, seed=0)
         train_texts, train_labels = [texts[i] for i in tr], labels[tr]
         test_texts, test_labels = [texts[i] for i in te], labels[te]
-    vocab = build_vocab(train_texts, cfg.vocab_size)
-    train = Split(train_labels, encode(train_texts, vocab, cfg.max_len))
-    test = Split(test_labels, encode(test_texts, vocab, cfg.max_len))
-    return SourceData(train, test, list(AG_NEWS_CLASSES), kind="tokens",
-                      extra={"vocab_size": max(vocab.values(), default=1) + 1, "vocab": vocab})
+    return SourceData(Split(train_labels, texts=train_texts), Split(test_labels, texts=test_texts),
+                      list(AG_NEWS_CLASSES), kind="tokens")
+
+
+def encode_texts(train: Split, others: list[Split | None], vocab_size: int,
+                 max_len: int) -> tuple[Split, list[Split | None], dict]:
+    """Token ids (N, max_len) for text splits, with the vocabulary of the training split only (the
+    words of texts the long-tail sampling dropped, or of the test set, are unknown words, id 1), and
+    extra = {vocab, vocab_size, vocab_digest}."""
+    vocab = build_vocab(train.texts, vocab_size)
+
+    def enc(split: Split | None) -> Split | None:
+        return None if split is None else Split(split.y, encode(split.texts, vocab, max_len))
+
+    extra = {"vocab_size": max(vocab.values(), default=1) + 1, "vocab": vocab, "vocab_digest": vocab_digest(vocab)}
+    return enc(train), [enc(s) for s in others], extra
+
+
+def vocab_digest(vocab: dict[str, int]) -> str:
+    """SHA-256 of the tokens in id order: two runs whose token ids mean the same words share it
+    (a teacher read with another vocabulary would see other words behind the same ids)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(vocab, key=vocab.__getitem__)).encode()).hexdigest()

@@ -1,6 +1,8 @@
 """Small models for tiny inputs (the digits demo) and a one-layer TextCNN for AG's News."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,19 +55,41 @@ class TextCNN(nn.Module):
 
 
 def load_vectors(path: str, vocab: dict[str, int], vocab_size: int, dim: int) -> torch.Tensor:
-    """Read a local GloVe-style text vectors file (`word v1 v2 ...`) into an embedding matrix."""
+    """A (vocab_size, dim) embedding matrix: the rows of the vocabulary's words from a local
+    GloVe-style text file (`word v1 ... vD` per line; a word2vec `COUNT D` first line is skipped),
+    N(0, 0.1^2) for words the file lacks, zeros for padding (id 0).
+
+    A file of another dimension than `dim`, or one that holds none of the vocabulary's words (another
+    language, a binary file), is an error: either would silently leave the embeddings random."""
     from ..errors import DataError
 
     weights = torch.randn(vocab_size, dim) * 0.1
     weights[0] = 0
+    found = 0
     try:
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                parts = line.rstrip().split(" ")
-                if parts[0] in vocab and len(parts) == dim + 1:
-                    weights[vocab[parts[0]]] = torch.tensor([float(v) for v in parts[1:]])
-    except (OSError, ValueError) as exc:
+            first = f.readline()
+            fields = first.rstrip("\n").split(" ")
+            header = len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit()  # word2vec's `COUNT D`
+            file_dim = int(fields[1]) if header else len(fields) - 1
+            if file_dim != dim:
+                raise DataError(f"word vectors {path} have {file_dim} dimensions, model.kwargs.embed_dim is {dim}: "
+                                f"set embed_dim={file_dim} or use a {dim}-dimensional file")
+            for line in itertools.chain([] if header else [first], f):
+                word, _, rest = line.partition(" ")
+                idx = vocab.get(word)
+                if idx is None or idx >= vocab_size:
+                    continue
+                values = rest.rstrip().split(" ")
+                if len(values) != dim:  # a phrase with spaces (GloVe 840B), not this word's row
+                    continue
+                weights[idx] = torch.tensor([float(v) for v in values])
+                found += 1
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read word vectors {path}: {exc}") from None
+    if vocab and not found:
+        raise DataError(f"word vectors {path} hold none of the vocabulary's {len(vocab)} words: not word vectors "
+                        f"of this text's language (GloVe's lower-case English files fit AG's News)")
     return weights
 
 
@@ -73,6 +97,7 @@ def load_vectors(path: str, vocab: dict[str, int], vocab_size: int, dim: int) ->
 def textcnn(num_classes: int, in_channels: int = 0, image_size: int = 0, vocab_size: int = 20000,
             embed_dim: int = 128, channels: int = 100, dropout: float = 0.5, vectors: str = "",
             vocab: dict | None = None):
-    """`vectors`: a local GloVe-style text file; its dimension must equal `embed_dim`."""
+    """`vectors`: a local GloVe-style text file (read with the data's `vocab`, which the experiment
+    passes); its dimension must equal `embed_dim`."""
     emb = load_vectors(vectors, vocab or {}, vocab_size, embed_dim) if vectors else None
     return TextCNN(num_classes, vocab_size, embed_dim, channels, dropout=dropout, embeddings=emb)
