@@ -463,6 +463,15 @@ def test_bad_command_lines_and_values_are_one_line_each(tmp_path, capsys):
         one_error(capsys, "importing 'failing_module'", "ValueError: no licence key", "failing_module.py, line 2")
         assert main(["--import", "broken_module", "models"]) == 2
         one_error(capsys, "importing 'broken_module'", "SyntaxError", "broken_module.py, line 1")
+        # registrations taildistill refuses: the user's line, not a traceback into the registry
+        (tmp_path / "twice_module.py").write_text("from taildistill.models import MODELS\n\n"
+                                                  "MODELS.register('resnet32')(lambda num_classes: None)\n")
+        (tmp_path / "notamethod_module.py").write_text("from taildistill.methods import register_method\n"
+                                                       "register_method('mine', dict)\n")
+        assert main(["--import", "twice_module", "models"]) == 2
+        one_error(capsys, "model 'resnet32' is registered twice: choose another name", "twice_module.py, line 3")
+        assert main(["--import", "notamethod_module", "methods"]) == 2
+        one_error(capsys, "register_method('mine') needs a Method subclass", "notamethod_module.py, line 2")
     finally:
         sys.path.remove(str(tmp_path))
     with pytest.raises(SystemExit) as exit_:  # argparse: usage and the error, exit 2

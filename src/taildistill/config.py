@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, RegistryError
 from .typed import from_dict, to_dict
 
 Profile = Literal["exp", "step", "pareto", "ltkd", "none"]
@@ -319,9 +319,11 @@ def import_modules(names: list[str]) -> None:
             import traceback
 
             frames = traceback.extract_tb(exc.__traceback__)
-            if Path(frames[-1].filename).resolve().is_relative_to(PACKAGE_DIR):
+            inside = [Path(f.filename).resolve().is_relative_to(PACKAGE_DIR) for f in frames]
+            if inside[-1] and not isinstance(exc, RegistryError):
                 raise  # raised inside taildistill (a bug, or a refusal a traceback explains best)
-            frame = frames[-1]  # the user's module failed while running: where, in one line
+            # the user's module failed while running, or a registration it made was refused: its line
+            frame = next(f for f, ours in zip(reversed(frames), reversed(inside)) if not ours)
             raise ConfigError(f"importing '{name}' (from --import / imports) failed: {type(exc).__name__}: {exc} "
                               f"({frame.filename}, line {frame.lineno})") from None
 

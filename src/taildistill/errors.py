@@ -9,6 +9,11 @@ class ConfigError(TaildistillError):
     """A config key is unknown, mistyped or out of range."""
 
 
+class RegistryError(ConfigError, TypeError, ValueError):
+    """A registration refused (a name taken twice, an object of the wrong kind): a user's module that
+    registers it gets one line naming its own file and line, not a traceback."""
+
+
 class DataError(TaildistillError):
     """A data file is missing, corrupt or inconsistent."""
 

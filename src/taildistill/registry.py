@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, RegistryError
 
 T = TypeVar("T")
 
@@ -19,7 +19,8 @@ class Registry(Generic[T]):
         def add(obj: T) -> T:
             key = name or getattr(obj, "__name__")
             if key in self._items:
-                raise ValueError(f"{self.kind} '{key}' is registered twice")
+                raise RegistryError(f"{self.kind} '{key}' is registered twice: choose another name "
+                                    f"(taken: {', '.join(sorted(self._items))})")
             self._items[key] = obj
             return obj
 

@@ -8,6 +8,7 @@ other keys under ``method:``, validated against that method's own ``Params`` dat
 from __future__ import annotations
 
 from ..models import wrap_model
+from ..errors import RegistryError
 from ..registry import Registry
 from . import acckd, criteria, deitlt, feature, logit, ltsf
 from .base import Batch, BatchRequest, Method, MethodOutput, SupervisedLoss, SupervisedParams, TeacherOutputs
@@ -20,7 +21,7 @@ def register_method(name: str, cls: type[Method] | None = None):
     """Register a :class:`Method` subclass under `name` (usable as a decorator)."""
     def add(c: type[Method]) -> type[Method]:
         if not (isinstance(c, type) and issubclass(c, Method)):
-            raise TypeError(f"register_method('{name}') needs a Method subclass, got {c!r}")
+            raise RegistryError(f"register_method('{name}') needs a Method subclass, got {c!r}")
         return METHODS.register(name)(c)
 
     return add(cls) if cls is not None else add
