@@ -126,6 +126,17 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     ltsf = load_config(CONFIGS / "cifar10_lt" / "ltsf.yaml")
     assert ltsf.model.kwargs["depth"] % 3 == 0 and ltsf.model.kwargs["attention"] == "dual"
     assert load_config(CONFIGS / "cifar10_lt" / "ce_teacher.yaml").data.group_cuts == [3, 7]
+    # CB (BKD Eq. 3, its code's Reweight rule): CE with Eq. 2's weights from the first epoch, each benchmark's recipe
+    for folder in ("cifar10_lt", "cifar100_lt_bkd", "imagenet_lt_bkd", "places_lt_bkd", "ag_news_lt"):
+        cb, ce = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("cb", "ce_teacher"))
+        assert (cb.method.name, cb.method.params.sup_loss, cb.method.params.cb_beta) == ("ce", "cb", 0.9999), folder
+        assert (cb.optim, cb.train, cb.data, cb.augment, cb.model) == (ce.optim, ce.train, ce.data, ce.augment, ce.model)
+    # Table 6 (AG's News): TextCNN on 300-d GloVe, 30 epochs, batch 64, 0.1 x0.01 at 20 and 25, one group per class
+    news = load_config(CONFIGS / "ag_news_lt" / "bkd.yaml")
+    assert (news.model.name, news.model.kwargs["embed_dim"], news.train.epochs, news.train.batch_size) == ("textcnn", 300, 30, 64)
+    assert (news.optim.lr, news.schedule.milestones, news.schedule.step_factors) == (0.1, [20, 25], [0.01, 0.0001])
+    assert (news.data.ratio, news.data.group_cuts, news.augment.mixup_alpha, news.method.params.bkd_start_epoch) == \
+        (100, [1, 2, 3], 0.0, 0)
 
 
 def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):

@@ -64,7 +64,7 @@ def test_the_graph_makes_students_wait_for_their_teachers(tmp_path):
     by = {s.key: s for s in specs}
     assert by["ratio100/kd/seed1"].deps == ["ratio100/ce_teacher/seed0"] and by["ratio100/ce/seed0"].deps == []
     assert f"teacher.run={tmp_path / 'ratio100' / 'ce_teacher' / 'seed0'}" in by["ratio100/kd/seed1"].overrides
-    assert len(specs) == 1 + 5 * 2  # the teacher once, five students x two seeds, the first cell only
+    assert len(specs) == 1 + 6 * 2  # the teacher once, six students x two seeds, the first cell only
 
 
 def test_cells_and_only_select_part_of_a_suite_and_name_what_exists(tmp_path):
@@ -179,7 +179,7 @@ def test_the_text_suite_distils_textcnn_teachers_on_its_own_data(tmp_path, monke
     results = json.loads((out / "results.json").read_text())["cells"]["all"]
     assert results["group_policy"] == "cuts[1, 2, 3]"
     assert results["header"][3:8] == ["All", "Group0", "Group1", "Group2", "Group3"]  # Table 6's Acc_0 .. Acc_3
-    assert [row[0] for row in results["rows"]] == ["ce_teacher", "ce", "kd", "bkd"]
+    assert [row[0] for row in results["rows"]] == ["ce_teacher", "ce", "cb", "kd", "bkd"]
     runs = {name: out / "all" / name / "seed0" for name in ("ce_teacher", "kd", "bkd")}
     data = {name: json.loads((d / "data.json").read_text()) for name, d in runs.items()}
     assert data["bkd"]["input_kind"] == "tokens" and data["bkd"]["class_counts"] == [40, 18, 8, 4]
