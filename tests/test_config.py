@@ -181,6 +181,12 @@ def test_input_paths_never_depend_on_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config("cfgs/exp.yaml") == cfg  # the same wherever it is run from
     assert load_config("cfgs/exp.yaml", ["data.root=here"]).data.root == str(tmp_path / "here")
+    # model weights and word vectors are input files too, in a file and on the command line
+    (tmp_path / "cfgs" / "text.yaml").write_text("model: {name: textcnn, kwargs: {vectors: glove.txt, weights: ./w.pth}}\n")
+    text = load_config("cfgs/text.yaml")
+    assert text.model.kwargs == {"vectors": str(tmp_path / "datadir" / "glove.txt"), "weights": str(tmp_path / "cfgs" / "w.pth")}
+    typed = load_config("cfgs/text.yaml", ["model.kwargs.vectors=mine.txt", "model.kwargs.embed_dim=8"])
+    assert typed.model.kwargs["vectors"] == str(tmp_path / "mine.txt") and typed.model.kwargs["embed_dim"] == 8
 
 
 def test_a_base_cycle_is_an_error_naming_the_chain(tmp_path):

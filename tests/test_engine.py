@@ -1,6 +1,7 @@
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -279,6 +280,25 @@ def test_text_pipeline_with_local_vectors(tmp_path):
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(vec), str(tmp_path / "gone.txt")))
     kd = fit(build_config(student), tmp_path / "kd", quiet=True)  # (the teacher's vectors file is not read again)
     assert json.loads((kd / "final.json").read_text())["method"] == "kd"
+    # eval reads neither the vectors (trained weights replace them) nor a run of another vocabulary
+    from taildistill.cli import main
+
+    assert main(["eval", str(run)]) == 0
+    other = tmp_path / "other_vocabulary"
+    shutil.copytree(run, other)
+    (other / "config.yaml").write_text((other / "config.yaml").read_text().replace(str(tmp_path / "gone.txt"), str(vec)))
+    recorded = json.loads((other / "data.json").read_text())
+    (other / "data.json").write_text(json.dumps({**recorded, "vocab_digest": "0" * 64}))  # trained on other texts
+    with pytest.raises(ConfigError, match=f"the run {other} was trained with another vocabulary"):
+        resume(other, quiet=True)
+    assert main(["eval", str(other)]) == 2
+    # a text run from before vocabularies were recorded: its token ids may mean other words
+    info = json.loads((run / "data.json").read_text())
+    del info["vocab_digest"]
+    (run / "data.json").write_text(json.dumps(info))
+    student["data"]["vocab_size"] = raw["data"].get("vocab_size", 20000)
+    with pytest.raises(ConfigError, match="before taildistill recorded a text run's vocabulary"):
+        fit(build_config(student), tmp_path / "kd_old", quiet=True)
 
 
 def test_analyses_from_the_papers():

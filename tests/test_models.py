@@ -108,6 +108,10 @@ def test_word_vectors_of_another_dimension_or_language_are_refused_not_left_rand
     vec.write_text("3 3\nhello 1 2 3\nworld and more 9 9 9\nworld 4 5 6\n")
     w = build_model("textcnn", 4, vocab_size=4, embed_dim=3, vectors=str(vec), vocab=vocab).embed.weight.data
     assert w[2].tolist() == [1, 2, 3] and w[3].tolist() == [4, 5, 6]
+    # a byte-order mark and lines that end in a space (fastText, word2vec's C tool) read the same
+    vec.write_text("\ufeffhello 1 2 3 \nworld 4 5 6 \n", encoding="utf-8")
+    w = build_model("textcnn", 4, vocab_size=4, embed_dim=3, vectors=str(vec), vocab=vocab).embed.weight.data
+    assert w[2].tolist() == [1, 2, 3] and w[3].tolist() == [4, 5, 6]
     vec.write_text("hello 1 2 x\n")
     with pytest.raises(DataError, match="cannot read word vectors"):
         build_model("textcnn", 4, vocab_size=4, embed_dim=3, vectors=str(vec), vocab=vocab)

@@ -232,6 +232,23 @@ def test_the_vocabulary_is_the_long_tailed_training_sets(tmp_path):
     assert build_data(dataclasses.replace(cfg, seed=1)).info.vocab_digest != data.info.vocab_digest  # other texts
 
 
+def test_a_source_of_token_ids_keeps_its_own_vocabulary():
+    from taildistill.data.sources import SourceData, Split
+
+    @SOURCES.register("_token_ids")
+    def token_ids(cfg):
+        y = np.repeat(np.arange(3), 10)
+        x = np.random.default_rng(0).integers(2, 50, size=(30, 6))
+        return SourceData(Split(y, x), Split(y, x), ["a", "b", "c"], kind="tokens",
+                          extra={"vocab_size": 50, "vocab_digest": "mine"})
+
+    try:
+        data = build_data(DataConfig(source="_token_ids", profile="none", group_policy="thirds"))
+    finally:
+        SOURCES._items.pop("_token_ids")
+    assert data.train.x.shape == (30, 6) and (data.info.vocab_size, data.info.vocab_digest) == (50, "mine")
+
+
 def test_digits_source():
     data = build_data(DataConfig(source="digits", profile="exp", ratio=10, val_per_class=5, group_policy="shots"))
     assert data.info.num_classes == 10 and data.info.input_shape == (1, 8, 8)

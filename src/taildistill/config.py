@@ -323,7 +323,7 @@ def import_modules(names: list[str]) -> None:
             if inside[-1] and not isinstance(exc, RegistryError):
                 raise  # raised inside taildistill (a bug, or a refusal a traceback explains best)
             # the user's module failed while running, or a registration it made was refused: its line
-            frame = next(f for f, ours in zip(reversed(frames), reversed(inside)) if not ours)
+            frame = next((f for f, ours in zip(reversed(frames), reversed(inside)) if not ours), frames[-1])
             raise ConfigError(f"importing '{name}' (from --import / imports) failed: {type(exc).__name__}: {exc} "
                               f"({frame.filename}, line {frame.lineno})") from None
 
@@ -485,6 +485,21 @@ def _map_paths(raw: dict, fix) -> dict:
     return raw
 
 
+def _path_values(raw: dict) -> dict:
+    """Only the input-file values of a raw mapping (DATA_PATH_KEYS and data.lists), nested as there."""
+    out: dict = {}
+    for keys in (*DATA_PATH_KEYS, ("data", "lists")):
+        value = raw
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+        if value is not None:
+            node = out
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+    return out
+
+
 def resolve_data_paths(raw: dict, config_dir: Path | None = None) -> dict:
     """Input paths of a config: `./x` and `../x` are relative to the config file that says them,
     other relative paths to the data folder (:func:`data_dir`); never to the current folder."""
@@ -596,11 +611,11 @@ def parse_config(raw: dict, overrides: list[str] | None = None) -> ExperimentCon
     """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig` whose
     `method.params` is still a mapping (see :func:`taildistill.experiment.build_config`). Relative
     input paths from config files resolve against the data folder; relative paths given as
-    overrides (typed in a shell) against the current folder."""
+    overrides (typed in a shell) against the current folder (every key of DATA_PATH_KEYS)."""
     cli = apply_overrides({}, overrides or [])
     cli = _map_paths(cli, lambda v: str(resolved(Path(v).expanduser(), "path")))
     raw = apply_overrides(resolve_data_paths(raw), overrides or [])
-    raw = deep_merge(raw, {k: v for k, v in cli.items() if k in ("data", "teacher")})
+    raw = deep_merge(raw, _path_values(cli))
     raw = resolve_references(raw)
     return from_dict(ExperimentConfig, raw)
 

@@ -14,7 +14,7 @@ from .engine.trainer import resolve_device, use_bf16
 from .errors import ConfigError
 from .eval import evaluate_split, predict_split, summary
 from .eval.analysis import ANALYSES, feature_deviation, feature_rank, feature_separability, mean_firing_rates
-from .experiment import build_student, load_config, load_weights_into
+from .experiment import build_student, check_vocabulary, load_config, load_weights_into
 from .rundir import RunDir, write_text_atomic
 
 
@@ -40,6 +40,8 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
     device = resolve_device(cfg.train.device)
     data = build_data(cfg.data)
     info = data.info
+    if target.is_dir():
+        check_vocabulary(run.data_info(), info, f"the run {run.path}")
     student = load_weights_into(build_student(cfg, info), weights, f"checkpoint (model '{cfg.model.name}')").to(device)
     split = {"test": data.test, "val": data.val, "train": data.train}[split_name]
     if split is None:

@@ -79,12 +79,17 @@ def model_input_args(info, augment=None) -> dict:
 
 
 def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None) -> nn.Module:
-    """The config's model for the data described by `info` (DataInfo)."""
+    """The config's model for the data described by `info` (DataInfo). Word vectors
+    (model.kwargs.vectors) are read only with the data's `vocab`: without it the model is built to
+    receive trained weights (eval, a stand-in), which replace the embeddings."""
     kwargs = dict(cfg.model.kwargs)
     if info.input_kind == "tokens":
         kwargs.setdefault("vocab_size", info.vocab_size)
         if kwargs.get("vectors"):
-            kwargs["vocab"] = vocab
+            if vocab is None:
+                kwargs.pop("vectors")
+            else:
+                kwargs["vocab"] = vocab
     return build_model(cfg.model.name, info.num_classes, **model_input_args(info, cfg.augment), **kwargs)
 
 
@@ -106,6 +111,19 @@ def load_weights_into(model: nn.Module, path: Path, what: str) -> nn.Module:
         raise ConfigError(f"{what} {path} does not fit the model ({fits} of {len(expected)} tensors match): {detail}")
     model.load_state_dict(state)
     return model
+
+
+def check_vocabulary(recorded: dict, info, what: str) -> None:
+    """A text model's weights are tied to its vocabulary (an embedding row per token id): `recorded`
+    (a run's data.json) must name the vocabulary of the data `info` describes."""
+    if recorded.get("input_kind") != "tokens" or info.input_kind != "tokens":
+        return
+    if not recorded.get("vocab_digest"):
+        raise ConfigError(f"{what} was trained before taildistill recorded a text run's vocabulary (its vocabulary "
+                          "then came from the whole training file): its token ids may mean other words; train it again")
+    if recorded["vocab_digest"] != info.vocab_digest:
+        raise ConfigError(f"{what} was trained with another vocabulary than this data's (other training texts, "
+                          "data.vocab_size or tokens): its token ids would mean other words")
 
 
 def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
@@ -147,9 +165,7 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
         in_args = ({"in_channels": tdata["input_shape"][0],
                     "image_size": tcfg.augment.random_resized_crop or tdata["input_shape"][-1]} if tdata else model_input_args(info))
         if tdata.get("input_kind") == "tokens":
-            if tdata.get("vocab_digest") and info.vocab_digest and tdata["vocab_digest"] != info.vocab_digest:
-                raise ConfigError(f"teacher run {run} was trained with another vocabulary than this data's (other "
-                                  "training texts, data.vocab_size or tokens): its token ids would mean other words")
+            check_vocabulary(tdata, info, f"teacher run {run}")
             in_args = model_input_args(info)
             kwargs.setdefault("vocab_size", tdata.get("vocab_size", info.vocab_size))
     else:

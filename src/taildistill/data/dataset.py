@@ -24,8 +24,8 @@ class DataInfo:
     mean: list[float] = field(default_factory=list)  # per-channel mean of the training images (0-1)
     std: list[float] = field(default_factory=list)
     vocab_size: int = 0
-    vocab_digest: str = ""  # text: SHA-256 of the vocabulary (token ids mean the same words iff equal)
     description: str = ""
+    vocab_digest: str = ""  # text: SHA-256 of the vocabulary (token ids mean the same words iff equal)
 
     @property
     def class_prior(self) -> np.ndarray:
@@ -91,7 +91,8 @@ def build_data(cfg) -> DataBundle:
     groups = make_groups(cfg.group_policy, class_counts, cfg.group_cuts)
     test, extra = src.test, src.extra
     if src.kind == "tokens":
-        train, (val, test), extra = encode_texts(train, [val, test], cfg.vocab_size, cfg.max_len)
+        if train.texts is not None:  # raw texts: the long-tailed training set's vocabulary
+            train, (val, test), extra = encode_texts(train, [val, test], cfg.vocab_size, cfg.max_len)
         shape: tuple[int, ...] = (train.x.shape[1],)
         mean, std = [], []
     elif train.x is not None:

@@ -29,8 +29,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm")
 @dataclass
 class Split:
     """One split. `x` is uint8 (N, H, W, C) images or int64 (N, L) token ids; or `paths` + `root`
-    for images streamed from disk; or raw `texts`, which :func:`encode_texts` turns into token ids
-    once the training set is chosen. `y` is int64 (N,)."""
+    for images streamed from disk; or raw `texts` (a `tokens` source), which :func:`encode_texts`
+    turns into token ids with the long-tailed training set's vocabulary once that set is chosen (a
+    source that gives token ids itself keeps its own `extra` vocabulary). `y` is int64 (N,)."""
 
     y: np.ndarray
     x: np.ndarray | None = None
@@ -58,7 +59,7 @@ class SourceData:
     class_names: list[str]
     kind: str = "image"  # image | tokens
     val: Split | None = None
-    extra: dict = field(default_factory=dict)  # e.g. the text vocabulary
+    extra: dict = field(default_factory=dict)  # e.g. a token-id source's vocab / vocab_size / vocab_digest
 
 
 def check_labels(y: np.ndarray, num_classes: int, what: str) -> None:

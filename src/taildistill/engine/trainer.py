@@ -22,7 +22,7 @@ from ..data.samplers import EpochSampler
 from ..errors import ConfigError, Interrupted, TrainingError
 from ..eval import evaluate_split, predict_split, summary
 from ..eval.calibration import fit_temperature
-from ..experiment import Experiment, assemble, load_config, teacher_run_path, teacher_source
+from ..experiment import Experiment, assemble, check_vocabulary, load_config, teacher_run_path, teacher_source
 from ..models.common import logit_scale_modules
 from ..rundir import RunDir, flat_config, load_state, load_weights, resume_overrides, save_state, save_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
@@ -188,6 +188,7 @@ class Trainer:
             raise ConfigError(f"{teacher_source(cfg.teacher)} holds other weights than when {self.rundir.path} started "
                               f"(the teacher was trained again): train this run again with --overwrite")
         if resume:
+            check_vocabulary(self.rundir.data_info(), info, f"the run {self.rundir.path}")
             self._load_checkpoint()
         if self.is_main:
             env = provenance(self.device)

@@ -59,7 +59,7 @@ def load_vectors(path: str, vocab: dict[str, int], vocab_size: int, dim: int) ->
     GloVe-style text file (`word v1 ... vD` per line; a word2vec `COUNT D` first line is skipped),
     N(0, 0.1^2) for words the file lacks, zeros for padding (id 0).
 
-    A file of another dimension than `dim`, or one that holds none of the vocabulary's words (another
+    Fields are separated by single spaces. A file of another dimension than `dim`, or one that holds none of the vocabulary's words (another
     language, a binary file), is an error: either would silently leave the embeddings random."""
     from ..errors import DataError
 
@@ -67,9 +67,9 @@ def load_vectors(path: str, vocab: dict[str, int], vocab_size: int, dim: int) ->
     weights[0] = 0
     found = 0
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # (a byte-order mark would hide the first word)
             first = f.readline()
-            fields = first.rstrip("\n").split(" ")
+            fields = first.rstrip().split(" ")  # (fastText / word2vec end lines with a space)
             header = len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit()  # word2vec's `COUNT D`
             file_dim = int(fields[1]) if header else len(fields) - 1
             if file_dim != dim:
