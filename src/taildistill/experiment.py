@@ -78,11 +78,16 @@ def model_input_args(info, augment=None) -> dict:
     return {"in_channels": info.input_shape[0], "image_size": size}
 
 
-def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None) -> nn.Module:
+def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None, init_files: bool = True) -> nn.Module:
     """The config's model for the data described by `info` (DataInfo). Word vectors
     (model.kwargs.vectors) are read only with the data's `vocab`: without it the model is built to
-    receive trained weights (eval, a stand-in), which replace the embeddings."""
+    receive trained weights (eval, a stand-in), which replace the embeddings. `init_files=False`
+    (a resume, whose checkpoint replaces every weight) reads no initialisation file at all: one
+    moved since the run started does not stop it."""
     kwargs = dict(cfg.model.kwargs)
+    if not init_files:
+        kwargs.pop("weights", None)
+        kwargs.pop("vectors", None)
     if info.input_kind == "tokens":
         kwargs.setdefault("vocab_size", info.vocab_size)
         if kwargs.get("vectors"):
@@ -208,13 +213,15 @@ class Experiment:
 _FROM_CONFIG = object()
 
 
-def assemble(cfg: ExperimentConfig, data: DataBundle | None = None, teacher=_FROM_CONFIG) -> Experiment:
+def assemble(cfg: ExperimentConfig, data: DataBundle | None = None, teacher=_FROM_CONFIG,
+             init_files: bool = True) -> Experiment:
     """config -> data -> student and teacher -> method. `data` reuses a built DataBundle;
-    `teacher` replaces the config's teacher (bench times a distillation step without one)."""
+    `teacher` replaces the config's teacher (bench times a distillation step without one);
+    `init_files=False` for a resume (see :func:`build_student`)."""
     cfg = build_config_if_raw(cfg)
     data = data or build_data(cfg.data)
     info = data.info
-    student = build_student(cfg, info, data.vocab)
+    student = build_student(cfg, info, data.vocab, init_files)
     cls = method_class(cfg.method.name)
     if teacher is _FROM_CONFIG:
         teacher = load_teacher(cfg, info) if cls.needs_teacher else None

@@ -123,7 +123,7 @@ class Trainer:
         self.bf16 = use_bf16(tc, self.device)
         self.channels_last = cuda and tc.channels_last
 
-        exp = experiment or assemble(cfg)
+        exp = experiment or assemble(cfg, init_files=not resume)
         self.data = exp.data
         info = self.data.info
         method = exp.method
