@@ -161,7 +161,7 @@ def run_bench(config: str, overrides: list[str], mode: str = "both", steps: int 
             given = dcfg.teacher.checkpoint or dcfg.teacher.pretrained or (dcfg.teacher.run and RunDir(dcfg.teacher.run).is_run())
             # without a trained teacher, a same-architecture stand-in with random weights (speed only),
             # said on stderr and recorded: a misspelt teacher.run must not pass for the real teacher
-            teacher = load_teacher(dcfg, data.info) if given else build_student(dcfg, data.info)
+            teacher = load_teacher(dcfg, data.info) if given else build_student(dcfg, data.info, init_files=False)
             why = f"teacher.run '{dcfg.teacher.run}' is not a run" if dcfg.teacher.run else "no teacher configured"
             result["distill_teacher"] = (teacher_source(dcfg.teacher) if given else
                                          f"random weights, the student's model ({why})")

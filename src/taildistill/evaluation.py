@@ -34,15 +34,16 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
             raise ConfigError(f"nothing to evaluate at {target}: neither a run folder nor a checkpoint file")
         if not config:
             raise ConfigError("evaluating a bare checkpoint needs --config (model + data)")
-        weights = target
+        run, weights = None, target
         cfg = load_config(config, overrides)
         out_file = None
     device = resolve_device(cfg.train.device)
     data = build_data(cfg.data)
     info = data.info
-    if target.is_dir():
+    if run is not None:
         check_vocabulary(run.data_info(), info, f"the run {run.path}")
-    student = load_weights_into(build_student(cfg, info), weights, f"checkpoint (model '{cfg.model.name}')").to(device)
+    student = build_student(cfg, info, init_files=False)  # its trained weights replace any initialisation file
+    student = load_weights_into(student, weights, f"checkpoint (model '{cfg.model.name}')").to(device)
     split = {"test": data.test, "val": data.val, "train": data.train}[split_name]
     if split is None:
         raise ConfigError(f"the data has no '{split_name}' split")

@@ -78,23 +78,20 @@ def model_input_args(info, augment=None) -> dict:
     return {"in_channels": info.input_shape[0], "image_size": size}
 
 
+# model kwargs that name initialisation files (pretrained weights, word vectors): not read for a
+# model whose trained weights replace them (a resume, eval, a teacher run; it may be elsewhere by now)
+INIT_FILE_KWARGS = ("weights", "vectors")
+
+
 def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None, init_files: bool = True) -> nn.Module:
-    """The config's model for the data described by `info` (DataInfo). Word vectors
-    (model.kwargs.vectors) are read only with the data's `vocab`: without it the model is built to
-    receive trained weights (eval, a stand-in), which replace the embeddings. `init_files=False`
-    (a resume, whose checkpoint replaces every weight) reads no initialisation file at all: one
-    moved since the run started does not stop it."""
-    kwargs = dict(cfg.model.kwargs)
-    if not init_files:
-        kwargs.pop("weights", None)
-        kwargs.pop("vectors", None)
+    """The config's model for the data described by `info` (DataInfo); word vectors
+    (model.kwargs.vectors) are read with the data's `vocab`. `init_files=False` reads no
+    initialisation file (INIT_FILE_KWARGS): for a model that trained weights will replace."""
+    kwargs = {k: v for k, v in cfg.model.kwargs.items() if init_files or k not in INIT_FILE_KWARGS}
     if info.input_kind == "tokens":
         kwargs.setdefault("vocab_size", info.vocab_size)
         if kwargs.get("vectors"):
-            if vocab is None:
-                kwargs.pop("vectors")
-            else:
-                kwargs["vocab"] = vocab
+            kwargs["vocab"] = vocab
     return build_model(cfg.model.name, info.num_classes, **model_input_args(info, cfg.augment), **kwargs)
 
 
@@ -154,9 +151,8 @@ def load_teacher(cfg: ExperimentConfig, info) -> nn.Module | None:
 
             warnings.warn(f"distilling from the unfinished teacher run {run.path} ({epoch} done)", stacklevel=2)
         tcfg = run.config()
-        name, kwargs = tcfg.model.name, dict(tcfg.model.kwargs)
-        for init in ("weights", "vectors"):  # the run's initialisation files: its trained weights replace them
-            kwargs.pop(init, None)                # (and they may be elsewhere, or large)
+        name = tcfg.model.name
+        kwargs = {k: v for k, v in tcfg.model.kwargs.items() if k not in INIT_FILE_KWARGS}  # trained weights follow
         weights = run.last_weights
         tdata = run.data_info()
         t_mean, t_std, t_norm = tdata.get("mean") or info.mean, tdata.get("std") or info.std, tcfg.augment.normalize

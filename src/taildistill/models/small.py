@@ -59,8 +59,9 @@ def load_vectors(path: str, vocab: dict[str, int], vocab_size: int, dim: int) ->
     GloVe-style text file (`word v1 ... vD` per line; a word2vec `COUNT D` first line is skipped),
     N(0, 0.1^2) for words the file lacks, zeros for padding (id 0).
 
-    Fields are separated by single spaces. A file of another dimension than `dim`, or one that holds none of the vocabulary's words (another
-    language, a binary file), is an error: either would silently leave the embeddings random."""
+    Fields are separated by single spaces. A file of another dimension than `dim`, or one that holds
+    none of the vocabulary's words (another language, a binary file), is an error: either would
+    silently leave the embeddings random."""
     from ..errors import DataError
 
     weights = torch.randn(vocab_size, dim) * 0.1
