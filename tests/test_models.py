@@ -28,6 +28,8 @@ def test_the_cifar_resnet50_keeps_32px_maps():
 
 
 HEAVY = ("wrn_28_10", "resnet110", "resnet152", "deit_b_distilled", "deit_s_distilled", "spikingformer")  # tested elsewhere or too slow on CPU
+# models that wrap another: built around a small one (their own behaviour: tests/test_decoupled.py)
+WRAPPER_KWARGS = {"decoupled": {"network": "resnet20", "classifier": "crt"}}
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in HEAVY])
@@ -37,7 +39,7 @@ def test_forward_backward_and_features(name):
         m = build_model(name, 7, vocab_size=50)
         x = torch.randint(0, 50, (3, 12))
     else:
-        m = build_model(name, 7, 3, 32)
+        m = build_model(name, 7, 3, 32, **WRAPPER_KWARGS.get(name, {}))
         x = torch.randn(3, 3, 32, 32)
     out = m(x)
     assert out["logits"].shape == (3, 7)

@@ -105,7 +105,9 @@ def test_every_run_of_every_suite_resolves_its_full_scale_config(suite, capsys):
             for s in suite_specs(suite, spec, Path("out"), 1, False, CONFIGS, None, None, nproc):
                 if s.key.split("/")[1] in ddp:
                     cfg = load_config(s.config_files, s.overrides)
-                    assert cfg.train.batch_size * cfg.train.grad_accum * s.nproc == spec["effective_batch"], (s.key, nproc)
+                    run = next(r for r in spec["runs"] if r["name"] == s.key.split("/")[1])
+                    assert cfg.train.batch_size * cfg.train.grad_accum * s.nproc == \
+                        run.get("effective_batch", spec["effective_batch"]), (s.key, nproc)
 
 
 @pytest.mark.parametrize("suite", SUITES)

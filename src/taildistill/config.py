@@ -25,7 +25,7 @@ from .typed import from_dict, to_dict
 
 Profile = Literal["exp", "step", "pareto", "ltkd", "none"]
 GroupPolicy = Literal["shots", "thirds", "cuts"]
-SamplerKind = Literal["instance", "class_balanced", "sqrt", "effective_number"]
+SamplerKind = Literal["instance", "class_balanced", "sqrt", "effective_number", "class_aware"]
 AutoAugmentPolicy = Literal["none", "cifar10", "imagenet", "svhn"]
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["ldam_step", "cosine", "multistep", "constant"]

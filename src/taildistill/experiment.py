@@ -13,7 +13,7 @@ from .data import SOURCES, DataBundle, build_data
 from .errors import ConfigError
 from .methods import Method, build_method, method_class, resolve_params
 from .models import build_model, check_model_name
-from .models.common import Renormalized, renormalizer
+from .models.common import Renormalized, load_state_strict, renormalizer
 from .rundir import RunDir, load_weights, non_finite
 
 
@@ -78,9 +78,10 @@ def model_input_args(info, augment=None) -> dict:
     return {"in_channels": info.input_shape[0], "image_size": size}
 
 
-# model kwargs that name initialisation files (pretrained weights, word vectors): not read for a
-# model whose trained weights replace them (a resume, eval, a teacher run; it may be elsewhere by now)
-INIT_FILE_KWARGS = ("weights", "vectors")
+# model kwargs that name initialisation files (pretrained weights, word vectors, a frozen backbone's or
+# a stage-1 network's checkpoint): not read for a model whose trained weights replace them (a resume,
+# eval, a teacher run; the file may be elsewhere by now)
+INIT_FILE_KWARGS = ("weights", "vectors", "checkpoint")
 
 
 def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None, init_files: bool = True) -> nn.Module:
@@ -96,23 +97,8 @@ def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None, init_f
 
 
 def load_weights_into(model: nn.Module, path: Path, what: str) -> nn.Module:
-    """Load a safetensors file into `model` strictly: the same tensor names, shapes and dtypes
-    (an int32 tensor is not silently cast into a float model), or one error saying how many of the
-    model's tensors the file matches and the first differences."""
-    state = load_weights(path)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k}: {tuple(state[k].shape)} {str(state[k].dtype)[6:]} vs {tuple(v.shape)} {str(v.dtype)[6:]}"
-             for k, v in expected.items() if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)]
-    if missing or unexpected or wrong:
-        fits = len(expected) - len(missing) - len(wrong)
-        detail = "; ".join(part for part in (
-            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
-            f"different {wrong[:2]}" if wrong else "") if part)
-        raise ConfigError(f"{what} {path} does not fit the model ({fits} of {len(expected)} tensors match): {detail}")
-    model.load_state_dict(state)
-    return model
+    """Load a safetensors file into `model` strictly (see :func:`load_state_strict`)."""
+    return load_state_strict(model, load_weights(path), f"{what} {path}")
 
 
 def check_vocabulary(recorded: dict, info, what: str) -> None:

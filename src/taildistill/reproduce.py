@@ -18,9 +18,11 @@ A suite is a YAML file `configs/reproduce/NAME.yaml`:
                                 # batch_size = effective_batch / N each, without accumulation (the batch is per process)
 
 A run may set `cells: [ratio100]` (only in those grid cells: an ablation the paper has at one
-setting), `ddp: true` (trained over --nproc-per-node GPUs), `small: false` (a whole GPU) and
+setting), `ddp: true` (trained over --nproc-per-node GPUs), `small: false` (a whole GPU),
 `baseline: NAME` (the student its gain is measured against, in a suite of several teacher-student
-pairs: each pair's own; default the suite's).
+pairs: each pair's own; default the suite's), `stage1: NAME` (an earlier run whose trained network
+it builds on, seed for seed: a decoupled classifier's `model.kwargs.checkpoint`) and
+`effective_batch` (its own, where its recipe's batch is not the suite's).
 
 Every run writes its normal run directory under OUT/<cell>/<run>/seed<k>; a run whose final.json
 exists is reused, so an interrupted suite continues where it stopped.
@@ -79,8 +81,9 @@ def load_suite(name: str, configs: str | Path | None = None) -> dict:
             raise ConfigError(f"suite {p} has no '{key}'")
     names = [r["name"] for r in suite["runs"]]
     for r in suite["runs"]:
-        if r.get("teacher") and r["teacher"] not in names[: names.index(r["name"])]:
-            raise ConfigError(f"suite {p}: run '{r['name']}' names teacher '{r['teacher']}' that is not an earlier run")
+        for role in ("teacher", "stage1"):
+            if r.get(role) and r[role] not in names[: names.index(r["name"])]:
+                raise ConfigError(f"suite {p}: run '{r['name']}' names {role} '{r[role]}' that is not an earlier run")
         if baseline_of(suite, r["name"]) not in names:
             raise ConfigError(f"suite {p}: run '{r['name']}' is measured against baseline "
                               f"'{baseline_of(suite, r['name'])}', which is not a run of the suite")
@@ -150,12 +153,16 @@ def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, confi
     if tiny:  # a smoke run: the first cell is enough to exercise every run of the suite
         cells = cells[:1]
     root = configs_root(configs)
-    if only:  # the runs named, and the teachers they need
+    if only:  # the runs named, and the runs they need (teachers, stage-1 networks, theirs in turn)
         names = [r["name"] for r in suite["runs"]]
         unknown = [o for o in only if o not in names]
         if unknown:
             raise ConfigError(f"suite {name} has no run {', '.join(unknown)}; its runs: {', '.join(names)}")
-        only = set(only) | {r["teacher"] for r in suite["runs"] if r["name"] in only and r.get("teacher")}
+        only = set(only)
+        for r in reversed(suite["runs"]):  # a run's needs come earlier in the list
+            if r["name"] in only:
+                only |= {r[role] for role in ("teacher", "stage1") if r.get(role)}
+    by_name = {r["name"]: r for r in suite["runs"]}
     specs = []
     for label, cell_over in cells:
         for run in suite["runs"]:
@@ -171,10 +178,16 @@ def suite_specs(name: str, suite: dict, out: Path, seeds: int, tiny: bool, confi
                     overrides.append(f"teacher.run={out / label / run['teacher'] / 'seed0'}")
                     deps.append(f"{label}/{run['teacher']}/seed0")
                 ddp_procs = nproc if run.get("ddp") and not tiny else 1
-                if ddp_procs > 1 and suite.get("effective_batch"):
-                    overrides += ddp_batch(suite["effective_batch"], ddp_procs, name)
+                batch = run.get("effective_batch", suite.get("effective_batch"))
+                if ddp_procs > 1 and batch:
+                    overrides += ddp_batch(batch, ddp_procs, name)
                 if tiny:
                     overrides += TINY + list(suite.get("tiny", [])) + list(run.get("tiny", []))
+                if run.get("stage1"):  # after the smoke's model overrides, which must not drop it
+                    first = run["stage1"]
+                    first_seed = 0 if by_name[first].get("teacher_run") else seed
+                    overrides.append(f"model.kwargs.checkpoint={RunDir(out / label / first / f'seed{first_seed}').last_weights}")
+                    deps.append(f"{label}/{first}/seed{first_seed}")
                 overrides += list(extra or [])
                 files = run["config"] if isinstance(run["config"], list) else [run["config"]]
                 specs.append(RunSpec(f"{label}/{run['name']}/seed{seed}", out / label / run["name"] / f"seed{seed}",
@@ -232,7 +245,7 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
 
 def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
                seeds: int | None = None) -> tuple[list[str], list[list[str]], str]:
-    from .report import group_keys, mean_std, read_run, seed_cells, seed_list
+    from .report import group_keys, mean_std, method_label, read_run, seed_cells, seed_list
 
     paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
     runs = {}
@@ -260,7 +273,7 @@ def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
         base = base_all.get(baseline)
         gain = f"{all_m - base:+.2f}" if base is not None and all_m is not None else "–"
         paper_base = paper.get(baseline)
-        row = [name, finals[0]["method"], seed_list(finals)] + cells + ([baseline, gain] if pairs else [gain])
+        row = [name, method_label(finals[0]), seed_list(finals)] + cells + ([baseline, gain] if pairs else [gain])
         if best_col:
             row.append(mean_std([f.get("best_epoch_test", {}).get("top1") for f in finals])[0])
         if paper_column:

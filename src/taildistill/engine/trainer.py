@@ -132,9 +132,16 @@ class Trainer:
                 raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU implementation)")
             method.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.student)
         self.method = self.place(method)
-        if tc.epochs == 0 and any(p.requires_grad for p in self.method.parameters()):
+        trainable = any(p.requires_grad for p in self.method.parameters())
+        if tc.epochs == 0 and trainable:
             raise ConfigError("train.epochs=0 would leave the model untrained; only a model with nothing to train "
-                              "(an NCM head) may run 0 epochs")
+                              "(an NCM head, a tau-normalised classifier) may run 0 epochs")
+        if tc.epochs > 0 and not trainable:
+            raise ConfigError(f"model '{cfg.model.name}' with method '{cfg.method.name}' has nothing to train (an NCM "
+                              f"head, a tau-normalised classifier): set train.epochs=0, not {tc.epochs}")
+        if getattr(method.student, "selects_on_validation", False) and self.data.val is None:
+            raise ConfigError("model.kwargs.tau: val chooses tau on the validation split, and this data has none: "
+                              "set data.val_per_class > 0 (or a val list), or give tau a number")
         cudagraphs = tc.compile and tc.compile_mode in COMPILE_GRAPHS and cuda
         if tc.compile:
             self.method.student.compile(mode=tc.compile_mode)
@@ -534,11 +541,15 @@ class Trainer:
         self.tb.add_hparams(hparams, {f"hparam/test/{k}": v for k, v in scalars.items()}, run_name=".")
 
     def _prepare_heads(self) -> None:
-        """Heads fitted from data before training: an NCM head's class means of training features."""
+        """Heads fitted from data before training: an NCM head's class means of training features,
+        a tau-normalised classifier's tau chosen on the validation split."""
         student = self.method.student
         if getattr(student, "needs_class_means", False):
             out = self.predict_split(self.data.train, student, features=("embedding",))
             student.set_class_means(out["features/embedding"], torch.as_tensor(self.data.train.y))
+        if getattr(student, "selects_on_validation", False):
+            out = self.predict_split(self.data.val, student, features=("embedding",))
+            student.select_on_validation(out["features/embedding"], torch.as_tensor(self.data.val.y))
 
     def _calibrate(self) -> float:
         """Temperature scaling on the validation split; folded into the cosine head's logit scale."""
@@ -578,6 +589,8 @@ class Trainer:
                  "class_counts": info.class_counts, "class_names": list(info.class_names)}
         if temperature is not None:
             final["calibration_temperature"] = temperature
+        if hasattr(self.method.student, "head_record"):  # a decoupled classifier: which, and its tau
+            final["classifier"] = self.method.student.head_record()
         if self.method.teacher is not None:  # which teacher, exactly, this student learnt from
             final["teacher"] = self._teacher_record()
         if self.data.test is not None:

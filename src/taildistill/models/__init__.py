@@ -41,5 +41,5 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import cifar_resnet, imagenet, mobile, pretrained, small, spiking, vgg, vit, wrn  # noqa: E402,F401  (registration side effects)
+from . import cifar_resnet, decoupled, imagenet, mobile, pretrained, small, spiking, vgg, vit, wrn  # noqa: E402,F401  (registration side effects)
 from .external import ExternalClassifier, wrap_model  # noqa: E402

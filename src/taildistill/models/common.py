@@ -52,6 +52,25 @@ def read_weight_file(path: str) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
 
 
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """Load `state` into `model` strictly: the same tensor names, shapes and dtypes (an int32
+    tensor is not silently cast into a float model), or one ConfigError naming `what`, how many of
+    the model's tensors it matches and the first differences."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: {tuple(state[k].shape)} {str(state[k].dtype)[6:]} vs {tuple(v.shape)} {str(v.dtype)[6:]}"
+             for k, v in expected.items() if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)]
+    if missing or unexpected or wrong:
+        fits = len(expected) - len(missing) - len(wrong)
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"different {wrong[:2]}" if wrong else "") if part)
+        raise ConfigError(f"{what} does not fit the model ({fits} of {len(expected)} tensors match): {detail}")
+    model.load_state_dict(state)
+    return model
+
+
 def run_stages(h: torch.Tensor, stages, feats: dict) -> torch.Tensor:
     """Apply `stages` in order, recording each output as features['stage<i>'] (1-based)."""
     for i, stage in enumerate(stages):

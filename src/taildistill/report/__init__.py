@@ -279,6 +279,13 @@ def group_by_config(runs: list[dict]) -> list[tuple[str, list[dict]]]:
     return out
 
 
+def method_label(final: dict) -> str:
+    """A run's method as a table shows it: a decoupled classifier's stage 2 names its classifier
+    (`ce + lws`), since its method alone (ce) would not tell it from plain CE."""
+    classifier = (final.get("classifier") or {}).get("classifier")
+    return f"{final['method']} + {classifier}" if classifier else final["method"]
+
+
 def seed_list(runs: list[dict]) -> str:
     return ",".join(str(r["seed"]) for r in runs)
 
@@ -287,7 +294,7 @@ def comparison_rows(runs: list[dict]) -> tuple[list[str], list[list[str]], list[
     """Group runs by configuration (seeds of one config) -> header, mean ± std rows, group policies."""
     gcols = group_keys(runs)
     header = ["run", "method", "seeds", "All"] + [c.split("/", 1)[1].capitalize() for c in gcols]
-    rows = [[label, rs[0]["method"], seed_list(rs)] + seed_cells(rs, gcols)[0] for label, rs in group_by_config(runs)]
+    rows = [[label, method_label(rs[0]), seed_list(rs)] + seed_cells(rs, gcols)[0] for label, rs in group_by_config(runs)]
     policy = sorted({r.get("group_policy", "") for r in runs})
     return header, rows, policy
 
