@@ -215,3 +215,26 @@ def test_the_decoupled_recipes_are_the_reference_codes():
     assert load_config(CONFIGS / "inat18_bkd" / "crt.yaml").optim.weight_decay == 1e-4
     for suite in ("bkd-imagenet-lt", "bkd-inaturalist", "bkd-places-lt"):  # cRT's paper row is Mixup + cRT
         assert not any(k.startswith("crt") for cell in load_suite(suite, CONFIGS)["paper"].values() for k in cell)
+
+
+def test_a_run_whose_stage1_weights_changed_since_it_started_is_trained_again(tmp_path):
+    import yaml
+
+    from taildistill.scheduler import RunSpec, plan_action
+
+    net, ckpt = _stage1(tmp_path)
+    config = tmp_path / "ncm.yaml"
+    model = {"name": "decoupled", "kwargs": {**NET, "checkpoint": ckpt, "classifier": "ncm"}}
+    config.write_text(yaml.safe_dump({"name": "ncm", "data": {"source": "digits", "ratio": 10}, "model": model,
+                                      "train": {"epochs": 0, "device": "cpu", "progress": False,
+                                                "tensorboard": False, "report_plots": False}}))
+    spec = RunSpec("ncm", tmp_path / "ncm", [str(config)], [])
+    fit(load_config(spec.config_files), spec.run_dir, quiet=True)
+    final = json.loads((spec.run_dir / "final.json").read_text())
+    assert final["init_files"]["model.kwargs.checkpoint"]["path"] == str(Path(ckpt).resolve())
+    assert plan_action(spec) == ("reuse", "")
+    with torch.no_grad():  # stage 1 trained again: other weights in the same file
+        net.fc.weight.add_(1.0)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, ckpt)
+    action, why = plan_action(spec)
+    assert action == "overwrite" and "model.kwargs.checkpoint" in why

@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .methods import Method, build_method, method_class, resolve_params
 from .models import build_model, check_model_name
 from .models.common import Renormalized, load_state_strict, renormalizer
-from .rundir import RunDir, load_weights, non_finite
+from .rundir import RunDir, file_digest, load_weights, non_finite
 
 
 def build_config(raw: dict, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -82,6 +82,19 @@ def model_input_args(info, augment=None) -> dict:
 # a stage-1 network's checkpoint): not read for a model whose trained weights replace them (a resume,
 # eval, a teacher run; the file may be elsewhere by now)
 INIT_FILE_KWARGS = ("weights", "vectors", "checkpoint")
+
+
+def init_file_digests(cfg: ExperimentConfig) -> dict[str, dict]:
+    """The initialisation files the student reads (model.kwargs.checkpoint / weights / vectors), as
+    {"model.kwargs.KEY": {"path": absolute path, "sha256": digest}}: which bytes a run started
+    from, so that a suite trains a run again whose stage-1 network has been trained again since."""
+    out = {}
+    for key in INIT_FILE_KWARGS:
+        value = cfg.model.kwargs.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().is_file():
+            path = Path(value).expanduser().resolve()
+            out[f"model.kwargs.{key}"] = {"path": str(path), "sha256": file_digest(path)}
+    return out
 
 
 def build_student(cfg: ExperimentConfig, info, vocab: dict | None = None, init_files: bool = True) -> nn.Module:

@@ -153,7 +153,18 @@ def load_state(path: Path) -> dict:
 # ----------------------------------------------------------------------------- the directory
 
 
-_DIGESTS: dict[tuple, str] = {}  # RunDir.weights_digest's memo
+_DIGESTS: dict[tuple, str] = {}  # file_digest's memo
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, memoised per (path, inode, size, mtime): a suite planning a hundred runs
+    reads each teacher's or stage-1 network's file once."""
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns)  # (an atomic rewrite is a new inode)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(p)
+    return _DIGESTS[key]
 _KEPT = {".lock", "train.log"}  # a run's lock and the log its scheduler writes, kept across --overwrite
 
 
@@ -327,12 +338,7 @@ class RunDir:
     def weights_digest(self) -> str:
         """SHA-256 of the run's last weights (what a student loads as its teacher); memoised per
         (path, inode, size, mtime), so a suite planning a hundred students reads a teacher's file once."""
-        p = self.last_weights.resolve()
-        st = p.stat()
-        key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns)  # (an atomic rewrite is a new inode)
-        if key not in _DIGESTS:
-            _DIGESTS[key] = sha256_file(p)
-        return _DIGESTS[key]
+        return file_digest(self.last_weights)
 
     # writers (the trainer's)
     def lock(self) -> None:

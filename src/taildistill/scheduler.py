@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import ConfigError, Interrupted, TaildistillError
 from .files import lock_exclusive, unlock
-from .rundir import RunDir, config_hash, execution_overrides
+from .rundir import RunDir, config_hash, execution_overrides, file_digest
 
 
 @dataclass
@@ -92,6 +92,10 @@ def plan_action(spec: RunSpec) -> tuple[str, str]:
     if teacher is not None and learnt.get("weights_sha256") and teacher.last_weights.is_file() \
             and teacher.weights_digest() != learnt["weights_sha256"]:
         return "overwrite", f"{run.path} learnt from other weights of its teacher {teacher.path}; training it again"
+    for key, started in (run.final().get("init_files") or {}).items() if run.is_finished() else ():
+        path = Path(started["path"])
+        if path.is_file() and file_digest(path) != started["sha256"]:
+            return "overwrite", f"{run.path} started from other contents of {key} ({path}); training it again"
     if run.is_finished():
         return "reuse", ""
     if run.last_state.is_file():

@@ -22,7 +22,8 @@ from ..data.samplers import EpochSampler
 from ..errors import ConfigError, Interrupted, TrainingError
 from ..eval import evaluate_split, predict_split, summary
 from ..eval.calibration import fit_temperature
-from ..experiment import Experiment, assemble, check_vocabulary, load_config, teacher_run_path, teacher_source
+from ..experiment import (Experiment, assemble, check_vocabulary, init_file_digests, load_config, teacher_run_path,
+                          teacher_source)
 from ..models.common import logit_scale_modules
 from ..rundir import RunDir, flat_config, load_state, load_weights, resume_overrides, save_state, save_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
@@ -191,6 +192,8 @@ class Trainer:
         # given experiment, the bench's, may hold a stand-in teacher instead)
         self.teacher_digest = (teacher_run.weights_digest() if experiment is None and self.is_main
                                and teacher_run is not None else None)
+        # the initialisation files the student read (a stage-1 network, pretrained weights): which bytes
+        self.init_files = init_file_digests(cfg) if experiment is None and self.is_main and not resume else {}
         if resume and self.is_main and self.teacher_digest != self.rundir.env().get("teacher_weights_sha256", self.teacher_digest):
             raise ConfigError(f"{teacher_source(cfg.teacher)} holds other weights than when {self.rundir.path} started "
                               f"(the teacher was trained again): train this run again with --overwrite")
@@ -202,6 +205,8 @@ class Trainer:
             env["world_size"] = self.dist.world_size
             if self.teacher_digest:
                 env["teacher_weights_sha256"] = self.teacher_digest
+            if self.init_files:
+                env["init_files"] = self.init_files
             if resume:
                 if resume_overrides:  # how this part of the run executed differently from its config.yaml
                     env["overrides"] = list(resume_overrides)
@@ -591,6 +596,9 @@ class Trainer:
             final["calibration_temperature"] = temperature
         if hasattr(self.method.student, "head_record"):  # a decoupled classifier: which, and its tau
             final["classifier"] = self.method.student.head_record()
+        init_files = self.rundir.env().get("init_files")  # (recorded when the run started, before any resume)
+        if init_files:
+            final["init_files"] = init_files
         if self.method.teacher is not None:  # which teacher, exactly, this student learnt from
             final["teacher"] = self._teacher_record()
         if self.data.test is not None:
