@@ -137,6 +137,9 @@ class Trainer:
         if tc.epochs == 0 and trainable:
             raise ConfigError("train.epochs=0 would leave the model untrained; only a model with nothing to train "
                               "(an NCM head, a tau-normalised classifier) may run 0 epochs")
+        if self.dist.enabled and not trainable:
+            raise ConfigError(f"model '{cfg.model.name}' has nothing to train: run it in one process, not over "
+                              f"{self.dist.world_size} (torchrun)")
         if tc.epochs > 0 and not trainable:
             raise ConfigError(f"model '{cfg.model.name}' with method '{cfg.method.name}' has nothing to train (an NCM "
                               f"head, a tau-normalised classifier): set train.epochs=0, not {tc.epochs}")

@@ -11,11 +11,13 @@ frozen, and one of four classifiers on its pooled features f (B, D):
 - ``lws`` (learnable weight scaling): the stage-1 classifier kept, a per-class scale s (init 1)
   trained: logits = s * (W f + b), the reference code's TauNormClassifier, bias included;
 - ``tau_norm``: nothing trained; logits = f @ (W_i / ||W_i||^tau)^T, without the bias, as the
-  reference code's tau_norm.py; ``tau`` a number, or ``val``: the best of 0, 0.1, ..., 2 (that
-  script's grid) on the validation split, by mean per-class accuracy (the script's metric);
+  reference code's tau_norm.py; ``tau`` a number, or ``val``: the best of 0, 0.1, ..., 2 on the
+  validation split by mean per-class accuracy (that script prints both for every tau on the split
+  it is given; choosing on the validation split is ours);
 - ``ncm`` (nearest class mean): nothing trained; features centred by the training-set mean and
   L2-normalised, class centroids the means of those, logits the negative squared Euclidean
-  distance (the reference code's default KNN classifier, ``cl2n`` features and ``l2`` distance).
+  distance (the reference code's default KNN classifier, ``cl2n`` features and ``l2`` distance); a
+  class without training images is never predicted, as there.
 
 ``tau_norm`` needs the network's classifier: the one ``nn.Linear`` from ``feature_dim`` to the
 class count whose output is the network's logits (a ResNet's ``fc``). The engine fits NCM centroids
@@ -96,6 +98,7 @@ class DecoupledClassifier(nn.Module):
         else:
             self.register_buffer("feature_mean", torch.zeros(dim))
             self.register_buffer("centroids", torch.zeros(num_classes, dim))
+            self.register_buffer("class_seen", torch.ones(num_classes, dtype=torch.bool))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -110,11 +113,13 @@ class DecoupledClassifier(nn.Module):
             return self.fc(f)
         if self.classifier == "lws":
             return network_logits * self.scales
-        if self.classifier == "tau_norm":
-            weight = self.network.get_submodule(self.classifier_name).weight.float()
-            return f.float() @ tau_normalized(weight, self.tau if tau is None else tau).t()
-        z = F.normalize(f.float() - self.feature_mean, dim=1)
-        return -torch.cdist(z, self.centroids).pow(2)
+        with torch.autocast(f.device.type, enabled=False):  # in float32, as tau was chosen
+            if self.classifier == "tau_norm":
+                weight = self.network.get_submodule(self.classifier_name).weight.float()
+                return f.float() @ tau_normalized(weight, self.tau if tau is None else tau).t()
+            z = F.normalize(f.float() - self.feature_mean, dim=1)
+            # a class without training images has no mean: it is never predicted
+            return (-torch.cdist(z, self.centroids).pow(2)).masked_fill(~self.class_seen, -1e4)
 
     def forward(self, x: torch.Tensor) -> dict:
         out = self.network(x)
@@ -130,8 +135,9 @@ class DecoupledClassifier(nn.Module):
         self.feature_mean.copy_(f.mean(0))
         z = F.normalize(f - self.feature_mean, dim=1)
         sums = torch.zeros_like(self.centroids).index_add_(0, labels, z)
-        counts = torch.bincount(labels, minlength=self.num_classes).clamp(min=1).unsqueeze(1)
-        self.centroids.copy_(sums / counts)
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        self.centroids.copy_(sums / counts.clamp(min=1).unsqueeze(1))
+        self.class_seen.copy_(counts > 0)
 
     @torch.no_grad()
     def select_on_validation(self, features: torch.Tensor, labels: torch.Tensor) -> dict:
