@@ -165,6 +165,8 @@ def file_digest(path: Path) -> str:
     if key not in _DIGESTS:
         _DIGESTS[key] = sha256_file(p)
     return _DIGESTS[key]
+
+
 _KEPT = {".lock", "train.log"}  # a run's lock and the log its scheduler writes, kept across --overwrite
 
 
@@ -336,8 +338,8 @@ class RunDir:
         return (self.final().get("teacher") or {}) if self.is_finished() else {}
 
     def weights_digest(self) -> str:
-        """SHA-256 of the run's last weights (what a student loads as its teacher); memoised per
-        (path, inode, size, mtime), so a suite planning a hundred students reads a teacher's file once."""
+        """SHA-256 of the run's last weights (what a student loads as its teacher; memoised, see
+        :func:`file_digest`)."""
         return file_digest(self.last_weights)
 
     # writers (the trainer's)

@@ -53,9 +53,9 @@ class EpochSampler:
         self.weights = None if w is None else torch.as_tensor(w, dtype=torch.float64)
 
     def indices(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         if self.kind == "class_aware":
             return class_aware_indices(self.labels, self.num_classes, self.seed, epoch, self.n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         if self.weights is None:
             return torch.randperm(self.n, generator=g)
         return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
@@ -109,8 +109,9 @@ def class_aware_indices(labels: torch.Tensor, num_classes: int, seed: int, epoch
     pas, off = t // size, t % size
     # each needed pass (c, p): its class's images ordered by a hash of (seed, c, p, image): one
     # vectorised sort instead of a seeded generator per pass (tens of thousands on iNaturalist)
-    pairs, inverse = torch.unique(cls * (int(pas.max()) + 1) + pas, return_inverse=True)
-    pair_c, pair_p = pairs // (int(pas.max()) + 1), pairs % (int(pas.max()) + 1)
+    stride = int(pas.max()) + 1
+    pairs, inverse = torch.unique(cls * stride + pas, return_inverse=True)
+    pair_c, pair_p = pairs // stride, pairs % stride
     sizes = counts[pair_c]
     group = torch.repeat_interleave(torch.arange(len(pairs)), sizes)
     base = torch.cumsum(sizes, 0) - sizes

@@ -42,11 +42,11 @@ CLASSIFIERS = ("crt", "lws", "tau_norm", "ncm")
 TAU_GRID = tuple(i / 10 for i in range(21))  # 0, 0.1, ..., 2.0: the reference tau_norm.py's np.linspace(0, 2, 21)
 
 
-def stage1_classifier(network: nn.Module, num_classes: int) -> nn.Linear:
-    """The network's linear classifier over its pooled features: the one nn.Linear(feature_dim, C)."""
-    dim = getattr(network, "feature_dim", None)
-    found = [m for m in network.modules() if isinstance(m, nn.Linear)
-             and m.out_features == num_classes and (dim is None or m.in_features == dim)]
+def stage1_classifier(network: nn.Module, dim: int, num_classes: int) -> str:
+    """The name of the network's linear classifier over its pooled features: its one
+    nn.Linear(dim, num_classes)."""
+    found = [name for name, m in network.named_modules() if isinstance(m, nn.Linear)
+             and m.out_features == num_classes and m.in_features == dim]
     if len(found) != 1:
         raise ConfigError(f"classifier tau_norm needs the network's linear classifier over its pooled features; "
                           f"{type(network).__name__} has {len(found)} nn.Linear layers to {num_classes} classes "
@@ -88,12 +88,11 @@ class DecoupledClassifier(nn.Module):
         self.needs_class_means = classifier == "ncm"
         self.selects_on_validation = classifier == "tau_norm" and tau == "val"
         if classifier == "crt":
-            self.fc = nn.Linear(dim, num_classes)  # re-initialised (Kang et al. Sec. 4: "cRT")
+            self.fc = nn.Linear(dim, num_classes)  # re-initialised, as the reference cls_crt.yaml (stage1_weights: false)
         elif classifier == "lws":
             self.scales = nn.Parameter(torch.ones(num_classes))
         elif classifier == "tau_norm":
-            self.classifier_name = next(n for n, m in network.named_modules()
-                                        if m is stage1_classifier(network, num_classes))
+            self.classifier_name = stage1_classifier(network, dim, num_classes)
             self.register_buffer("tau", torch.tensor(1.0 if tau == "val" else float(tau)))
         else:
             self.register_buffer("feature_mean", torch.zeros(dim))
