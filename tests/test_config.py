@@ -187,6 +187,12 @@ def test_input_paths_never_depend_on_the_current_folder(tmp_path, monkeypatch):
     assert text.model.kwargs == {"vectors": str(tmp_path / "datadir" / "glove.txt"), "weights": str(tmp_path / "cfgs" / "w.pth")}
     typed = load_config("cfgs/text.yaml", ["model.kwargs.vectors=mine.txt", "model.kwargs.embed_dim=8"])
     assert typed.model.kwargs["vectors"] == str(tmp_path / "mine.txt") and typed.model.kwargs["embed_dim"] == 8
+    # a run's weights a model starts from (a stage-1 network): relative to the current folder in a
+    # file, as teacher runs are (runs/...), and made absolute when typed, so config.yaml names the file
+    (tmp_path / "cfgs" / "ncm.yaml").write_text("model: {name: decoupled, kwargs: {checkpoint: runs/ce/last.safetensors}}\n")
+    assert load_config("cfgs/ncm.yaml").model.kwargs["checkpoint"] == "runs/ce/last.safetensors"
+    typed = load_config("cfgs/ncm.yaml", ["model.kwargs.checkpoint=runs/ce2/last.safetensors"])
+    assert typed.model.kwargs["checkpoint"] == str(tmp_path / "runs" / "ce2" / "last.safetensors")
 
 
 def test_a_base_cycle_is_an_error_naming_the_chain(tmp_path):

@@ -245,3 +245,43 @@ def test_a_run_whose_stage1_weights_changed_since_it_started_is_trained_again(tm
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, ckpt)
     action, why = plan_action(spec)
     assert action == "overwrite" and "model.kwargs.checkpoint" in why
+
+
+def test_decoupled_seeds_are_one_configuration_and_a_moved_suite_folder_is_reused(tmp_path):
+    """A decoupled run is known by what its stage-1 file is, not where it lies: seed aside, by the
+    stage-1 run's experiment (`taildistill report` puts its seeds together), with its seed by the
+    file's bytes (a suite moved elsewhere reuses it)."""
+    import shutil
+
+    import yaml
+
+    from taildistill.report import group_by_config, read_run
+    from taildistill.scheduler import RunSpec, plan_action
+
+    base = {"data": {"source": "digits", "ratio": 10, "val_per_class": 5}, "method": {"name": "ce"},
+            "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "progress": False, "tensorboard": False,
+                      "report_plots": False, "eval_every": 0}}
+    (tmp_path / "ce.yaml").write_text(yaml.safe_dump({**base, "name": "ce", "model": {"name": "convnet_small", "kwargs": {"width": 16}}}))
+    (tmp_path / "ncm.yaml").write_text(yaml.safe_dump({**base, "name": "ncm", "model": {"name": "decoupled", "kwargs": {**NET, "classifier": "ncm"}},
+                                                       "train": {**base["train"], "epochs": 0}}))
+
+    def specs(suite):
+        out = []
+        for seed in (0, 1):
+            stage1 = RunSpec(f"ce{seed}", suite / f"ce/seed{seed}", [str(tmp_path / "ce.yaml")], [f"train.seed={seed}"])
+            ckpt = stage1.run_dir / "checkpoints/last.safetensors"
+            out += [stage1, RunSpec(f"ncm{seed}", suite / f"ncm/seed{seed}", [str(tmp_path / "ncm.yaml")],
+                                    [f"train.seed={seed}", f"model.kwargs.checkpoint={ckpt}"])]
+        return out
+
+    for spec in specs(tmp_path / "suite"):
+        fit(load_config(spec.config_files, spec.overrides), spec.run_dir, quiet=True)
+    ncm = [read_run(tmp_path / f"suite/ncm/seed{s}") for s in (0, 1)]
+    assert ncm[0]["test"]["top1"] != ncm[1]["test"]["top1"]  # each on its own seed's stage 1
+    assert [(label, [r["seed"] for r in rs]) for label, rs in group_by_config(ncm)] == [("ncm", [0, 1])]
+    shutil.move(tmp_path / "suite", tmp_path / "moved")
+    assert [plan_action(s) for s in specs(tmp_path / "moved")] == [("reuse", "")] * 4
+    swapped = specs(tmp_path / "moved")[1]  # seed 0's classifier pointed at seed 1's stage 1: another experiment
+    swapped.overrides[-1] = f"model.kwargs.checkpoint={tmp_path / 'moved/ce/seed1/checkpoints/last.safetensors'}"
+    action, why = plan_action(swapped)
+    assert action == "overwrite" and "other contents of model.kwargs.checkpoint" in why

@@ -460,6 +460,10 @@ def _read_yaml(path: Path) -> dict:
 # (model weights and word vectors too: they are inputs like the data)
 DATA_PATH_KEYS = (("data", "root"), ("data", "test_root"), ("teacher", "checkpoint"),
                   ("model", "kwargs", "weights"), ("model", "kwargs", "vectors"), ("teacher", "kwargs", "weights"))
+# ... and, typed on the command line, made absolute as well: a run's output that a model starts from
+# (a stage-1 network, a frozen backbone), which config files name relative to the current folder as
+# they do teacher runs (runs/...); absolute in config.yaml, it is the same file wherever the run resumes
+CLI_PATH_KEYS = (*DATA_PATH_KEYS, ("model", "kwargs", "checkpoint"))
 
 
 def data_dir() -> Path:
@@ -467,36 +471,38 @@ def data_dir() -> Path:
     return Path(os.environ.get("TAILDISTILL_DATA", "~/data")).expanduser()
 
 
-def _map_paths(raw: dict, fix) -> dict:
-    """Apply `fix(value) -> value` to the input-file values of a raw mapping (data.lists too)."""
-    def apply(mapping: dict, keys: tuple[str, ...]) -> dict:
-        head, rest = keys[0], keys[1:]
+def _path_keys(raw: dict, keys=DATA_PATH_KEYS) -> list[tuple[str, ...]]:
+    """Where a raw mapping holds input-file values: `keys` and each of data.lists."""
+    lists = (raw.get("data") or {}).get("lists") if isinstance(raw.get("data"), dict) else None
+    return [*keys, *(("data", "lists", k) for k in (lists if isinstance(lists, dict) else ()))]
+
+
+def _map_paths(raw: dict, fix, keys=DATA_PATH_KEYS) -> dict:
+    """Apply `fix(value) -> value` to the input-file values of a raw mapping (:func:`_path_keys`)."""
+    def apply(mapping: dict, where: tuple[str, ...]) -> dict:
+        head, rest = where[0], where[1:]
         value = mapping.get(head)
         if not rest:
             return {**mapping, head: fix(value)} if isinstance(value, str) and value else mapping
         return {**mapping, head: apply(value, rest)} if isinstance(value, dict) else mapping
 
-    raw = dict(raw)
-    for keys in DATA_PATH_KEYS:
-        raw = apply(raw, keys)
-    data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("lists"), dict):
-        raw["data"] = {**raw["data"], "lists": {k: fix(v) if isinstance(v, str) and v else v for k, v in data["lists"].items()}}
-    return raw
+    for where in _path_keys(raw, keys):
+        raw = apply(raw, where)
+    return dict(raw)
 
 
-def _path_values(raw: dict) -> dict:
-    """Only the input-file values of a raw mapping (DATA_PATH_KEYS and data.lists), nested as there."""
+def _path_values(raw: dict, keys=DATA_PATH_KEYS) -> dict:
+    """Only the input-file values of a raw mapping (:func:`_path_keys`), nested as there."""
     out: dict = {}
-    for keys in (*DATA_PATH_KEYS, ("data", "lists")):
+    for where in _path_keys(raw, keys):
         value = raw
-        for k in keys:
+        for k in where:
             value = value.get(k) if isinstance(value, dict) else None
-        if value is not None:
+        if isinstance(value, str) and value:
             node = out
-            for k in keys[:-1]:
+            for k in where[:-1]:
                 node = node.setdefault(k, {})
-            node[keys[-1]] = value
+            node[where[-1]] = value
     return out
 
 
@@ -611,11 +617,11 @@ def parse_config(raw: dict, overrides: list[str] | None = None) -> ExperimentCon
     """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig` whose
     `method.params` is still a mapping (see :func:`taildistill.experiment.build_config`). Relative
     input paths from config files resolve against the data folder; relative paths given as
-    overrides (typed in a shell) against the current folder (every key of DATA_PATH_KEYS)."""
+    overrides (typed in a shell) against the current folder (every key of CLI_PATH_KEYS)."""
     cli = apply_overrides({}, overrides or [])
-    cli = _map_paths(cli, lambda v: str(resolved(Path(v).expanduser(), "path")))
+    cli = _map_paths(cli, lambda v: str(resolved(Path(v).expanduser(), "path")), CLI_PATH_KEYS)
     raw = apply_overrides(resolve_data_paths(raw), overrides or [])
-    raw = deep_merge(raw, _path_values(cli))
+    raw = deep_merge(raw, _path_values(cli, CLI_PATH_KEYS))
     raw = resolve_references(raw)
     return from_dict(ExperimentConfig, raw)
 

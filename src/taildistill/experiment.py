@@ -86,14 +86,19 @@ INIT_FILE_KWARGS = ("weights", "vectors", "checkpoint")
 
 def init_file_digests(cfg: ExperimentConfig) -> dict[str, dict]:
     """The initialisation files the student reads (model.kwargs.checkpoint / weights / vectors), as
-    {"model.kwargs.KEY": {"path": absolute path, "sha256": digest}}: which bytes a run started
-    from, so that a suite trains a run again whose stage-1 network has been trained again since."""
+    {"model.kwargs.KEY": {"path": absolute path, "sha256": digest}}, plus "run_config_hash" (seed
+    aside) for a run's last weights: which bytes a run started from, so that a suite trains a run
+    again whose stage-1 network has been trained again since, and reuses it in a moved folder."""
     out = {}
     for key in INIT_FILE_KWARGS:
         value = cfg.model.kwargs.get(key)
         if isinstance(value, str) and value and Path(value).expanduser().is_file():
             path = Path(value).expanduser().resolve()
-            out[f"model.kwargs.{key}"] = {"path": str(path), "sha256": file_digest(path)}
+            record = {"path": str(path), "sha256": file_digest(path)}
+            run = RunDir(path.parent.parent)
+            if path.parent.name == "checkpoints" and path == run.last_weights.resolve() and run.is_run():
+                record["run_config_hash"] = run.config_hash()
+            out[f"model.kwargs.{key}"] = record
     return out
 
 

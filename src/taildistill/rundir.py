@@ -92,14 +92,33 @@ def flat_config(cfg) -> dict:
     return walk("", cfg, {})
 
 
-def config_hash(raw: dict, with_seed: bool = False, teacher: str | None = None) -> str:
+def init_file_identity(record: dict, with_seed: bool) -> str:
+    """What an initialisation file a run read is (a record of experiment.init_file_digests): its
+    bytes (SHA-256); seed aside, a run's weights (a stage-1 network) are the experiment that run is,
+    so that the seeds of a decoupled classifier, each on its own seed's stage 1, are one configuration."""
+    if not with_seed and record.get("run_config_hash"):
+        return f"run {record['run_config_hash']}"
+    return f"file {record['sha256']}"
+
+
+def config_hash(raw: dict, with_seed: bool = False, teacher: str | None = None,
+                init_files: dict[str, str] | None = None) -> str:
     """A short hash of a resolved config (as written to config.yaml) minus its name, folder and
     the settings that do not change the result; the seed too unless `with_seed`. `teacher`, the
-    teacher run's own hash (with its seed), stands for `teacher.run`'s path when given: a student
-    is then the same experiment wherever its suite folder lies or however the path is spelt."""
+    teacher run's own hash (with its seed), stands for `teacher.run`'s path when given, and
+    `init_files` ({"model.kwargs.checkpoint": identity}, see :func:`init_file_identity`) for those
+    files' paths: a run is then the same experiment wherever its suite folder lies or however the
+    path is spelt."""
     data = json.loads(json.dumps(raw))
     if teacher is not None and (data.get("teacher") or {}).get("run"):
         data["teacher"]["run"] = f"run {teacher}"
+    for dotted, identity in (init_files or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf):
+            node[leaf] = identity
     for key, sub in _NOT_THE_EXPERIMENT.items():
         if sub is None:
             data.pop(key, None)
@@ -325,12 +344,20 @@ class RunDir:
 
     def config_hash(self, with_seed: bool = False) -> str:
         """What experiment this run is (see :func:`config_hash`), from its config.yaml; a finished
-        student's teacher run by the hash its final.json recorded (by its path before that)."""
+        student's teacher run by the hash its final.json recorded (by its path before that), the
+        initialisation files its student read by what env.json recorded of them (by their paths in
+        runs that recorded none)."""
         try:
             raw = yaml.safe_load(self.require_run().config_file.read_text()) or {}
         except yaml.YAMLError as exc:
             raise TaildistillError(f"{self.config_file} is damaged: {yaml_error(exc)}") from None
-        return config_hash(raw, with_seed, self.teacher_learnt().get("config_hash"))
+        init = {k: init_file_identity(rec, with_seed) for k, rec in self.init_files().items()}
+        return config_hash(raw, with_seed, self.teacher_learnt().get("config_hash"), init)
+
+    def init_files(self) -> dict[str, dict]:
+        """The initialisation files the run's student read when it started (path, sha256, and
+        run_config_hash for a run's weights), as env.json recorded them; {} for older runs."""
+        return self.env().get("init_files") or {}
 
     def teacher_learnt(self) -> dict:
         """The teacher run a finished student learnt from, as its final.json recorded it (run,

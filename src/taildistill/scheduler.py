@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import ConfigError, Interrupted, TaildistillError
 from .files import lock_exclusive, unlock
-from .rundir import RunDir, config_hash, execution_overrides, file_digest
+from .rundir import RunDir, config_hash, execution_overrides, file_digest, init_file_identity
 
 
 @dataclass
@@ -60,12 +60,18 @@ class Outcome:
     ended: float = 0.0  # wall-clock time the run ended (runs overlap when several run at once)
 
 
-def _dump_hash(cfg, teacher: str | None = None) -> str:
+def _dump_hash(cfg, teacher: str | None = None, init_files: dict[str, str] | None = None) -> str:
     import yaml
 
     from .config import dump_config
 
-    return config_hash(yaml.safe_load(dump_config(cfg)), with_seed=True, teacher=teacher)
+    return config_hash(yaml.safe_load(dump_config(cfg)), with_seed=True, teacher=teacher, init_files=init_files)
+
+
+def _config_path(cfg, dotted: str) -> str | None:
+    """The absolute path a config gives for an initialisation file ("model.kwargs.KEY")."""
+    value = cfg.model.kwargs.get(dotted.rsplit(".", 1)[-1])
+    return str(Path(value).expanduser().resolve()) if isinstance(value, str) and value else None
 
 
 def plan_action(spec: RunSpec) -> tuple[str, str]:
@@ -74,7 +80,7 @@ def plan_action(spec: RunSpec) -> tuple[str, str]:
     A finished student is compared with its config by the teacher run it learnt from (what that
     run is, not where it lies: a moved suite folder is reused), and is trained again when that
     teacher's weights are no longer the ones it learnt from."""
-    from .experiment import load_config, teacher_run_path
+    from .experiment import init_file_digests, load_config, teacher_run_path
 
     cfg = load_config(spec.config_files, spec.overrides)  # a bad config stops the graph before it starts
     run = RunDir(spec.run_dir)
@@ -87,15 +93,19 @@ def plan_action(spec: RunSpec) -> tuple[str, str]:
         if not teacher.is_run():
             return "overwrite", f"{run.path}: its teacher run {teacher.path} is gone; training it again after it"
         now = teacher.config_hash(with_seed=True)
-    if run.config_hash(with_seed=True) != _dump_hash(cfg, now):
+    started = run.init_files()  # what its initialisation files were (by content: a moved suite folder is reused)
+    current = init_file_digests(cfg) if started else {}
+    for key, record in started.items():
+        if key in current and current[key]["sha256"] != record["sha256"]:
+            return "overwrite", (f"{run.path} started from other contents of {key} ({current[key]['path']}); "
+                                 "training it again")
+    init = {k: init_file_identity(current.get(k) or record, with_seed=True) for k, record in started.items()
+            if k in current or _config_path(cfg, k) == record["path"]}  # (a file gone since: by its path)
+    if run.config_hash(with_seed=True) != _dump_hash(cfg, now, init):
         return "overwrite", f"{run.path} was trained with another config; training it again"
     if teacher is not None and learnt.get("weights_sha256") and teacher.last_weights.is_file() \
             and teacher.weights_digest() != learnt["weights_sha256"]:
         return "overwrite", f"{run.path} learnt from other weights of its teacher {teacher.path}; training it again"
-    for key, started in (run.final().get("init_files") or {}).items() if run.is_finished() else ():
-        path = Path(started["path"])
-        if path.is_file() and file_digest(path) != started["sha256"]:
-            return "overwrite", f"{run.path} started from other contents of {key} ({path}); training it again"
     if run.is_finished():
         return "reuse", ""
     if run.last_state.is_file():
