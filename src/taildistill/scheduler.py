@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import ConfigError, Interrupted, TaildistillError
 from .files import lock_exclusive, unlock
-from .rundir import RunDir, config_hash, execution_overrides, file_digest, init_file_identity
+from .rundir import RunDir, config_hash, execution_overrides, init_file_identity
 
 
 @dataclass
