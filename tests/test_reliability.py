@@ -153,6 +153,12 @@ def test_invalid_runs_are_refused_before_training(tmp_path, capsys, override, ne
     (["model.name=timm:vit_tiny_patch16_224", "model.kwargs={num_heads: 5}"], ["'timm:vit_tiny_patch16_224'", "divisible"]),
     (["model.name=timm:resnet18", "model.kwargs={nonsense: 1}"], ["'timm:resnet18'", "nonsense"]),
     (["model.kwargs.num_classes=7"], ["sets num_classes, which the data decides"]),  # it clashed with the data's
+    # values a model took and trained with (a ViT without stochastic depth's meaning, a LIF neuron whose
+    # potential flips sign each step) or failed on only in its forward pass (timm's dropout)
+    (["model.name=deit_ti_distilled", "model.kwargs={patch_size: 2, depth: 1, drop_path: -1}"], ["drop_path", "[0, 1)"]),
+    (["model.name=deit_ti_distilled", "model.kwargs={patch_size: 3, depth: 1}"], ["patch_size must divide the 8-pixel"]),
+    (["model.name=spikingformer", "model.kwargs={patch_size: 2, dim: 16, heads: 2, depth: 3, tau: 0.5}"], ["tau must be at least 1"]),
+    (["model.name=timm:resnet18", "model.kwargs={drop_rate: -1}"], ["'timm:resnet18'", "fails on 1x8x8 images", "dropout probability"]),
 ])
 def test_model_kwargs_a_model_rejects_are_named(tmp_path, capsys, overrides, needles):
     assert main(["train", config_file(tmp_path), *overrides, "--out", str(tmp_path / "run")]) == 2

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from . import MODELS
 from .common import pooled_head, run_stages
 
@@ -20,6 +21,8 @@ class CosineLinear(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, scale: float = 30.0):
         super().__init__()
+        if not scale > 0:  # 0 makes every class equally likely, a negative scale ranks them backwards
+            raise ConfigError(f"cosine_scale must be positive, got {scale}")
         self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
         self.register_buffer("logit_scale", torch.tensor(float(scale)))
 

@@ -28,6 +28,8 @@ def construct(spec: str, factory, kwargs: dict, what: str = "model.kwargs", **fi
         model = factory(**fixed, **kwargs)
     except KWARG_ERRORS as exc:
         raise ConfigError(f"model '{spec}' cannot be built with {what} {kwargs}: {type(exc).__name__}: {exc}") from exc
+    except ConfigError as exc:  # the model's own check of a value: which model and which config key said it
+        raise ConfigError(f"model '{spec}' with {what} {kwargs}: {exc}") from exc
     empty = [name for name, p in model.named_parameters() if p.numel() == 0]
     if empty:
         raise ConfigError(f"model '{spec}' with {what} {kwargs} has empty layers ({', '.join(empty[:3])}"

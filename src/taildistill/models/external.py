@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .common import construct, read_weight_file
+from .common import KWARG_ERRORS, construct, read_weight_file
 
 
 def _classifier(net: nn.Module) -> nn.Linear:
@@ -143,9 +143,27 @@ def build_external(spec: str, num_classes: int, in_channels: int = 3, image_size
     else:
         raise ConfigError(f"an external model is timm:NAME or torchvision:NAME, got '{spec}'")
     model = ExternalClassifier(net, in_channels, expects)
+    if kwargs:
+        _probe(model, spec, kwargs, kwargs_key, in_channels, image_size)
     if weights:
         _load_local(net, weights, model.head)
     return model
+
+
+def _probe(model: ExternalClassifier, spec: str, kwargs: dict, what: str, in_channels: int, image_size: int) -> None:
+    """Two blank images through a library model built with a user's kwargs (eval mode, no
+    gradients): kwargs the constructor takes but the forward pass refuses (timm's `drop_rate: -1`)
+    are named as the cause before training, not as a traceback at its first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, in_channels, image_size, image_size))
+    except KWARG_ERRORS as exc:
+        raise ConfigError(f"model '{spec}' with {what} {kwargs} fails on {in_channels}x{image_size}x{image_size} "
+                          f"images: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
 
 
 def wrap_model(module: nn.Module) -> nn.Module:

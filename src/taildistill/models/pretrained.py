@@ -110,6 +110,8 @@ class PretrainedTeacher(nn.Module):
 
         if head not in HEADS:
             raise ConfigError(f"pretrained head must be one of {', '.join(HEADS)}, got '{head}'")
+        if not scale > 0 or adapter_dim < 0:
+            raise ConfigError(f"a pretrained teacher needs scale > 0 and adapter_dim >= 0, got {scale} and {adapter_dim}")
         self.backbone, dim = build_backbone(backbone, in_channels, backbone_kwargs)
         if checkpoint:  # a registry model's checkpoint holds the unwrapped model's keys
             load_local_weights(getattr(self.backbone, "inner", self.backbone), checkpoint)

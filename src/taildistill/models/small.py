@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from . import MODELS
 from .common import pooled_head, run_stages
 
@@ -39,6 +40,8 @@ class TextCNN(nn.Module):
     def __init__(self, num_classes: int, vocab_size: int, embed_dim: int = 128, channels: int = 100,
                  kernel_sizes=(3, 4, 5), dropout: float = 0.5, embeddings: torch.Tensor | None = None):
         super().__init__()
+        if vocab_size < 1:  # row 0 is the padding token
+            raise ConfigError(f"a TextCNN needs vocab_size >= 1, got {vocab_size}")
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         if embeddings is not None:
             self.embed.weight.data.copy_(embeddings)

@@ -124,6 +124,10 @@ class MultiStepLIF(nn.Module):
         super().__init__()
         if surrogate not in SURROGATES:
             raise ConfigError(f"surrogate must be one of {', '.join(SURROGATES)}, got '{surrogate}'")
+        if not tau >= 1:  # Eq. 1 keeps 1 - 1/tau of the potential: below 1 it flips sign each step (0 divides by 0)
+            raise ConfigError(f"the LIF time constant tau must be at least 1 (Eq. 1), got {tau}")
+        if not v_threshold > v_reset:  # else a neuron at rest fires at every step, whatever its input
+            raise ConfigError(f"the LIF threshold v_threshold ({v_threshold}) must be above v_reset ({v_reset})")
         self.tau, self.v_threshold, self.v_reset = tau, v_threshold, v_reset
         self.surrogate, self.detach_reset, self.fused = surrogate, detach_reset, fused
         self.firing_rate = torch.zeros(())
@@ -287,6 +291,8 @@ class SpikingTransformer(nn.Module):
         super().__init__()
         if attention not in ("ssa", "dual"):
             raise ConfigError(f"spiking attention must be ssa or dual (LT-SpikingFormer Eq. 7-8), got '{attention}'")
+        if time_steps < 1 or depth < 1:
+            raise ConfigError(f"a spiking transformer needs time_steps >= 1 and depth >= 1, got {time_steps} and {depth}")
 
         def lif():
             return MultiStepLIF(tau, v_threshold, v_reset, surrogate, detach_reset, lif_fused)

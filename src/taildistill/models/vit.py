@@ -26,6 +26,12 @@ class DistilledViT(nn.Module):
 
         if size not in SIZES:
             raise ConfigError(f"vit size must be one of {', '.join(SIZES)}, got '{size}'")
+        if not 0 <= drop_path < 1:
+            raise ConfigError(f"drop_path (stochastic depth rate) must be in [0, 1), got {drop_path}")
+        if patch_size < 1 or image_size % patch_size:  # timm's patch convolution would drop the border pixels
+            raise ConfigError(f"patch_size must divide the {image_size}-pixel images, got {patch_size}")
+        if depth is not None and depth < 1:
+            raise ConfigError(f"a ViT needs depth >= 1, got {depth}")
         d, n, h = SIZES[size]
         self.vit = VisionTransformerDistilled(
             img_size=image_size, patch_size=patch_size, in_chans=in_channels, num_classes=num_classes,
