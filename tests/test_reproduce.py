@@ -55,6 +55,15 @@ def test_unknown_suite_and_bad_teacher(tmp_path):
         (tmp_path / "reproduce" / "paper.yaml").write_text(grid + f"paper: {paper}\n")
         with pytest.raises(ConfigError, match=error):
             load_suite("paper", tmp_path)
+    (tmp_path / "x.yaml").write_text("data: {source: digits, group_policy: shots}\n")
+    for groups, error in (("{ratio10: {a: {many: 1.0, tail: 2.0}}}", "names group tail; its groups are many, medium, few"),
+                          ("{ratio10: {c: {many: 1.0}}}", "paper_groups for c in cell 'ratio10', not a run of that cell"),
+                          ("{ratio10: {a: {many: high}}}", "must map group names to accuracies")):
+        (tmp_path / "reproduce" / "paper.yaml").write_text(grid + f"paper_groups: {groups}\n")
+        with pytest.raises(ConfigError, match=error):
+            load_suite("paper", tmp_path)
+    (tmp_path / "reproduce" / "paper.yaml").write_text(grid + "paper_groups: {ratio100: {c: {few: 1.0}}}\n")
+    assert load_suite("paper", tmp_path)["paper_groups"]["ratio100"]["c"] == {"few": 1.0}
     with pytest.raises(ConfigError, match="its batch of 512 does not split over 3 processes"):
         ddp_batch(512, 3, "s")
 
@@ -189,6 +198,14 @@ def test_the_text_suite_distils_textcnn_teachers_on_its_own_data(tmp_path, monke
     config = (runs["bkd"] / "config.yaml").read_text()
     assert f"vectors: {tmp_path / 'glove.txt'}" in config and "teacher:" in config
     assert "paper All" in report.read_text()
+    # Table 6 per class beside ours, each with its gain over CE in brackets
+    groups = results["paper_groups"]
+    assert groups["header"] == ["run"] + [h for g in range(4) for h in (f"Group{g}", f"paper Group{g}")]
+    rows = {row[0]: row[1:] for row in groups["rows"]}
+    assert list(rows) == ["ce", "cb", "kd", "bkd"]
+    assert rows["ce"][7] == "28.7" and rows["kd"][7] == "20.6 (-8.1)" and rows["bkd"][1] == "94.5 (-3.0)"
+    tail = {n: json.loads((out / "all" / n / "seed0" / "final.json").read_text())["test"]["group/group3"] for n in ("ce", "bkd")}
+    assert rows["bkd"][6] == f"{tail['bkd']:.2f} ({tail['bkd'] - tail['ce']:+.1f})"
 
 
 def test_two_processes_at_once_give_the_report_of_one_and_a_rerun_trains_nothing(tmp_path):

@@ -11,6 +11,8 @@ A suite is a YAML file `configs/reproduce/NAME.yaml`:
       - {name: ce_teacher, config: cifar10_lt/ce_teacher.yaml, teacher_run: true}
       - {name: bkd, config: cifar10_lt/bkd.yaml, teacher: ce_teacher, overrides: [...]}
     paper: {ratio100: {ce: 70.4, bkd: 82.5}}   # the paper's overall accuracy per cell label and run
+    paper_groups: {ratio100: {ce: {many: 80.1, medium: 60.2, few: 30.3}}}   # its per-group accuracy, where
+                                # its table has one, under the group names the run's policy gives
     tiny: [...]                 # extra overrides for --tiny (CPU smoke runs); a run may add its own `tiny`
     overrides: [...]            # overrides for every run of the suite (e.g. train.report_best_test=true)
     not_the_paper: "..."        # a suite that cannot be the paper's experiment says how; its report shows no paper column
@@ -99,7 +101,41 @@ def load_suite(name: str, configs: str | Path | None = None) -> dict:
         unknown = [n for n in numbers if n not in runs_here]
         if unknown:
             raise ConfigError(f"suite {p}: paper numbers for {', '.join(unknown)} in cell '{label}', not runs of that cell")
+    _check_paper_groups(suite, p, dict(grid_cells(suite.get("grid", {}))), configs)
     return suite
+
+
+def _check_paper_groups(suite: dict, p: Path, cells: dict[str, list[str]], configs) -> None:
+    """paper_groups names cells, runs and groups that exist: each group one that the run's group
+    policy gives (a misspelt one would drop out of the report without a word)."""
+    from .data.groups import policy_group_names
+    from .experiment import load_config
+
+    by_name = {r["name"]: r for r in suite["runs"]}
+    names_of: dict[tuple, tuple | None] = {}  # (config files, overrides) -> group names: one config load each
+    for label, runs in (suite.get("paper_groups") or {}).items():
+        if label not in cells:
+            raise ConfigError(f"suite {p}: paper_groups for cell '{label}', which the grid does not have; "
+                              f"its cells: {', '.join(cells)}")
+        if not isinstance(runs, dict):
+            raise ConfigError(f"suite {p}: paper_groups: {label} must map run names to groups, got {runs!r}")
+        for name, groups in runs.items():
+            run = by_name.get(name)
+            if run is None or label not in run.get("cells", [label]):
+                raise ConfigError(f"suite {p}: paper_groups for {name} in cell '{label}', not a run of that cell")
+            if not isinstance(groups, dict) or not all(isinstance(v, (int, float)) for v in groups.values()):
+                raise ConfigError(f"suite {p}: paper_groups: {label}: {name} must map group names to accuracies, got {groups!r}")
+            files = tuple(run["config"] if isinstance(run["config"], list) else [run["config"]])
+            overrides = tuple(o for o in cells[label] if o.startswith("data.group")) + \
+                tuple(suite.get("overrides", [])) + tuple(run.get("overrides", []))  # (only data.group_* name groups)
+            if (files, overrides) not in names_of:
+                data = load_config([str(configs_root(configs) / f) for f in files], list(overrides)).data
+                names_of[files, overrides] = policy_group_names(data.group_policy, data.group_cuts)
+            names = names_of[files, overrides]
+            wrong = [g for g in groups if names is not None and g not in names]
+            if wrong:
+                raise ConfigError(f"suite {p}: paper_groups: {label}: {name} names group {', '.join(wrong)}; its "
+                                  f"groups are {', '.join(names)}")
 
 
 def baseline_of(suite: dict, run: str) -> str:
@@ -243,11 +279,10 @@ def run_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = False
                    time_limit)
 
 
-def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
-               seeds: int | None = None) -> tuple[list[str], list[list[str]], str]:
-    from .report import group_keys, mean_std, method_label, read_run, seed_cells, seed_list
+def _cell_runs(suite: dict, out: Path, label: str, seeds: int | None = None) -> tuple[dict[str, list[dict]], str]:
+    """The finished runs of a cell ({run name: its seeds' read_run records}) and their group policy."""
+    from .report import read_run
 
-    paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
     runs = {}
     policy = ""
     for run in suite["runs"]:
@@ -259,6 +294,16 @@ def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
         if finals:
             runs[run["name"]] = finals
             policy = finals[0].get("group_policy", policy)
+    return runs, policy
+
+
+def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
+               paper_column: bool = True) -> tuple[list[str], list[list[str]]]:
+    """The cell's table: each run's overall and per-group accuracy (mean ± std over seeds), its gain
+    over its baseline, and the paper's overall number and gain beside them."""
+    from .report import group_keys, mean_std, method_label, seed_cells, seed_list
+
+    paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
     gcols = group_keys([f for finals in runs.values() for f in finals])
     base_all = {name: seed_cells(finals, [])[1] for name, finals in runs.items()}  # (a baseline's All)
     best_col = any("best_epoch_test" in f for finals in runs.values() for f in finals)
@@ -280,7 +325,34 @@ def _cell_rows(suite: dict, out: Path, label: str, paper_column: bool = True,
             p = paper.get(name)
             row += ["–" if p is None else f"{p}", f"{p - paper_base:+.1f}" if p is not None and paper_base is not None else "–"]
         rows.append(row)
-    return header, rows, policy
+    return header, rows
+
+
+def _paper_group_rows(suite: dict, label: str, runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Per group, ours beside the paper's (for the runs the paper's table has per-group numbers of),
+    each with its gain over the run's baseline in brackets: where a method's gain comes from."""
+    from .report import mean_std
+
+    paper = (suite.get("paper_groups") or {}).get(label) or {}
+    groups = list(dict.fromkeys(g for numbers in paper.values() for g in numbers))
+
+    def ours(name: str, group: str) -> float | None:
+        return mean_std([f.get("test", {}).get(f"group/{group}") for f in runs.get(name, [])])[1]
+
+    header = ["run"] + [h for g in groups for h in (g.capitalize(), f"paper {g.capitalize()}")]
+    rows = []
+    for name, numbers in paper.items():
+        if name not in runs:
+            continue
+        base = baseline_of(suite, name)
+        row = [name]
+        for g in groups:
+            text, m = mean_std([f.get("test", {}).get(f"group/{g}") for f in runs[name]])
+            b, p, pb = ours(base, g), numbers.get(g), (paper.get(base) or {}).get(g)
+            row.append(text + (f" ({m - b:+.1f})" if m is not None and b is not None and name != base else ""))
+            row.append("–" if p is None else f"{p}" + (f" ({p - pb:+.1f})" if pb is not None and name != base else ""))
+        rows.append(row)
+    return header, rows
 
 
 def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, command: str = "",
@@ -312,7 +384,8 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
                  if paper_column else ""), ""]
     results = {}
     for label, _ in cells:
-        header, rows, policy = _cell_rows(suite, out, label, paper_column, seeds)
+        runs, policy = _cell_runs(suite, out, label, seeds)
+        header, rows = _cell_rows(suite, label, runs, paper_column)
         if not rows:
             continue
         finals = [read_run(d) for d in sorted(out.glob(f"{label}/*/seed*")) if RunDir(d).is_finished()]
@@ -324,6 +397,11 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
                       "code (BKD, LDAM-DRW): optimistic, since the epoch is chosen on the test set; shown only to compare "
                       "with the papers. The other columns are the last epoch's.", ""]
         results[label] = {"header": header, "rows": rows, "group_policy": policy}
+        gheader, grows = _paper_group_rows(suite, label, runs) if paper_column else ([], [])
+        if grows:
+            lines += [f"Per group beside the paper's table (`{policy}` groups), with the gain over each run's baseline "
+                      "in brackets:", "", markdown_table(gheader, grows), ""]
+            results[label]["paper_groups"] = {"header": gheader, "rows": grows}
     bad = [o for o in outcomes or [] if o.status in ("failed", "skipped", "stopped")]
     if bad:
         lines += ["## Runs that did not finish", ""] + [f"- `{o.key}`: {o.status} — {o.reason}" for o in bad] + [""]

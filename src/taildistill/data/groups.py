@@ -28,11 +28,32 @@ class Groups:
         return f"{self.policy} ({sizes} classes)"
 
 
+SHOTS_NAMES = ("many", "medium", "few")
+THIRDS_NAMES = ("head", "medium", "tail")
+
+
+def cut_names(n_cuts: int) -> tuple[str, ...]:
+    """The groups `n_cuts` class-index cuts make: head/tail, head/medium/tail, else group0, group1..."""
+    return {1: ("head", "tail"), 2: THIRDS_NAMES}.get(n_cuts, tuple(f"group{i}" for i in range(n_cuts + 1)))
+
+
+def policy_group_names(policy: str, cuts: list[int] | None = None) -> tuple[str, ...] | None:
+    """The group names a built-in policy gives, before any data is read (None for a registered
+    policy of a user's, whose names only its data tells)."""
+    if policy == "shots":
+        return SHOTS_NAMES
+    if policy == "thirds":
+        return THIRDS_NAMES
+    if policy == "cuts":
+        return cut_names(len(cuts or []))
+    return None
+
+
 @GROUP_POLICIES.register("shots")
 def shots(counts: list[int], cuts: list[int] | None = None) -> Groups:
     """many: > 100 training images, medium: 20-100, few: < 20 (Liu et al. 2019)."""
     ids = tuple(0 if n > 100 else (1 if n >= 20 else 2) for n in counts)
-    return Groups("shots", ids, ("many", "medium", "few"))
+    return Groups("shots", ids, SHOTS_NAMES)
 
 
 @GROUP_POLICIES.register("thirds")
@@ -46,7 +67,7 @@ def thirds(counts: list[int], cuts: list[int] | None = None) -> Groups:
     ids = [0] * C
     for rank, c in enumerate(order):
         ids[c] = 0 if rank < n_head else (2 if rank >= C - n_tail else 1)
-    return Groups("thirds", tuple(ids), ("head", "medium", "tail"))
+    return Groups("thirds", tuple(ids), THIRDS_NAMES)
 
 
 @GROUP_POLICIES.register("cuts")
@@ -59,8 +80,7 @@ def cuts(counts: list[int], cuts: list[int] | None = None) -> Groups:
     if sorted(cuts) != list(cuts) or cuts[0] <= 0 or cuts[-1] >= len(counts):
         raise DataError(f"data.group_cuts must be increasing and inside 1..{len(counts) - 1}, got {cuts}")
     ids = tuple(sum(c >= cut for cut in cuts) for c in range(len(counts)))
-    names = {1: ("head", "tail"), 2: ("head", "medium", "tail")}.get(len(cuts), tuple(f"group{i}" for i in range(len(cuts) + 1)))
-    return Groups(f"cuts{list(cuts)}", ids, names)
+    return Groups(f"cuts{list(cuts)}", ids, cut_names(len(cuts)))
 
 
 def make_groups(policy: str, counts: list[int], cuts: list[int] | None = None) -> Groups:
