@@ -191,6 +191,7 @@ def test_the_text_suite_distils_textcnn_teachers_on_its_own_data(tmp_path, monke
     assert results["group_policy"] == "cuts[1, 2, 3]"
     assert results["header"][3:8] == ["All", "Group0", "Group1", "Group2", "Group3"]  # Table 6's Acc_0 .. Acc_3
     assert [row[0] for row in results["rows"]] == ["ce_teacher", "ce", "cb", "kd", "bkd"]
+    assert [row[1] for row in results["rows"]] == ["ce", "ce", "ce (cb)", "kd", "bkd"]  # CB: CE with Eq. 2's weights
     runs = {name: out / "all" / name / "seed0" for name in ("ce_teacher", "kd", "bkd")}
     data = {name: json.loads((d / "data.json").read_text()) for name, d in runs.items()}
     assert data["bkd"]["input_kind"] == "tokens" and data["bkd"]["class_counts"] == [40, 18, 8, 4]

@@ -32,6 +32,7 @@ def read_run(run_dir: Path) -> dict:
     out["seed"] = cfg.train.seed
     out["report_plots"] = cfg.train.report_plots
     out["config_hash"] = run.config_hash()
+    out["sup_loss"] = (cfg.method.params or {}).get("sup_loss")  # (a method without one: None)
     return out
 
 
@@ -281,9 +282,16 @@ def group_by_config(runs: list[dict]) -> list[tuple[str, list[dict]]]:
 
 def method_label(final: dict) -> str:
     """A run's method as a table shows it: a decoupled classifier's stage 2 names its classifier
-    (`ce + lws`), since its method alone (ce) would not tell it from plain CE."""
+    (`ce + lws`), and a supervised loss other than the method's own default is named in brackets
+    (`ce (cb)`, `kd (la)`), since the method's name alone would not tell these from plain CE or KD."""
+    from ..methods import METHODS, method_class
+
+    method = final["method"]
     classifier = (final.get("classifier") or {}).get("classifier")
-    return f"{final['method']} + {classifier}" if classifier else final["method"]
+    label = f"{method} + {classifier}" if classifier else method
+    sup = final.get("sup_loss")
+    default = getattr(method_class(method).Params(), "sup_loss", None) if method in METHODS else None
+    return f"{label} ({sup})" if sup and default and sup != default else label
 
 
 def seed_list(runs: list[dict]) -> str:
