@@ -139,7 +139,8 @@ def test_a_root_holding_train_and_test_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("override,needle", [("train.epochs=0", "train.epochs=0"), ("train.epochs=-2", "train.epochs"),
                                              ("train.batch_size=0", "train.batch_size"), ("optim.lr=-1", "optim.lr"),
                                              ("name=" + "x" * 300, "'name'"), ("name=a/b", "'name'"),
-                                             ("method.name=kd", "teacher.run")])
+                                             ("method.name=kd", "teacher.run"), ("optim.momentum=1.5", "optim.momentum"),
+                                             ("schedule.milestones=[-3]", "schedule.milestones")])
 def test_invalid_runs_are_refused_before_training(tmp_path, capsys, override, needle):
     assert main(["train", config_file(tmp_path), override, "--out", str(tmp_path / "run")]) == 2
     one_error(capsys, needle)

@@ -169,7 +169,9 @@ class OptimConfig:
 
     def validate(self, prefix: str) -> None:
         _positive(prefix, lr=self.lr)
-        _non_negative(prefix, momentum=self.momentum, weight_decay=self.weight_decay, sam_rho=self.sam_rho)
+        _non_negative(prefix, weight_decay=self.weight_decay, sam_rho=self.sam_rho)
+        if not 0 <= self.momentum < 1:  # from 1 on the velocity never decays and training diverges
+            raise ConfigError(f"config key '{prefix}.momentum' must be in [0, 1), got {self.momentum}")
         for name, scale in self.lr_scale.items():
             if not scale > 0:
                 raise ConfigError(f"config key '{prefix}.lr_scale' multiplies learning rates by numbers > 0, got {name}: {scale}")
@@ -188,8 +190,8 @@ class ScheduleConfig:
 
     def validate(self, prefix: str) -> None:
         _non_negative(prefix, warmup_epochs=self.warmup_epochs, min_lr=self.min_lr)
-        if sorted(self.milestones) != list(self.milestones):
-            raise ConfigError(f"config key '{prefix}.milestones' must be increasing, got {self.milestones}")
+        if sorted(self.milestones) != list(self.milestones) or any(m < 0 for m in self.milestones):
+            raise ConfigError(f"config key '{prefix}.milestones' must be increasing epochs >= 0, got {self.milestones}")
 
 
 @dataclass
