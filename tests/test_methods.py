@@ -284,6 +284,34 @@ def test_every_registered_method_is_covered_here():
     assert not missing, missing
 
 
+def test_every_methods_numeric_parameters_refuse_negative_values():
+    """A negative weight, temperature, margin or size trains into nonsense without a word: every
+    registered method refuses one by name (a nested criterion's too), except a field its dataclass
+    declares SIGNED (drw_epoch: -1 = never)."""
+    import dataclasses
+
+    from taildistill.errors import ConfigError
+    from taildistill.methods import METHODS, method_class, resolve_params
+
+    for name in METHODS.names():
+        defaults = method_class(name).Params()
+        for f in dataclasses.fields(defaults):
+            value = getattr(defaults, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if f.name == "drw_epoch":
+                assert resolve_params(name, {f.name: -1}).drw_epoch == -1
+                continue
+            with pytest.raises(ConfigError, match=f"'method.{f.name}' must be"):
+                resolve_params(name, {f.name: -1})
+    with pytest.raises(ConfigError, match="'method.dist.temperature' must be"):
+        resolve_params("deitlt", {"dist_criterion": "kd", "dist": {"temperature": -2}})
+    assert resolve_params("deitlt", {"dist": {"drw_epoch": -1}}).dist.drw_epoch == -1
+    for name, key in (("reviewkd", "mid_channels"), ("catkd", "cam_resolution"), ("ltsf", "latent_dim")):  # sizes: >= 1
+        with pytest.raises(ConfigError, match=f"'method.{key}'"):
+            resolve_params(name, {key: 0})
+
+
 def test_a_trained_cosine_head_teacher_is_confident_and_ldam_checks_its_head(tmp_path):
     """A cosine head's logits are s * cos: a teacher trained with LDAM-DRW gives confident
     softmaxes on its training images (raw cosines gave ~0.23 on 10 classes), and LDAM refuses a

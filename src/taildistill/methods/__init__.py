@@ -11,7 +11,7 @@ from ..models import wrap_model
 from ..errors import RegistryError
 from ..registry import Registry
 from . import acckd, criteria, deitlt, feature, logit, ltsf
-from .base import Batch, BatchRequest, Method, MethodOutput, SupervisedLoss, SupervisedParams, TeacherOutputs
+from .base import Batch, BatchRequest, Method, MethodOutput, SupervisedLoss, SupervisedParams, TeacherOutputs, check_signs
 from .criteria import CRITERIA, Criterion
 
 METHODS: Registry = Registry("method")
@@ -53,7 +53,9 @@ def resolve_params(name: str, raw):
     cls = METHODS.get(name)
     if isinstance(raw, cls.Params):
         return raw
-    return cls.parse_params(raw or {})
+    params = cls.parse_params(raw or {})
+    check_signs(params)  # every method's, whatever its own parse_params checks
+    return params
 
 
 def build_method(name: str, params, student, teacher, info) -> Method:

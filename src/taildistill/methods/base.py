@@ -16,6 +16,7 @@ outside the module tree, so it is neither optimised, nor checkpointed, nor synch
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Hashable, Literal, Protocol, TypedDict
 
@@ -77,6 +78,8 @@ class TeacherOutputs(Protocol):
 class SupervisedParams:
     """The supervised part of an objective (every method has one)."""
 
+    SIGNED: ClassVar[frozenset[str]] = frozenset({"drw_epoch"})  # may be negative (see check_signs)
+
     sup_loss: SupLoss = "ce"  # the supervised loss; la = logit adjustment, bsce = balanced softmax, cb = class-balanced
     sup_weight: float = 1.0  # weight of the supervised term
     label_smoothing: float = 0.0  # ce / cb: label smoothing
@@ -92,6 +95,20 @@ class SupervisedParams:
             raise ConfigError(f"config key '{prefix}.cb_beta' must be in (0, 1), got {self.cb_beta}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"config key '{prefix}.label_smoothing' must be in [0, 1), got {self.label_smoothing}")
+
+
+def check_signs(params, prefix: str = "method") -> None:
+    """Every numeric parameter of a method (weights, temperatures, margins, sizes, epochs; those of
+    a nested criterion too) is >= 0: a negative one trains without a word into nonsense (a negative
+    weight ascends its loss). A dataclass lists in `SIGNED` the fields a negative value means
+    something for (drw_epoch: -1 = never)."""
+    signed = frozenset().union(*(vars(k).get("SIGNED", ()) for k in type(params).__mro__))
+    for f in dataclasses.fields(params):
+        value, key = getattr(params, f.name), f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_signs(value, key)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 and f.name not in signed:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
 
 
 class SupervisedLoss(nn.Module):

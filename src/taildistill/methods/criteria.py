@@ -254,6 +254,8 @@ class DiVE(Criterion):
 
 @dataclass
 class HardParams:
+    SIGNED: ClassVar[frozenset[str]] = frozenset({"drw_epoch"})  # may be negative (see base.check_signs)
+
     drw_epoch: int = -1  # from this epoch on, each sample is weighted by the effective-number weight of y_t (-1 = never)
     drw_beta: float = 0.9999  # effective-number beta of those weights
 

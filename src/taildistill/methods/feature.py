@@ -75,6 +75,12 @@ class ReviewKDParams(SupervisedParams):
     warmup_epochs: int = 20  # the review loss weight ramps up linearly over these epochs
     levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # HCL pyramid pooling sizes
 
+    def validate(self, prefix: str) -> None:
+        if self.mid_channels < 1:  # (0 failed only in the first step)
+            raise ConfigError(f"config key '{prefix}.mid_channels' must be >= 1, got {self.mid_channels}")
+        if not self.levels or min(self.levels) < 1:
+            raise ConfigError(f"config key '{prefix}.levels' must be pooling sizes >= 1, got {self.levels}")
+
 
 class ReviewKD(Method):
     """ReviewKD: supervised + hierarchical context loss on student features fused deepest-first by ABF modules."""
@@ -134,6 +140,10 @@ def linear_head(model: nn.Module, role: str) -> nn.Linear:
 class CATKDParams(SupervisedParams):
     cat_weight: float = 400.0  # weight of the CAM transfer loss
     cam_resolution: int = 2  # CAMs are average-pooled to this size before transfer
+
+    def validate(self, prefix: str) -> None:
+        if self.cam_resolution < 1:  # (0 failed only in the first backward pass)
+            raise ConfigError(f"config key '{prefix}.cam_resolution' must be >= 1, got {self.cam_resolution}")
     normalize: bool = True  # unit-norm each class's pooled map
     feature: str = "pre_pool"  # the last feature map, before global pooling
 

@@ -33,6 +33,10 @@ class LTSFParams(KDParams, SupervisedParams):
     teacher_feature: str = "pooled"  # the teacher feature T(x) that Theta maps
     student_exits: list[str] = field(default_factory=lambda: ["exit1", "exit2", "exit3"])  # the exit points F^l
 
+    def validate(self, prefix: str) -> None:
+        if self.latent_dim < 1:  # (0 trained, with an empty latent space, without a word)
+            raise ConfigError(f"config key '{prefix}.latent_dim' must be >= 1, got {self.latent_dim}")
+
 
 def norm_guided_loss(benchmark: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
     """mean_n | b_n - ||mapped_n|| |  (LT-SpikingFormer Eq. 12-13). benchmark (B,), mapped (B, D)."""
