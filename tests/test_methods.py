@@ -307,6 +307,8 @@ def test_every_methods_numeric_parameters_refuse_negative_values():
     with pytest.raises(ConfigError, match="'method.dist.temperature' must be"):
         resolve_params("deitlt", {"dist_criterion": "kd", "dist": {"temperature": -2}})
     assert resolve_params("deitlt", {"dist": {"drw_epoch": -1}}).dist.drw_epoch == -1
+    with pytest.raises(ConfigError, match="'method.label_smoothing' must be in"):
+        resolve_params("deitlt", {"label_smoothing": 1.5})  # its own CLS-head smoothing, as the supervised one
     for name, key in (("reviewkd", "mid_channels"), ("catkd", "cam_resolution"), ("ltsf", "latent_dim")):  # sizes: >= 1
         with pytest.raises(ConfigError, match=f"'method.{key}'"):
             resolve_params(name, {key: 0})

@@ -34,6 +34,10 @@ class DeiTLTParams:
     dist: Any = field(default_factory=dict)  # that criterion's parameters, e.g. {drw_epoch: 1100} for hard
     teacher_image_size: int = 0  # resize the teacher's view to this size (0 = the student's size)
 
+    def validate(self, prefix: str) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"config key '{prefix}.label_smoothing' must be in [0, 1), got {self.label_smoothing}")
+
 
 class DeiTLT(Method):
     """DeiT-LT: ViT CLS head on CE + DIST head distilled out of distribution (hard teacher labels, DRW)."""
