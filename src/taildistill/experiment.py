@@ -84,21 +84,26 @@ def model_input_args(info, augment=None) -> dict:
 INIT_FILE_KWARGS = ("weights", "vectors", "checkpoint")
 
 
+def init_file_paths(cfg: ExperimentConfig) -> dict[str, Path]:
+    """The initialisation files the config names for its student, {"model.kwargs.KEY": absolute
+    path} (whether or not they exist)."""
+    return {f"model.kwargs.{key}": Path(value).expanduser().resolve() for key in INIT_FILE_KWARGS
+            if isinstance(value := cfg.model.kwargs.get(key), str) and value}
+
+
 def init_file_digests(cfg: ExperimentConfig) -> dict[str, dict]:
     """The initialisation files the student reads (model.kwargs.checkpoint / weights / vectors), as
     {"model.kwargs.KEY": {"path": absolute path, "sha256": digest}}, plus "run_config_hash" (seed
     aside) for a run's last weights: which bytes a run started from, so that a suite trains a run
     again whose stage-1 network has been trained again since, and reuses it in a moved folder."""
     out = {}
-    for key in INIT_FILE_KWARGS:
-        value = cfg.model.kwargs.get(key)
-        if isinstance(value, str) and value and Path(value).expanduser().is_file():
-            path = Path(value).expanduser().resolve()
+    for dotted, path in init_file_paths(cfg).items():
+        if path.is_file():
             record = {"path": str(path), "sha256": file_digest(path)}
             run = RunDir(path.parent.parent)
             if path.parent.name == "checkpoints" and path == run.last_weights.resolve() and run.is_run():
                 record["run_config_hash"] = run.config_hash()
-            out[f"model.kwargs.{key}"] = record
+            out[dotted] = record
     return out
 
 

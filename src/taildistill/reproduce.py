@@ -90,19 +90,25 @@ def load_suite(name: str, configs: str | Path | None = None) -> dict:
             raise ConfigError(f"suite {p}: run '{r['name']}' is measured against baseline "
                               f"'{baseline_of(suite, r['name'])}', which is not a run of the suite")
     # a paper number under a misspelt cell or run would silently drop out of the report
-    labels = [label for label, _ in grid_cells(suite.get("grid", {}))]
-    for label, numbers in (suite.get("paper") or {}).items():
-        if label not in labels:
-            raise ConfigError(f"suite {p}: paper numbers for cell '{label}', which the grid does not have; "
-                              f"its cells: {', '.join(labels)}")
-        if not isinstance(numbers, dict):
-            raise ConfigError(f"suite {p}: paper: {label} must map run names to accuracies, got {numbers!r}")
+    cells = dict(grid_cells(suite.get("grid", {})))
+    for label, numbers in _paper_cells(suite, p, "paper", "paper numbers", cells, "accuracies").items():
         runs_here = [r["name"] for r in suite["runs"] if label in r.get("cells", [label])]
         unknown = [n for n in numbers if n not in runs_here]
         if unknown:
             raise ConfigError(f"suite {p}: paper numbers for {', '.join(unknown)} in cell '{label}', not runs of that cell")
-    _check_paper_groups(suite, p, dict(grid_cells(suite.get("grid", {}))), configs)
+    _check_paper_groups(suite, p, cells, configs)
     return suite
+
+
+def _paper_cells(suite: dict, p: Path, key: str, what: str, cells: dict[str, list[str]], values: str) -> dict:
+    """The suite's `key` (paper, paper_groups): {cell label: {run: ...}}, each cell one of the grid's."""
+    for label, numbers in (suite.get(key) or {}).items():
+        if label not in cells:
+            raise ConfigError(f"suite {p}: {what} for cell '{label}', which the grid does not have; "
+                              f"its cells: {', '.join(cells)}")
+        if not isinstance(numbers, dict):
+            raise ConfigError(f"suite {p}: {key}: {label} must map run names to {values}, got {numbers!r}")
+    return suite.get(key) or {}
 
 
 def _check_paper_groups(suite: dict, p: Path, cells: dict[str, list[str]], configs) -> None:
@@ -113,12 +119,7 @@ def _check_paper_groups(suite: dict, p: Path, cells: dict[str, list[str]], confi
 
     by_name = {r["name"]: r for r in suite["runs"]}
     names_of: dict[tuple, tuple | None] = {}  # (config files, overrides) -> group names: one config load each
-    for label, runs in (suite.get("paper_groups") or {}).items():
-        if label not in cells:
-            raise ConfigError(f"suite {p}: paper_groups for cell '{label}', which the grid does not have; "
-                              f"its cells: {', '.join(cells)}")
-        if not isinstance(runs, dict):
-            raise ConfigError(f"suite {p}: paper_groups: {label} must map run names to groups, got {runs!r}")
+    for label, runs in _paper_cells(suite, p, "paper_groups", "paper_groups", cells, "groups").items():
         for name, groups in runs.items():
             run = by_name.get(name)
             if run is None or label not in run.get("cells", [label]):

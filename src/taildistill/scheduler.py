@@ -68,19 +68,13 @@ def _dump_hash(cfg, teacher: str | None = None, init_files: dict[str, str] | Non
     return config_hash(yaml.safe_load(dump_config(cfg)), with_seed=True, teacher=teacher, init_files=init_files)
 
 
-def _config_path(cfg, dotted: str) -> str | None:
-    """The absolute path a config gives for an initialisation file ("model.kwargs.KEY")."""
-    value = cfg.model.kwargs.get(dotted.rsplit(".", 1)[-1])
-    return str(Path(value).expanduser().resolve()) if isinstance(value, str) and value else None
-
-
 def plan_action(spec: RunSpec) -> tuple[str, str]:
     """What a run needs: ('reuse', ''), ('resume', why), ('new', ''), ('overwrite', why).
 
     A finished student is compared with its config by the teacher run it learnt from (what that
     run is, not where it lies: a moved suite folder is reused), and is trained again when that
     teacher's weights are no longer the ones it learnt from."""
-    from .experiment import init_file_digests, load_config, teacher_run_path
+    from .experiment import init_file_digests, init_file_paths, load_config, teacher_run_path
 
     cfg = load_config(spec.config_files, spec.overrides)  # a bad config stops the graph before it starts
     run = RunDir(spec.run_dir)
@@ -99,8 +93,9 @@ def plan_action(spec: RunSpec) -> tuple[str, str]:
         if key in current and current[key]["sha256"] != record["sha256"]:
             return "overwrite", (f"{run.path} started from other contents of {key} ({current[key]['path']}); "
                                  "training it again")
-    init = {k: init_file_identity(current.get(k) or record, with_seed=True) for k, record in started.items()
-            if k in current or _config_path(cfg, k) == record["path"]}  # (a file gone since: by its path)
+    named = init_file_paths(cfg) if started else {}  # (a file gone since counts by its path)
+    init = {k: init_file_identity(record, with_seed=True) for k, record in started.items()
+            if k in current or str(named.get(k)) == record["path"]}
     if run.config_hash(with_seed=True) != _dump_hash(cfg, now, init):
         return "overwrite", f"{run.path} was trained with another config; training it again"
     if teacher is not None and learnt.get("weights_sha256") and teacher.last_weights.is_file() \

@@ -599,7 +599,7 @@ class Trainer:
             final["calibration_temperature"] = temperature
         if hasattr(self.method.student, "head_record"):  # a decoupled classifier: which, and its tau
             final["classifier"] = self.method.student.head_record()
-        init_files = self.rundir.env().get("init_files")  # (recorded when the run started, before any resume)
+        init_files = self.rundir.init_files()  # (recorded when the run started, before any resume)
         if init_files:
             final["init_files"] = init_files
         if self.method.teacher is not None:  # which teacher, exactly, this student learnt from
