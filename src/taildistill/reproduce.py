@@ -362,7 +362,7 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
     gain over the baseline) beside the paper's, unless the runs are not the paper's experiment
     (--tiny, or a suite that says how it differs): then the first lines say so and no paper column
     is printed. Failed runs, the cost of the grid and the provenance follow."""
-    from .report import empty_groups, markdown_table, read_run
+    from .report import empty_groups, markdown_table
 
     cells = grid_cells(suite.get("grid", {}))
     if tiny:
@@ -389,8 +389,7 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
         header, rows = _cell_rows(suite, label, runs, paper_column)
         if not rows:
             continue
-        finals = [read_run(d) for d in sorted(out.glob(f"{label}/*/seed*")) if RunDir(d).is_finished()]
-        note = empty_groups(finals)
+        note = empty_groups([f for finals in runs.values() for f in finals])  # (the table's runs, read once)
         lines += [f"## {label}", "", f"groups: `{policy}` policy" + (f". {note}" if note else ""), "",
                   markdown_table(header, rows), ""]
         if any(h.startswith("best epoch") for h in header):
