@@ -71,7 +71,11 @@ def digits_teacher(tmp_path_factory):
 def _demo_students():
     from taildistill.demo import DEMO_STUDENTS
 
-    return [pytest.param(name, files, over, id=name) for name, files, over in DEMO_STUDENTS]
+    from taildistill.demo import DIGITS
+
+    ride = [("ride", [DIGITS / "ride.yaml"], lambda e: [f"method.drw_epoch={e - 1}"]),
+            ("ride_bkd", [DIGITS / "ride_bkd.yaml"], lambda e: [])]  # (not in the demo: slower on CPU)
+    return [pytest.param(name, files, over, id=name) for name, files, over in DEMO_STUDENTS + ride]
 
 
 @pytest.mark.parametrize("name,files,overrides", _demo_students())

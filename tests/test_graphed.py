@@ -182,3 +182,26 @@ def test_bench_says_whether_its_graphed_step_was_replayed(tmp_path):
     result = run_bench(str(cfg), [], mode="teacher", steps=1, warmup=0, phases=False)
     assert result["cuda_graph"] is True
     assert result["teacher"]["cuda_graph"] == {"eager_reason": "CUDA graphs need a CUDA device (this run is on cpu)"}
+
+
+def test_ride_distill_from_a_calibrated_multi_expert_teacher_is_captured_as_eager(tmp_path):
+    """RIDE-BKD end to end: a 2-expert RIDE teacher (every expert's cosine scale divided by the
+    calibration temperature, since the prediction is their mean), then a RIDE student with LDAM,
+    deferred re-weighting (which switches the diversity temperatures too) and BKD per expert,
+    whose captured step trains exactly as the eager one."""
+    ride = {"name": "ride_resnet20", "kwargs": {"num_experts": 2}}
+    teacher = fit(tiny("ride_teacher", epochs=1, method={"name": "ride", "sup_loss": "ce"}, model=ride,
+                       train={"calibrate": True}), tmp_path / "teacher", quiet=True)
+    T = json.loads((teacher / "final.json").read_text())["calibration_temperature"]
+    scales = load_file(teacher / "checkpoints/last.safetensors")
+    assert T != pytest.approx(1.0) and [scales[f"heads.{e}.logit_scale"].item() for e in (0, 1)] == \
+        [pytest.approx(30.0 / T, rel=1e-5)] * 2
+    cfg = tiny(epochs=3, method={"name": "ride_distill", "sup_loss": "ldam", "drw_epoch": 2, "kd": {"temperature": 2.0}},
+               teacher=teacher, model=ride, augment=AUG)
+    eager_w, eager_m, _ = _train(tmp_path / "eager", cfg, graph=False)
+    graph_w, graph_m, step = _train(tmp_path / "graph", cfg, graph=True)
+    assert _same(eager_w, graph_w) and eager_m == graph_m
+    assert step.eager_reason is None, step.eager_reason
+    assert step.replays >= 7 and step.method_key == ((True, True), True)  # (LDAM-DRW and its temperatures on, BKD)
+    last = json.loads((tmp_path / "graph/metrics.jsonl").read_text().splitlines()[-1])
+    assert last["loss/bkd"] > 0 and last["loss/diversity"] < 0  # (the diversity term is subtracted)

@@ -176,6 +176,24 @@ def test_dive_power_one_equals_kd_and_flattens():
     assert (q.max(1).values <= F.softmax(t / 3.0, 1).max(1).values + 1e-7).all()
 
 
+def test_ride_diversity_temperatures_and_loss_direct():
+    """RIDE's per-class temperatures by hand (counts 90 / 9 / 1, f = 0.5: w = 1.85, 0.635, 0.515),
+    and its diversity KL: the experts' mean is a constant target, so the gradient reaches each
+    expert only through its own softmax (a mean left in the graph changes it)."""
+    T = L.ride_diversity_temperatures([90, 9, 1], 2.0, 0.5)
+    assert torch.allclose(T, 2.0 * torch.tensor([1.85, 0.635, 0.515]) / 1.85, atol=1e-6)
+    torch.manual_seed(0)
+    z = torch.randn(5, 3, 4, requires_grad=True)
+    loss = L.ride_diversity_loss(z, 1.5)
+    target = F.softmax(z.detach().mean(1) / 1.5, 1)
+    direct = sum(F.kl_div(F.log_softmax(z[:, e] / 1.5, 1), target, reduction="batchmean") for e in range(3)) * 2.25
+    g, = torch.autograd.grad(loss, z)
+    g_direct, = torch.autograd.grad(direct, z)
+    assert loss.item() == pytest.approx(direct.item(), rel=1e-6) and torch.allclose(g, g_direct, atol=1e-6)
+    same = z.detach()[:, :1].expand(5, 3, 4)
+    assert L.ride_diversity_loss(same, 1.0).item() == pytest.approx(0.0, abs=1e-6)  # identical experts: no diversity
+
+
 def test_weighted_kd_uniform_equals_kd():
     s, t = rand_logits(seed=10)
     y = torch.arange(6)

@@ -272,6 +272,65 @@ def test_reviewkd_ramp_and_catkd(setup):
     assert terms(m, batch)["cat"] == approx(50.0 * L.cat_loss(cams_s, cams_t, 2, True).item())
 
 
+def _ride(experts=3):
+    return build_model("ride_resnet32", C, 1, 8, num_experts=experts).eval()
+
+
+def _direct_diversity(z, temperature):
+    """RIDE's diversity KL written out: sum_e Tbar^2 KL(softmax(mean_e z / T) || softmax(z_e / T))."""
+    T = temperature.view(1, -1) if torch.is_tensor(temperature) else temperature
+    t_mean = float(temperature.mean()) if torch.is_tensor(temperature) else temperature
+    target = F.softmax(z.mean(1) / T, 1)
+    return sum(t_mean ** 2 * F.kl_div(F.log_softmax(z[:, e] / T, 1), target, reduction="batchmean")
+               for e in range(z.shape[1]))
+
+
+def test_ride_per_expert_ldam_drw_and_the_distribution_aware_diversity(setup):
+    """Each expert gets its own LDAM (class-balanced from drw_epoch); the diversity KL to the
+    experts' mean is subtracted with its weight, at one temperature before DRW and at RIDE's
+    per-class temperatures (T0 * w_c / max w, w_c = C p_c f + 1 - f) from it on."""
+    info, student, teacher, batch, s, t = setup
+    m = make("ride", {"drw_epoch": 2, "ldam_max_margin": 0.4, "diversity_weight": 0.3, "diversity_temperature": 1.5,
+                      "diversity_reweight": 0.1}, setup, student=_ride())
+    with torch.no_grad():
+        out = m.student(batch["x"])
+    z, y = out["expert_logits"], batch["y"]
+    assert z.shape == (12, 3, C) and torch.allclose(out["logits"], z.mean(1))
+    margins, cb = L.ldam_margins(COUNTS, 0.4), L.class_balanced_weights(COUNTS)
+    prior = torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)
+    w = C * prior * 0.1 + 0.9
+    per_class = (1.5 * w / w.max()).float()
+    before, after = terms(m, batch, 1), terms(m, batch, 2)
+    assert before["sup"] == approx(sum(L.ldam_loss(z[:, e], y, margins, 30.0).item() for e in range(3)))
+    assert after["sup"] == approx(sum(L.ldam_loss(z[:, e], y, margins, 30.0, cb).item() for e in range(3)))
+    assert before["diversity"] == approx(-0.3 * _direct_diversity(z, 1.5).item())
+    assert after["diversity"] == approx(-0.3 * _direct_diversity(z, per_class).item())
+    assert before["diversity"] < 0  # the term rewards experts that differ from their mean
+    from taildistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a multi-expert student"):
+        make("ride", {"sup_loss": "ce"}, setup)
+
+
+def test_ride_distill_applies_its_criterion_to_every_expert(setup):
+    """RIDE-BKD (BKD Table 8): RIDE's terms plus the criterion (BKD here, with its own
+    parameters) between each expert and the teacher's prediction, summed over experts."""
+    info, student, teacher, batch, s, t = setup
+    m = make("ride_distill", {"sup_loss": "ce", "kd_weight": 0.7, "kd": {"temperature": 3.0, "bkd_beta": 0.99}},
+             setup, student=_ride(2))
+    with torch.no_grad():
+        z = m.student(batch["x"])["expert_logits"]
+    cb = L.class_balanced_weights(COUNTS, 0.99)
+    got = terms(m, batch)
+    assert got["bkd"] == approx(0.7 * sum(L.bkd_loss(z[:, e], t, cb, 3.0).item() for e in range(2)))
+    assert got["sup"] == approx(sum(F.cross_entropy(z[:, e], batch["y"]).item() for e in range(2)))
+    assert got["diversity"] == approx(-0.2 * _direct_diversity(z, 1.0).item())
+    kd = make("ride_distill", {"sup_loss": "ce", "kd_criterion": "kd", "kd": {"temperature": 2.0}}, setup, student=_ride(2))
+    with torch.no_grad():
+        z = kd.student(batch["x"])["expert_logits"]
+    assert terms(kd, batch)["kd"] == approx(sum(L.kd_loss(z[:, e], t, 2.0).item() for e in range(2)))
+
+
 def test_every_registered_method_is_covered_here():
     """A new method needs a wiring test of its own."""
     import inspect
@@ -382,6 +441,8 @@ def _graph_key_cases(setup):
         "reviewkd": ({"student_features": feats, "teacher_features": feats, "mid_channels": 4, "warmup_epochs": 3,
                       "drw_epoch": 4}, None),
         "catkd": ({"drw_epoch": 2}, None), "ltsf": ({"drw_epoch": 2}, snn),
+        "ride": ({"drw_epoch": 2}, _ride(2)),
+        "ride_distill": ({"drw_epoch": 4, "sup_loss": "ce", "kd": {"bkd_start_epoch": 2}}, _ride(2)),
     }
 
 
@@ -404,3 +465,35 @@ def test_graph_keys_name_everything_the_loss_takes_from_the_epoch(setup):
         for key, seen in by_key.items():
             assert all(other == seen[0] for other in seen[1:]), (name, key, seen)
         assert len(by_key) > 1, f"{name}: its switches should give more than one key over epochs 0-6"
+
+
+def test_no_methods_step_reads_the_device_on_the_host(setup):
+    """CUDA's sync debug mode (tests/test_cuda.py) on the CPU: no method's loss or its backward uses
+    an operation that waits for the device (a tensor read as a Python number, or an output whose
+    size depends on the data: a boolean-mask index, nonzero, unique), with every switch on."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    syncing = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
+               aten._unique2.default, aten.unique_dim.default, aten.unique_consecutive.default}
+
+    class Syncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            masks = func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+            if func in syncing or masks:
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    info, student, teacher, batch, s, t = setup
+    full = {**batch, "x_mix": torch.randn(12, 1, 8, 8), "y_a": batch["y"].flip(0), "y_b": batch["y"]}
+    for name, (params, model) in _graph_key_cases(setup).items():
+        m = make(name, params, setup, student=model).train()
+        mode = Syncs()
+        with mode:
+            out = m(full, 6)
+            sum(out.terms.values()).backward()
+        assert not mode.seen, (name, mode.seen)

@@ -57,6 +57,29 @@ def test_cosine_head_gives_scaled_cosines():
     assert torch.allclose(out["logits"], 16.0 * cos, atol=1e-5) and out["logits"].abs().max() <= 16.0 + 1e-4
 
 
+def test_ride_experts_share_stage1_and_predict_by_their_mean():
+    """RIDE's network: stem and stage 1 shared, then one branch and head per expert (24 / 48
+    channels with reduce_dimension, RIDE's CIFAR setting; 32 / 64 without); the prediction is the
+    experts' mean; temperature calibration divides every expert's scale."""
+    torch.manual_seed(0)
+    m = build_model("ride_resnet32", 10, num_experts=3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        out = m(x)
+        assert out["expert_logits"].shape == (4, 3, 10) and torch.allclose(out["logits"], out["expert_logits"].mean(1))
+        assert out["features"]["pooled"].shape == (4, 3 * 48) and m.feature_dim == 144
+        m.experts[1][1][0].conv1.weight.mul_(2)  # change expert 1 only
+        m.heads[2].logit_scale.fill_(15.0)  # and halve expert 2's scale
+        again = m(x)
+    assert torch.allclose(again["expert_logits"][:, 0], out["expert_logits"][:, 0])
+    assert not torch.allclose(again["expert_logits"][:, 1], out["expert_logits"][:, 1])
+    assert torch.allclose(again["expert_logits"][:, 2], out["expert_logits"][:, 2] / 2, atol=1e-5)
+    assert len(m.prediction_scales()) == 3
+    assert build_model("ride_resnet32", 10, num_experts=2, reduce_dimension=False).feature_dim == 128
+    with pytest.raises(ConfigError, match="ride_resnet32.*num_experts"):
+        build_model("ride_resnet32", 10, num_experts=0)
+
+
 def test_bad_model_kwargs_is_config_error():
     with pytest.raises(ConfigError, match="resnet32"):
         build_model("resnet32", 10, widthh=3)

@@ -15,7 +15,7 @@ from taildistill.reproduce import ddp_batch, grid_cells, list_suites, load_suite
 from conftest import finished, hold_lock
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"
-SUITES = ["bkd-ag-news", "bkd-cifar10", "bkd-cifar10-step", "bkd-cifar100", "bkd-imagenet-lt", "bkd-inaturalist", "bkd-places-lt", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar10-small",
+SUITES = ["bkd-ag-news", "bkd-cifar10", "bkd-cifar10-step", "bkd-cifar100", "bkd-cifar100-ride", "bkd-imagenet-lt", "bkd-inaturalist", "bkd-places-lt", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar10-small",
           "ltsf-cifar10", "acckd-cifar10"]
 
 

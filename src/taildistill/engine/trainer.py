@@ -24,7 +24,7 @@ from ..eval import evaluate_split, predict_split, summary
 from ..eval.calibration import fit_temperature
 from ..experiment import (Experiment, assemble, check_vocabulary, init_file_digests, load_config, teacher_run_path,
                           teacher_source)
-from ..models.common import logit_scale_modules
+from ..models.common import prediction_scales
 from ..rundir import RunDir, flat_config, load_state, load_weights, resume_overrides, save_state, save_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, cleanup, init_distributed
 from .graphed import GraphedStep, graph_blocker
@@ -563,12 +563,13 @@ class Trainer:
         """Temperature scaling on the validation split; folded into the cosine head's logit scale."""
         if self.data.val is None:
             raise ConfigError("train.calibrate needs a validation split (data.val_per_class > 0)")
-        scales = [m.logit_scale for m in logit_scale_modules(self.method.student)]
+        scales = prediction_scales(self.method.student)
         if not scales:
             raise ConfigError("train.calibrate folds the temperature into a cosine head's scale; this model has none")
         logits = self.predict_split(self.data.val)["logits"]
         temperature = fit_temperature(logits, torch.as_tensor(self.data.val.y))
-        scales[-1].div_(temperature)
+        for scale in scales:  # (each expert's, for a multi-expert mean: mean(z_e) / T = mean(z_e / T))
+            scale.div_(temperature)
         return temperature
 
     def _teacher_record(self) -> dict:

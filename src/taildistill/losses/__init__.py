@@ -6,7 +6,7 @@ from .classification import (
 )
 from .distill import (
     bkd_loss, cckd_loss, cosine_imitation_loss, dist_loss, dive_loss, dkd_loss, kd_loss, kl_rows,
-    ltkd_loss, pair_supervised_loss, weighted_kd_loss,
+    ltkd_loss, pair_supervised_loss, ride_diversity_loss, ride_diversity_temperatures, weighted_kd_loss,
 )
 from .feature import cat_loss, class_activation_maps, hcl_loss
 
@@ -15,5 +15,6 @@ __all__ = [
     "inverse_frequency_weights", "ldam_loss", "ldam_margins", "logit_adjusted_loss",
     "posthoc_logit_adjustment", "soft_cross_entropy", "bkd_loss", "cckd_loss", "cosine_imitation_loss",
     "dist_loss", "dive_loss", "dkd_loss", "kd_loss", "kl_rows", "ltkd_loss", "pair_supervised_loss",
+    "ride_diversity_loss", "ride_diversity_temperatures",
     "weighted_kd_loss", "cat_loss", "class_activation_maps", "hcl_loss",
 ]

@@ -62,6 +62,13 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 1.0,
     return (w * loss).sum() / w.sum()
 
 
+def one_hot_rows(target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B,) int64 labels -> (B, C) one-hot rows, by a scatter on the labels' device. F.one_hot
+    checks the labels' range with a host read on the CPU, which an emulated graph capture refuses
+    (tests/graph_emulator.py); the scatter gives the same rows without one."""
+    return torch.zeros(target.shape[0], num_classes, dtype=dtype, device=target.device).scatter_(1, target[:, None], 1)
+
+
 def ldam_margins(class_counts: Sequence[int], max_margin: float = 0.5) -> torch.Tensor:
     """LDAM margins (Cao et al. 2019): ``m_c ∝ n_c^(-1/4)``, the largest equal to `max_margin`."""
     m = torch.as_tensor(class_counts, dtype=torch.float64) ** -0.25
@@ -74,7 +81,7 @@ def ldam_loss(logits: torch.Tensor, target: torch.Tensor, margins: torch.Tensor,
     z = s * cos the logits of a cosine head of scale `scale` (s), which applies s itself. Margins
     `margins` (C,) are in cosine units, so the true-class logit is lowered by s * m_y."""
     margins = margins.to(logits.device)
-    adjusted = logits.float() - F.one_hot(target, logits.shape[1]).float() * (scale * margins[target])[:, None]
+    adjusted = logits.float() - one_hot_rows(target, logits.shape[1]) * (scale * margins[target])[:, None]
     return F.cross_entropy(adjusted, target, weight=weight)
 
 

@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .classification import one_hot_rows
+
 
 def kl_rows(p_target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) per row, with 0 log 0 = 0. p (B, K) probabilities, log_q (B, K). Returns (B,)."""
@@ -130,10 +132,13 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
     distributions over the non-target classes."""
     T = temperature
     zs, zt = student_logits.float() / T, teacher_logits.float() / T
-    gt = F.one_hot(target, zs.shape[1]).bool()
+    gt = one_hot_rows(target, zs.shape[1], torch.bool)
     ps, pt = F.softmax(zs, dim=1), F.softmax(zt, dim=1)
-    bs = torch.stack([ps[gt], 1 - ps[gt]], dim=1).clamp_min(1e-12)
-    bt = torch.stack([pt[gt], 1 - pt[gt]], dim=1)
+    # the target class's probabilities by gather: a boolean-mask index (ps[gt]) has a data-dependent
+    # size, which costs a device sync per step and cannot be captured in a CUDA graph
+    ps_y, pt_y = ps.gather(1, target[:, None]).squeeze(1), pt.gather(1, target[:, None]).squeeze(1)
+    bs = torch.stack([ps_y, 1 - ps_y], dim=1).clamp_min(1e-12)
+    bt = torch.stack([pt_y, 1 - pt_y], dim=1)
     tckd = kl_rows(bt, torch.log(bs))
     masked_s = F.log_softmax(zs.masked_fill(gt, -torch.inf), dim=1).masked_fill(gt, 0.0)
     masked_t = F.softmax(zt.masked_fill(gt, -torch.inf), dim=1)
@@ -191,9 +196,36 @@ def pair_supervised_loss(student_logits: torch.Tensor, teacher_logits: torch.Ten
     w = F.softmax(pair, dim=1)
     same = y_a == y_b
     # (1, 0) for a sample mixed with its own class, built on the device (a host tensor would be a copy per step)
-    w = torch.where(same[:, None], F.one_hot(torch.zeros_like(y_a), 2).to(w.dtype), w)
+    w = torch.where(same[:, None], one_hot_rows(torch.zeros_like(y_a), 2, w.dtype), w)
     zs = student_logits.float()
     if log_train_prior is not None:
         zs = zs + log_train_prior.to(zs.device)[None, :]
     logp = F.log_softmax(zs, dim=1)
     return -(w[:, 0] * logp.gather(1, y_a[:, None]).squeeze(1) + w[:, 1] * logp.gather(1, y_b[:, None]).squeeze(1)).mean()
+
+
+def ride_diversity_temperatures(class_counts, base_temperature: float = 1.0, reweight_factor: float = 0.05) -> torch.Tensor:
+    """RIDE's distribution-aware diversity temperatures (Wang et al. 2021), used once deferred
+    re-weighting is on: T_c = T0 * w_c / max_k w_k with w_c = C * p_c * f + 1 - f, p_c the training
+    prior and f the re-weighting factor, so head classes are compared at higher temperatures.
+    `class_counts` (C,). Returns (C,) float32."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    w = counts.numel() * counts / counts.sum() * reweight_factor + 1 - reweight_factor
+    return (base_temperature * w / w.max()).float()
+
+
+def ride_diversity_loss(expert_logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """RIDE's diversity term (Wang et al. 2021), summed over experts: sum_e Tbar^2 * mean_b
+    KL(softmax(zbar/T) || softmax(z_e/T)), zbar the experts' mean logits as a constant target
+    (computed without gradient, as in RIDE). `temperature` is a number or per-class (C,) tensor
+    (then Tbar is its mean). The RIDE objective *subtracts* it, weighted, to push the experts
+    apart. expert_logits (B, E, C)."""
+    z = expert_logits.float()
+    T = temperature.to(z.device).view(1, -1) if isinstance(temperature, torch.Tensor) else temperature
+    t_mean = temperature.float().mean() if isinstance(temperature, torch.Tensor) else temperature
+    with torch.no_grad():
+        p_mean = F.softmax(z.mean(1) / T, dim=1)
+    loss = z.new_zeros(())
+    for e in range(z.shape[1]):
+        loss = loss + kl_rows(p_mean, F.log_softmax(z[:, e] / T, dim=1)).mean()
+    return t_mean * t_mean * loss

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..models import wrap_model
 from ..errors import RegistryError
 from ..registry import Registry
-from . import acckd, criteria, deitlt, feature, logit, ltsf
+from . import acckd, criteria, deitlt, feature, logit, ltsf, ride
 from .base import Batch, BatchRequest, Method, MethodOutput, SupervisedLoss, SupervisedParams, TeacherOutputs, check_signs
 from .criteria import CRITERIA, Criterion
 
@@ -41,6 +41,8 @@ register_method("deitlt", deitlt.DeiTLT)
 register_method("reviewkd", feature.ReviewKD)
 register_method("catkd", feature.CATKD)
 register_method("ltsf", ltsf.LTSpikingFormer)
+register_method("ride", ride.RIDE)
+register_method("ride_distill", ride.RIDEDistill)
 
 
 def method_class(name: str) -> type[Method]:

@@ -155,10 +155,12 @@ class SupervisedLoss(nn.Module):
 
 def check_ldam_head(student: nn.Module, scale: float) -> None:
     """LDAM needs a cosine head whose scale is the loss's s (its margins are in those units)."""
-    scales = [float(m.logit_scale) for m in logit_scale_modules(student) if hasattr(m, "weight")]
+    own = getattr(student, "prediction_scales", None)  # a multi-expert network: every expert's head
+    scales = [float(s) for s in own()] if callable(own) else [
+        float(m.logit_scale) for m in logit_scale_modules(student) if hasattr(m, "weight")][-1:]
     if not scales:
         raise ConfigError("sup_loss: ldam needs a cosine head (model.kwargs.cosine_head: true)")
-    if abs(scales[-1] - scale) > 1e-6:
+    if any(abs(s - scale) > 1e-6 for s in scales):
         raise ConfigError(f"the cosine head's scale ({scales[-1]:g}, model.kwargs.cosine_scale) differs from "
                           f"method.ldam_scale ({scale:g}); LDAM's margins are in the head's units: make them equal")
 
@@ -252,7 +254,7 @@ class Method(nn.Module):
         return float_logits(self.student(x))
 
 
-LOGIT_HEADS = ("logits", "logits_cls", "logits_dist")
+LOGIT_HEADS = ("logits", "logits_cls", "logits_dist", "expert_logits")
 
 
 def float_logits(out: dict) -> dict:

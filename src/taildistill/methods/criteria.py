@@ -22,9 +22,28 @@ from ..losses import (
     kd_loss, ltkd_loss, weighted_kd_loss,
 )
 from ..registry import Registry
+from ..typed import from_dict
 from .base import Batch, TeacherOutputs, linear_ramp
 
 CRITERIA: Registry = Registry("distillation criterion")
+
+
+def parse_chosen_criterion(params, name_key: str, params_key: str):
+    """A method that holds a criterion chosen by config (`params.<name_key>`, a registered name)
+    gets that criterion's own parameters from the mapping at `params.<params_key>`, validated
+    against its dataclass (an unknown key names the valid ones). Returns `params`."""
+    criterion = CRITERIA.get(getattr(params, name_key))
+    setattr(params, params_key, from_dict(criterion.Params, getattr(params, params_key), f"method.{params_key}"))
+    return params
+
+
+def build_chosen_criterion(params, name_key: str, params_key: str, info) -> "Criterion":
+    """The criterion named by `params.<name_key>`, built from its parameters at `params.<params_key>`."""
+    name, own = getattr(params, name_key), getattr(params, params_key)
+    criterion = CRITERIA.get(name)
+    if not isinstance(own, criterion.Params):
+        raise ConfigError(f"method.{params_key} must hold the parameters of criterion '{name}'")
+    return criterion(own, info)
 
 
 def _check_temperature(prefix: str, t: float) -> None:

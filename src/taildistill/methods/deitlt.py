@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..losses import cross_entropy
 from ..typed import from_dict
 from .base import Batch, Method, MethodOutput
-from .criteria import CRITERIA
+from .criteria import build_chosen_criterion, parse_chosen_criterion
 
 
 @dataclass
@@ -47,17 +47,11 @@ class DeiTLT(Method):
 
     @classmethod
     def parse_params(cls, raw: dict) -> DeiTLTParams:
-        params = from_dict(DeiTLTParams, raw, "method")
-        criterion = CRITERIA.get(params.dist_criterion)
-        params.dist = from_dict(criterion.Params, params.dist, "method.dist")
-        return params
+        return parse_chosen_criterion(from_dict(DeiTLTParams, raw, "method"), "dist_criterion", "dist")
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
-        criterion = CRITERIA.get(params.dist_criterion)
-        if not isinstance(params.dist, criterion.Params):
-            raise ConfigError(f"method.dist must hold the parameters of criterion '{params.dist_criterion}'")
-        self.dist_criterion = criterion(params.dist, info)
+        self.dist_criterion = build_chosen_criterion(params, "dist_criterion", "dist", info)
 
     def teacher_view(self, x):
         size = self.params.teacher_image_size

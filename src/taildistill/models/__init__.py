@@ -2,7 +2,8 @@
 
 - ``logits`` (B, C): what prediction uses;
 - ``features``: ordered name -> tensor (stage outputs, ``pre_pool``, ``pooled``);
-- optional extras: ``logits_cls`` / ``logits_dist`` (two-head ViT), ``firing_rates`` (SNN).
+- optional extras: ``logits_cls`` / ``logits_dist`` (two-head ViT), ``expert_logits`` (B, E, C)
+  (multi-expert RIDE network), ``firing_rates`` (SNN).
 
 ``build_model(name, num_classes, in_channels, image_size, **kwargs)`` builds one by name;
 ``taildistill models`` lists them with parameter counts.
@@ -41,5 +42,5 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import cifar_resnet, decoupled, imagenet, mobile, pretrained, small, spiking, vgg, vit, wrn  # noqa: E402,F401  (registration side effects)
+from . import cifar_resnet, decoupled, imagenet, mobile, pretrained, ride, small, spiking, vgg, vit, wrn  # noqa: E402,F401  (registration side effects)
 from .external import ExternalClassifier, wrap_model  # noqa: E402

@@ -115,6 +115,17 @@ def logit_scale_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(getattr(m, "logit_scale", None), torch.Tensor)]
 
 
+def prediction_scales(model: nn.Module) -> list[torch.Tensor]:
+    """The logit scales that make `model`'s prediction (what temperature calibration divides):
+    the model's own `prediction_scales()` where it has one (a multi-expert network: every
+    expert's head), else the last module's holding one (a decoupled classifier's new head, not its
+    frozen stage-1 one; a pretrained teacher's own scale)."""
+    own = getattr(model, "prediction_scales", None)
+    if callable(own):
+        return own()
+    return [m.logit_scale for m in logit_scale_modules(model)][-1:]
+
+
 def renormalizer(src_mean, src_std, src_normalized: bool, dst_mean, dst_std, dst_normalized: bool):
     """(a, b) mapping inputs normalised as `src` to inputs normalised as `dst` (x_dst = a x_src + b),
     or None when the two are the same. u = x_src * std + mean (or x_src when not normalised)."""
