@@ -270,6 +270,11 @@ def test_reviewkd_ramp_and_catkd(setup):
         cams_s = L.class_activation_maps(sf, m.student.fc.weight, m.student.fc.bias)
         cams_t = L.class_activation_maps(tf, teacher.fc.weight, teacher.fc.bias)
     assert terms(m, batch)["cat"] == approx(50.0 * L.cat_loss(cams_s, cams_t, 2, True).item())
+    from taildistill.errors import ConfigError
+
+    make("catkd", {"cam_resolution": 4}, setup)  # the 4x4 maps themselves
+    with pytest.raises(ConfigError, match=r"cam_resolution' \(5\) is larger than the student's 'pre_pool' map \(4x4\)"):
+        make("catkd", {"cam_resolution": 5}, setup)  # adaptive pooling would upsample the maps
 
 
 def _ride(experts=3):

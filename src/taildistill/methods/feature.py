@@ -140,12 +140,12 @@ def linear_head(model: nn.Module, role: str) -> nn.Linear:
 class CATKDParams(SupervisedParams):
     cat_weight: float = 400.0  # weight of the CAM transfer loss
     cam_resolution: int = 2  # CAMs are average-pooled to this size before transfer
+    normalize: bool = True  # unit-norm each class's pooled map
+    feature: str = "pre_pool"  # the last feature map, before global pooling
 
     def validate(self, prefix: str) -> None:
         if self.cam_resolution < 1:  # (0 failed only in the first backward pass)
             raise ConfigError(f"config key '{prefix}.cam_resolution' must be >= 1, got {self.cam_resolution}")
-    normalize: bool = True  # unit-norm each class's pooled map
-    feature: str = "pre_pool"  # the last feature map, before global pooling
 
 
 class CATKD(Method):
@@ -163,6 +163,9 @@ class CATKD(Method):
             shape = probe_features(model, info.input_shape, [params.feature], role)[0]
             if shape[1:] == (1, 1) and params.cam_resolution > 1:
                 raise ConfigError(f"catkd: the {role}'s '{params.feature}' is not a spatial map")
+            if params.cam_resolution > min(shape[1:]):  # adaptive pooling would upsample: nothing is pooled
+                raise ConfigError(f"config key 'method.cam_resolution' ({params.cam_resolution}) is larger than the "
+                                  f"{role}'s '{params.feature}' map ({shape[1]}x{shape[2]}); use at most {min(shape[1:])}")
 
     def graph_key(self, epoch: int):
         return self.sup.epoch_key(epoch)
