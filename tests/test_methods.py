@@ -334,6 +334,8 @@ def test_ride_distill_applies_its_criterion_to_every_expert(setup):
     with torch.no_grad():
         z = kd.student(batch["x"])["expert_logits"]
     assert terms(kd, batch)["kd"] == approx(sum(L.kd_loss(z[:, e], t, 2.0).item() for e in range(2)))
+    kd.params.kd_target = "mean"  # RIDE's own distillation: the experts' mean prediction
+    assert terms(kd, batch)["kd"] == approx(L.kd_loss(z.mean(1), t, 2.0).item())
 
 
 def test_every_registered_method_is_covered_here():

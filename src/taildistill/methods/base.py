@@ -160,8 +160,9 @@ def check_ldam_head(student: nn.Module, scale: float) -> None:
         float(m.logit_scale) for m in logit_scale_modules(student) if hasattr(m, "weight")][-1:]
     if not scales:
         raise ConfigError("sup_loss: ldam needs a cosine head (model.kwargs.cosine_head: true)")
-    if any(abs(s - scale) > 1e-6 for s in scales):
-        raise ConfigError(f"the cosine head's scale ({scales[-1]:g}, model.kwargs.cosine_scale) differs from "
+    other = next((s for s in scales if abs(s - scale) > 1e-6), None)
+    if other is not None:
+        raise ConfigError(f"the cosine head's scale ({other:g}, model.kwargs.cosine_scale) differs from "
                           f"method.ldam_scale ({scale:g}); LDAM's margins are in the head's units: make them equal")
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import MODELS
 from .cifar_resnet import BasicBlock, CosineLinear
-from .common import pooled_head
 
 
 class RIDEResNet(nn.Module):
@@ -57,9 +57,11 @@ class RIDEResNet(nn.Module):
         mids = [branch[0](shared) for branch in self.experts]
         feats["stage2"] = torch.cat(mids, 1)
         feats["stage3"] = torch.cat([branch[1](mid) for branch, mid in zip(self.experts, mids)], 1)
-        pooled = pooled_head(feats["stage3"], nn.Identity(), feats)["logits"]  # records pre_pool / pooled
+        feats["pre_pool"] = feats["stage3"]
+        feats["pooled"] = pooled = F.adaptive_avg_pool2d(feats["stage3"], 1).flatten(1)
         expert_logits = torch.stack([head(p) for head, p in zip(self.heads, pooled.chunk(self.num_experts, 1))], 1)
         return {"logits": expert_logits.mean(1), "expert_logits": expert_logits, "features": feats}
+
 
 def _ride_resnet(depth: int):
     def factory(num_classes: int, in_channels: int = 3, image_size: int = 32, num_experts: int = 3,
