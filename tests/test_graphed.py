@@ -205,3 +205,9 @@ def test_ride_distill_from_a_calibrated_multi_expert_teacher_is_captured_as_eage
     assert step.replays >= 7 and step.method_key == ((True, True), True)  # (LDAM-DRW and its temperatures on, BKD)
     last = json.loads((tmp_path / "graph/metrics.jsonl").read_text().splitlines()[-1])
     assert last["loss/bkd"] > 0 and last["loss/diversity"] < 0  # (the diversity term is subtracted)
+    test = json.loads((tmp_path / "graph/final.json").read_text())["test"]  # each expert evaluated alone too
+    assert {"expert0/top1", "expert1/top1", "expert1/group/few"} <= set(test) and "expert2/top1" not in test
+    assert test["expert0/top1"] != test["expert1/top1"]
+    from taildistill.report import write_run_report
+
+    assert "- expert 1 alone: top-1" in write_run_report(tmp_path / "graph").read_text()

@@ -12,9 +12,10 @@ from .data.augment import BatchAugment
 from .data.loading import to_device_tensor
 from .engine.trainer import resolve_device, use_bf16
 from .errors import ConfigError
-from .eval import evaluate_split, predict_split, summary
+from .eval import evaluate_split, head_names, predict_split, summary
 from .eval.analysis import ANALYSES, feature_deviation, feature_rank, feature_separability, mean_firing_rates
 from .experiment import build_student, check_vocabulary, load_config, load_weights_into
+from .report import head_label
 from .rundir import RunDir, write_text_atomic
 
 
@@ -86,9 +87,8 @@ def format_result(result: dict) -> str:
         [f"{s['ece']:.3f}"]
     widths = [max(len(h), len(v)) for h, v in zip(head, vals)]
     lines += ["  ".join(h.rjust(w) for h, w in zip(head, widths)), "  ".join(v.rjust(w) for v, w in zip(vals, widths))]
-    for h in ("cls", "dist"):
-        if f"{h}/top1" in s:
-            lines.append(f"{h.upper()} head alone: top-1 {s[f'{h}/top1']:.2f}")
+    for h in head_names(s):  # a two-head ViT's heads, a multi-expert model's experts
+        lines.append(f"{head_label(h)} alone: top-1 {s[f'{h}/top1']:.2f}")
     names, counts = result.get("class_names", []), result.get("class_counts", [])
     per_class = result["metrics"].get("per_class", [])
     member = {c: g for g, cs in result.get("groups", {}).items() for c in cs}

@@ -1,6 +1,6 @@
 """Evaluation: inference over a split, metrics from logits, the papers' analyses, calibration."""
 from .metrics import classification_metrics, confusion_matrix, expected_calibration_error, summary
-from .predict import eval_batches, evaluate_split, predict_split
+from .predict import eval_batches, evaluate_split, head_names, predict_split
 
 __all__ = ["classification_metrics", "confusion_matrix", "expected_calibration_error", "summary",
-           "eval_batches", "evaluate_split", "predict_split"]
+           "eval_batches", "evaluate_split", "head_names", "predict_split"]

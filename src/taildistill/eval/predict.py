@@ -36,10 +36,11 @@ def eval_batches(split, info, augment, device, batch_size: int = 512, channels_l
 @torch.no_grad()
 def predict_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
                   features: tuple[str, ...] = (), view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  batch_size: int = 512, progress: str = "") -> dict[str, torch.Tensor]:
+                  batch_size: int = 512, progress: str = "", experts: bool = False) -> dict[str, torch.Tensor]:
     """Logits of every head of `model` on a whole split: {'logits': (N, C), ...} on the CPU, plus
-    the named `features` ({'features/<name>': (N, ...)}); `view` maps each batch first (a resize).
-    `progress` names a progress bar over the split's images (none when empty)."""
+    the named `features` ({'features/<name>': (N, ...)}) and, with `experts`, a multi-expert
+    model's 'expert_logits' (N, E, C); `view` maps each batch first (a resize). `progress` names a
+    progress bar over the split's images (none when empty)."""
     from tqdm import tqdm
 
     was = model.training
@@ -55,7 +56,7 @@ def predict_split(model, split, info, augment, device, bf16: bool = False, chann
                 x = view(x)
             with ctx:
                 o = model(x)
-            for k in LOGIT_HEADS:
+            for k in LOGIT_HEADS + (("expert_logits",) if experts else ()):
                 if k in o:
                     outs.setdefault(k, []).append(o[k].float().cpu())
             for f in features:
@@ -69,10 +70,17 @@ def predict_split(model, split, info, augment, device, bf16: bool = False, chann
 def evaluate_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
                    prefix: str = "", progress: str = "") -> dict:
     """Metrics of the prediction head and, for two-head models, of each head (`cls/`, `dist/`)."""
-    preds = predict_split(model, split, info, augment, device, bf16, channels_last, progress=progress)
+    preds = predict_split(model, split, info, augment, device, bf16, channels_last, progress=progress, experts=True)
     m = classification_metrics(preds["logits"], split.y, info.groups, prefix)
-    for head in ("logits_cls", "logits_dist"):
-        if head in preds:
-            name = head.split("_")[1]
-            m.update(summary(classification_metrics(preds[head], split.y, info.groups, f"{prefix}{name}/"), info.groups))
+    heads = {head.split("_")[1]: preds[head] for head in ("logits_cls", "logits_dist") if head in preds}
+    if "expert_logits" in preds:  # a multi-expert model (RIDE): each expert alone
+        heads.update((f"expert{e}", z) for e, z in enumerate(preds["expert_logits"].unbind(1)))
+    for name, z in heads.items():
+        m.update(summary(classification_metrics(z, split.y, info.groups, f"{prefix}{name}/"), info.groups))
     return m
+
+
+def head_names(metrics: dict) -> list[str]:
+    """The separately evaluated heads in a metrics mapping: cls / dist (two-head ViT), expert0, ..."""
+    return [h for h in ("cls", "dist") if f"{h}/top1" in metrics] + \
+        sorted({k.split("/")[0] for k in metrics if k.startswith("expert") and k.endswith("/top1")}, key=lambda h: int(h[6:]))

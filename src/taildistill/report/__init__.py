@@ -175,10 +175,11 @@ def write_run_report(run_dir: Path) -> Path:
                   "| top-1 | top-5 | " + " | ".join(c.split("/", 1)[1] for c in gcols) + " | ECE |",
                   "|" + "---|" * (3 + len(gcols)),
                   f"| {fmt(test['top1'])} | {fmt(test['top5'])} | " + " | ".join(fmt(test[c]) for c in gcols) + f" | {fmt(test['ece'], 3)} |", ""]
-        for head in ("cls", "dist"):
-            if f"{head}/top1" in test:
-                lines.append(f"- {head.upper()} head alone: top-1 {fmt(test[f'{head}/top1'])}, " +
-                             ", ".join(f"{c.split('/')[-1]} {fmt(test[f'{head}/{c}'])}" for c in gcols))
+        from ..eval.predict import head_names
+
+        for head in head_names(test):  # a two-head ViT's heads, a multi-expert model's experts
+            lines.append(f"- {head_label(head)} alone: top-1 {fmt(test[f'{head}/top1'])}, " +
+                         ", ".join(f"{c.split('/')[-1]} {fmt(test[f'{head}/{c}'])}" for c in gcols))
         if "best_on_val" in run:
             b = run["best_on_val"]
             lines += [f"Best-on-validation checkpoint (epoch {b['epoch']}, val top-1 {fmt(b['val_top1'])}): "
@@ -278,6 +279,11 @@ def group_by_config(runs: list[dict]) -> list[tuple[str, list[dict]]]:
         label = name if len(names[name]) == 1 else f"{name} ({h[:6]})"
         out.append((label, sorted(rs, key=lambda r: r["seed"])))
     return out
+
+
+def head_label(head: str) -> str:
+    """How a text names a separately evaluated head: 'CLS head', 'expert 0'."""
+    return f"expert {head[6:]}" if head.startswith("expert") else f"{head.upper()} head"
 
 
 def method_label(final: dict) -> str:
