@@ -69,7 +69,8 @@ def predict_split(model, split, info, augment, device, bf16: bool = False, chann
 
 def evaluate_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
                    prefix: str = "", progress: str = "") -> dict:
-    """Metrics of the prediction head and, for two-head models, of each head (`cls/`, `dist/`)."""
+    """Metrics of the prediction head and, for two-head models, of each head (`cls/`, `dist/`),
+    for multi-expert models of each expert (`expert0/`, ...)."""
     preds = predict_split(model, split, info, augment, device, bf16, channels_last, progress=progress, experts=True)
     m = classification_metrics(preds["logits"], split.y, info.groups, prefix)
     heads = {head.split("_")[1]: preds[head] for head in ("logits_cls", "logits_dist") if head in preds}

@@ -221,11 +221,10 @@ def ride_diversity_loss(expert_logits: torch.Tensor, temperature: float | torch.
     (then Tbar is its mean). The RIDE objective *subtracts* it, weighted, to push the experts
     apart. expert_logits (B, E, C)."""
     z = expert_logits.float()
-    T = temperature.to(z.device).view(1, -1) if isinstance(temperature, torch.Tensor) else temperature
-    t_mean = temperature.float().mean() if isinstance(temperature, torch.Tensor) else temperature
+    per_class = isinstance(temperature, torch.Tensor)
+    T = temperature.to(z.device).view(1, 1, -1) if per_class else temperature
+    t_mean = temperature.float().mean() if per_class else temperature
     with torch.no_grad():
-        p_mean = F.softmax(z.mean(1) / T, dim=1)
-    loss = z.new_zeros(())
-    for e in range(z.shape[1]):
-        loss = loss + kl_rows(p_mean, F.log_softmax(z[:, e] / T, dim=1)).mean()
-    return t_mean * t_mean * loss
+        p_mean = F.softmax(z.mean(1, keepdim=True) / T, dim=2)  # (B, 1, C)
+    # every expert at once (the target broadcast over E): one kernel per op, not one per expert
+    return t_mean * t_mean * kl_rows(p_mean, F.log_softmax(z / T, dim=2)).mean(0).sum()

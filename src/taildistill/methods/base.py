@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..models.common import logit_scale_modules
+from ..models.common import prediction_scales
 from ..losses import (
     balanced_softmax_loss, class_balanced_weights, cross_entropy, focal_loss, ldam_loss, ldam_margins,
     logit_adjusted_loss,
@@ -155,9 +155,7 @@ class SupervisedLoss(nn.Module):
 
 def check_ldam_head(student: nn.Module, scale: float) -> None:
     """LDAM needs a cosine head whose scale is the loss's s (its margins are in those units)."""
-    own = getattr(student, "prediction_scales", None)  # a multi-expert network: every expert's head
-    scales = [float(s) for s in own()] if callable(own) else [
-        float(m.logit_scale) for m in logit_scale_modules(student) if hasattr(m, "weight")][-1:]
+    scales = [float(s) for s in prediction_scales(student, cosine_heads=True)]  # (a multi-expert network: each expert's)
     if not scales:
         raise ConfigError("sup_loss: ldam needs a cosine head (model.kwargs.cosine_head: true)")
     other = next((s for s in scales if abs(s - scale) > 1e-6), None)

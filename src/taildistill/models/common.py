@@ -115,15 +115,16 @@ def logit_scale_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(getattr(m, "logit_scale", None), torch.Tensor)]
 
 
-def prediction_scales(model: nn.Module) -> list[torch.Tensor]:
+def prediction_scales(model: nn.Module, cosine_heads: bool = False) -> list[torch.Tensor]:
     """The logit scales that make `model`'s prediction (what temperature calibration divides):
     the model's own `prediction_scales()` where it has one (a multi-expert network: every
     expert's head), else the last module's holding one (a decoupled classifier's new head, not its
-    frozen stage-1 one; a pretrained teacher's own scale)."""
+    frozen stage-1 one; a pretrained teacher's own scale). `cosine_heads`: only modules that are
+    cosine heads themselves (with a `weight`), as LDAM needs."""
     own = getattr(model, "prediction_scales", None)
     if callable(own):
         return own()
-    return [m.logit_scale for m in logit_scale_modules(model)][-1:]
+    return [m.logit_scale for m in logit_scale_modules(model) if not cosine_heads or hasattr(m, "weight")][-1:]
 
 
 def renormalizer(src_mean, src_std, src_normalized: bool, dst_mean, dst_std, dst_normalized: bool):
