@@ -537,3 +537,88 @@ def test_a_student_records_its_teachers_weights_and_refuses_to_resume_on_other_o
     weights.write_bytes(original)  # the same weights back: the resume goes on, and final.json names them
     resume(tmp_path / "kd", quiet=True)
     assert json.loads((tmp_path / "kd" / "final.json").read_text())["teacher"]["weights_sha256"] == digest
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+    from taildistill.demo import DIGITS, demo_config
+
+    out = tmp_path_factory.mktemp("whole_step")
+    fit(demo_config("ce_teacher", [DIGITS / "ce_teacher.yaml"], ["train.progress=false"], 1, out), out / "ce_teacher",
+        quiet=True)
+    return out
+
+
+def _whole_step_cases():
+    from taildistill.demo import DEMO_STUDENTS, DIGITS
+
+    ride = [("ride", [DIGITS / "ride.yaml"], lambda e: [f"method.drw_epoch={e - 1}"]),
+            ("ride_bkd", [DIGITS / "ride_bkd.yaml"], lambda e: [])]
+    files = dict((n, f) for n, f, _ in DEMO_STUDENTS)
+    # every augmentation the recipes use, on the ViT (its own 12 px crops) and on a CNN with AutoAugment
+    every = ["augment.random_resized_crop=12", "augment.flip=true", "augment.rotation=15", "augment.randaugment_n=2",
+             "augment.color_jitter=0.4", "augment.random_erasing=0.5", "augment.random_erasing_mode=pixel",
+             "augment.mixup_alpha=0.8", "augment.cutmix_alpha=1.0", "augment.repeated=2"]
+    augment = [("vit_every_augmentation", files["vit_ce"], lambda e: every),
+               ("cnn_autoaugment_mixup", files["kd"], lambda e: ["augment.autoaugment=cifar10", "augment.mixup_alpha=1.0",
+                                                                 "augment.random_erasing=0.5"])]
+    return [pytest.param(n, f, o, id=n) for n, f, o in DEMO_STUDENTS + ride + augment]
+
+
+def _step_under_the_sync_check(out, name, files, overrides, steps=3, run="run"):
+    """`steps` whole training steps (batch gather, augmentation, the balanced mix, teacher, student,
+    loss, backward, optimizer) in the first and in the last epoch (deferred re-weighting and late
+    losses on, mixing off where it stops), under tests/host_syncs.py's mode; returns what it saw."""
+    from host_syncs import HostSyncs
+    from taildistill.demo import demo_config
+    from taildistill.engine.trainer import Trainer
+
+    cfg = demo_config(name, files, overrides(4) + ["train.progress=false"], 4, out)
+    trainer = Trainer(cfg, out / run / name, quiet=True)
+    seen, host_reads = [], 0
+    try:
+        trainer._prepare_heads()
+        trainer.method.prepare(trainer.teacher_on)
+        trainer.method.train()
+        for epoch in (0, cfg.train.epochs - 1):
+            g, host = trainer.inputs.generators(epoch)
+            with HostSyncs(host) as mode:
+                for step, batch in enumerate(trainer.inputs.epoch(epoch, 0, (g, host))):
+                    if step == steps:
+                        break
+                    trainer.step(batch, epoch)
+            seen += mode.seen
+            host_reads += len(mode.from_host)
+    finally:
+        trainer.close()
+    return seen, host_reads
+
+
+@pytest.mark.parametrize("name,files,overrides", _whole_step_cases())
+def test_no_whole_training_step_reads_the_device_on_the_host(digits_teacher, name, files, overrides):
+    """The CPU side of tests/test_cuda.py's sync-debug test, for every method of the demo and every
+    augmentation: nothing in the step reads a device value on the host or makes a data-dependent
+    shape (only the per-batch scalars drawn from the CPU generator are read, by design)."""
+    seen, host_reads = _step_under_the_sync_check(digits_teacher, name, files, overrides)
+    assert not seen, sorted(set(seen))
+    if name in ("acckd", "vit_every_augmentation", "cnn_autoaugment_mixup"):
+        assert host_reads > 0  # the CPU generator's draws were followed (and not counted)
+
+
+def test_the_whole_step_sync_check_sees_a_host_read(digits_teacher, monkeypatch):
+    # which one-line bug the check above catches: a loss read as a Python number inside the step
+    from taildistill.demo import DEMO_STUDENTS
+    from taildistill.methods.base import SupervisedLoss
+
+    forward = SupervisedLoss.forward
+
+    def reads_on_the_host(self, logits, batch, epoch):
+        loss = forward(self, logits, batch, epoch)
+        if loss > 100:  # a Python branch on a device value
+            pass
+        return loss
+
+    monkeypatch.setattr(SupervisedLoss, "forward", reads_on_the_host)
+    name, files, overrides = DEMO_STUDENTS[0]
+    seen, _ = _step_under_the_sync_check(digits_teacher, name, files, overrides, steps=1, run="bug")
+    assert seen and all("_local_scalar_dense" in s and "test_engine" not in s for s in seen), seen

@@ -478,29 +478,13 @@ def test_no_methods_step_reads_the_device_on_the_host(setup):
     """CUDA's sync debug mode (tests/test_cuda.py) on the CPU: no method's loss or its backward uses
     an operation that waits for the device (a tensor read as a Python number, or an output whose
     size depends on the data: a boolean-mask index, nonzero, unique), with every switch on."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    aten = torch.ops.aten
-    syncing = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-               aten._unique2.default, aten.unique_dim.default, aten.unique_consecutive.default}
-
-    class Syncs(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            masks = func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
-            if func in syncing or masks:
-                self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
+    from host_syncs import HostSyncs
 
     info, student, teacher, batch, s, t = setup
     full = {**batch, "x_mix": torch.randn(12, 1, 8, 8), "y_a": batch["y"].flip(0), "y_b": batch["y"]}
     for name, (params, model) in _graph_key_cases(setup).items():
         m = make(name, params, setup, student=model).train()
-        mode = Syncs()
-        with mode:
+        with HostSyncs() as mode:
             out = m(full, 6)
             sum(out.terms.values()).backward()
         assert not mode.seen, (name, mode.seen)

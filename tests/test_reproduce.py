@@ -155,6 +155,10 @@ def test_every_suite_runs_end_to_end_at_tiny_scale(suite, tmp_path):
         base = row[header.index("vs")] if "vs" in header else spec["baseline"]
         assert base == spec["runs"][[r["name"] for r in spec["runs"]].index(row[0])].get("baseline", spec["baseline"])
         assert float(row[gain_col]) == pytest.approx(accuracy[row[0]] - accuracy[base], abs=0.011), row
+    # a method that distils through a criterion chosen by config names it (RIDE-BKD is BKD per expert)
+    methods = {row[0]: row[1] for row in rows}
+    assert suite != "bkd-cifar100-ride" or methods["ride_bkd_3e"] == "ride_distill (ce) [kd: bkd]" and methods["ride_3e"] == "ride"
+    assert not suite.startswith("deitlt") or methods["deitlt"] == "deitlt [dist: hard]"
 
 
 def write_news(path: Path, per_class: list[int], seed: int) -> None:

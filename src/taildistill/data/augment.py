@@ -272,7 +272,9 @@ class BatchAugment:
             lam = sample_lambda(c.mixup_alpha if mode == "mixup" else c.cutmix_alpha, host)
             perm = torch.rand(x.shape[0], generator=g, device=g.device).argsort().to(x.device)  # a device-side permutation
             out["x"], lam = mix_pair(x, x[perm], lam, mode, host)
-            onehot = F.one_hot(y, self.num_classes).float()
+            # (a scatter: on the CPU, F.one_hot reads the labels' range on the host, which a captured
+            # or sync-checked step refuses; on CUDA it skips that check)
+            onehot = torch.zeros(y.shape[0], self.num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
             out["y_soft"] = lam * onehot + (1 - lam) * onehot[perm]
             out["mix_lam"] = torch.tensor(lam)
             out["mix_perm"] = perm

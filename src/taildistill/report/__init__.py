@@ -33,7 +33,22 @@ def read_run(run_dir: Path) -> dict:
     out["report_plots"] = cfg.train.report_plots
     out["config_hash"] = run.config_hash()
     out["sup_loss"] = (cfg.method.params or {}).get("sup_loss")  # (a method without one: None)
+    out["criteria"] = chosen_criteria(cfg.method.name, cfg.method.params or {})
     return out
+
+
+def chosen_criteria(method: str, params: dict) -> dict[str, str]:
+    """The criteria a method distils through by config (its `*_criterion` fields: DeiT-LT's
+    `dist_criterion`, RIDE's `kd_criterion`), defaults included: {'dist': 'hard'}."""
+    from dataclasses import fields
+
+    from ..methods import METHODS, method_class
+
+    if method not in METHODS:
+        return {}
+    defaults = method_class(method).Params()
+    return {f.name.removesuffix("_criterion"): str(params.get(f.name, getattr(defaults, f.name)))
+            for f in fields(defaults) if f.name.endswith("_criterion")}
 
 
 def fmt(v, digits: int = 2) -> str:
@@ -289,7 +304,8 @@ def head_label(head: str) -> str:
 def method_label(final: dict) -> str:
     """A run's method as a table shows it: a decoupled classifier's stage 2 names its classifier
     (`ce + lws`), and a supervised loss other than the method's own default is named in brackets
-    (`ce (cb)`, `kd (la)`), since the method's name alone would not tell these from plain CE or KD."""
+    (`ce (cb)`, `kd (la)`), since the method's name alone would not tell these from plain CE or KD;
+    a criterion chosen by config is named in square brackets (`ride_distill [kd: bkd]`)."""
     from ..methods import METHODS, method_class
 
     method = final["method"]
@@ -297,7 +313,9 @@ def method_label(final: dict) -> str:
     label = f"{method} + {classifier}" if classifier else method
     sup = final.get("sup_loss")
     default = getattr(method_class(method).Params(), "sup_loss", None) if method in METHODS else None
-    return f"{label} ({sup})" if sup and default and sup != default else label
+    label = f"{label} ({sup})" if sup and default and sup != default else label
+    chosen = final.get("criteria") or {}
+    return label + "".join(f" [{k}: {v}]" for k, v in chosen.items())
 
 
 def seed_list(runs: list[dict]) -> str:
