@@ -137,3 +137,60 @@ def test_random_resized_crop_rotation_and_pixel_erasing():
     assert pixel[erased].std() > 0.5  # filled with per-pixel noise, not a constant
     aug = BatchAugment(AugmentConfig(random_resized_crop=24), [0.5] * 3, [0.25] * 3, 10)
     assert aug.eval_view(torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8)).shape == (2, 3, 24, 24)
+
+
+def test_hue_grayscale_and_blur_match_torchvisions_own():
+    # MoCo v2 / SimCLR's key view (PaCo's CIFAR recipe): each op against torchvision's functional
+    # version of it, per sample with the parameter our op drew
+    import torchvision.transforms.v2.functional as TF
+
+    from taildistill.data.augment import random_gaussian_blur, random_grayscale, shift_hue
+
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    shifts = torch.tensor([-0.1, -0.05, 0.0, 0.02, 0.1, 0.5])
+    got = shift_hue(x, shifts)
+    for i, h in enumerate(shifts.tolist()):
+        want = TF.adjust_hue(x[i], max(min(h, 0.5), -0.5))
+        assert torch.allclose(got[i], want, atol=1e-4), (i, (got[i] - want).abs().max())
+    grey = random_grayscale(x, 1.0, torch.Generator().manual_seed(1))
+    assert torch.allclose(grey, TF.rgb_to_grayscale(x, num_output_channels=3), atol=2e-4)  # (0.299 r; theirs 0.2989 r)
+    assert torch.equal(random_grayscale(x, 0.0, torch.Generator()), x)
+    # one sigma for all (a range of one value): torchvision's blur with our kernel size
+    blurred = random_gaussian_blur(x, 1.0, (1.5, 1.5), torch.Generator())
+    assert torch.allclose(blurred, TF.gaussian_blur(x, [11, 11], [1.5, 1.5]), atol=1e-5)
+    sigmas_drawn = random_gaussian_blur(x, 1.0, (0.1, 2.0), torch.Generator().manual_seed(3))
+    sharpness = (sigmas_drawn[:, :, 1:] - sigmas_drawn[:, :, :-1]).abs().mean((1, 2, 3))
+    assert sharpness.max() / sharpness.min() > 1.5  # each sample its own sigma
+    assert torch.equal(random_gaussian_blur(x, 0.0, (0.1, 2.0), torch.Generator()), x)
+
+
+def test_colour_jitter_probability_and_cutout():
+    from taildistill.data.augment import color_jitter, cutout
+
+    x = torch.rand(200, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = color_jitter(x, 0.4, torch.Generator().manual_seed(1), hue=0.1, p=0.8)
+    changed = (out - x).abs().amax((1, 2, 3)) > 1e-6
+    assert 0.7 < changed.float().mean() < 0.9  # about 80% of the images jittered, the rest untouched
+    holes = cutout(torch.ones(500, 1, 32, 32), 16, torch.Generator().manual_seed(2))
+    zeros = (holes == 0).sum((1, 2, 3))
+    assert zeros.max() == 256 and zeros.min() >= 64  # a 16 x 16 square, clipped by the border at most to 8 x 8
+    rows = (holes == 0).any(3)[:, 0]
+    assert ((rows.float().diff(dim=1) != 0).sum(1) <= 2).all()  # one contiguous block per image
+
+
+def test_the_key_views_options_run_through_the_pipeline_and_are_validated():
+    import pytest
+
+    from taildistill.experiment import build_config
+    from taildistill.errors import ConfigError
+
+    cfg = AugmentConfig(random_resized_crop=16, rrc_scale=[0.2, 1.0], flip=True, color_jitter=0.4, hue=0.1,
+                        color_jitter_p=0.8, grayscale=0.2, gaussian_blur=0.5, cutout=8)
+    aug = BatchAugment(cfg, [0.5] * 3, [0.25] * 3, 10)
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    out = aug(x, torch.arange(8), torch.Generator().manual_seed(0))["x"]
+    assert out.shape == (8, 3, 16, 16) and torch.isfinite(out).all()
+    for key, value in (("hue", 0.6), ("grayscale", 1.5), ("gaussian_blur", -0.1), ("cutout", -1),
+                       ("blur_sigma", [2.0, 1.0]), ("color_jitter_p", 2)):
+        with pytest.raises(ConfigError, match=f"augment.{key}"):
+            build_config({"data": {"source": "digits"}, "augment": {key: value}})

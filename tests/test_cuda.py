@@ -74,7 +74,8 @@ def _demo_students():
     from taildistill.demo import DIGITS
 
     ride = [("ride", [DIGITS / "ride.yaml"], lambda e: [f"method.drw_epoch={e - 1}"]),
-            ("ride_bkd", [DIGITS / "ride_bkd.yaml"], lambda e: [])]  # (not in the demo: slower on CPU)
+            ("ride_bkd", [DIGITS / "ride_bkd.yaml"], lambda e: []),  # (not in the demo: slower on CPU)
+            ("paco", [DIGITS / "paco.yaml"], lambda e: ["optim.sam_rho=0.05"])]  # (a teacher objective)
     return [pytest.param(name, files, over, id=name) for name, files, over in DEMO_STUDENTS + ride]
 
 

@@ -553,7 +553,8 @@ def _whole_step_cases():
     from taildistill.demo import DEMO_STUDENTS, DIGITS
 
     ride = [("ride", [DIGITS / "ride.yaml"], lambda e: [f"method.drw_epoch={e - 1}"]),
-            ("ride_bkd", [DIGITS / "ride_bkd.yaml"], lambda e: [])]
+            ("ride_bkd", [DIGITS / "ride_bkd.yaml"], lambda e: []),
+            ("paco", [DIGITS / "paco.yaml"], lambda e: ["optim.sam_rho=0.05"])]  # (its queue and key encoder too)
     files = dict((n, f) for n, f, _ in DEMO_STUDENTS)
     # every augmentation the recipes use, on the ViT (its own 12 px crops) and on a CNN with AutoAugment
     every = ["augment.random_resized_crop=12", "augment.flip=true", "augment.rotation=15", "augment.randaugment_n=2",

@@ -51,6 +51,9 @@ class _Linear(torch.nn.Module):
         z = self.lin(batch["x"])
         return MethodOutput({"sup": torch.nn.functional.cross_entropy(z, batch["y"])}, z)
 
+    def after_step(self):  # (the Method contract: nothing to update per step)
+        pass
+
 
 def test_gradient_accumulation_is_one_step_on_the_whole_batch():
     torch.manual_seed(0)
@@ -144,11 +147,17 @@ def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):
 
     assert main(["reproduce", "deitlt-cifar10", "--print", "--seeds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * 3  # two cells x (teacher, vit_ce, deitlt)
+    assert len(lines) == 2 * 5  # two cells x (two teachers, vit_ce, DeiT-LT from each)
     deit = next(ln for ln in lines if ln.startswith("ratio100/deitlt/seed0:"))
     for value in ("model.name=deit_b_distilled", "train.grad_accum=8", "augment.random_resized_crop=224",
                   "method.params.dist.drw_epoch=1100", "teacher.run=runs/reproduce/deitlt-cifar10/ratio100/ldam_drw_sam_teacher/seed0"):
         assert value in deit, value
+    paco = next(ln for ln in lines if ln.startswith("ratio50/deitlt_paco/seed0:"))
+    assert "teacher.run=runs/reproduce/deitlt-cifar10/ratio50/paco_sam_teacher/seed0" in paco
+    teacher = next(ln for ln in lines if ln.startswith("ratio50/paco_sam_teacher/seed0:"))
+    for value in ("method.name=paco", "optim.sam_rho=0.05", "train.epochs=400", "augment.cutout=16",
+                  "method.params.key_augment.random_resized_crop=32", "data.ratio=50"):
+        assert value in teacher, value
 
 
 def test_the_step_imbalanced_suites_train_on_the_step_profile_with_the_papers_numbers_per_cell(tmp_path):

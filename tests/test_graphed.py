@@ -211,3 +211,16 @@ def test_ride_distill_from_a_calibrated_multi_expert_teacher_is_captured_as_eage
     from taildistill.report import write_run_report
 
     assert "- expert 1 alone: top-1" in write_run_report(tmp_path / "graph").read_text()
+
+
+def test_pacos_queue_and_key_encoder_update_inside_the_captured_step(tmp_path):
+    # PaCo's after_step (keys into the queue, the momentum key encoder) is part of the step: replayed
+    # graphs move them exactly as eager steps do, SAM's second pass included
+    paco = {"name": "paco", "queue_size": 48, "key_augment": {"flip": True, "gaussian_blur": 0.5}}
+    cfg = tiny(epochs=2, method=paco, optim={"sam_rho": 0.05})
+    eager_w, eager_m, _ = _train(tmp_path / "eager", cfg, graph=False)
+    graph_w, graph_m, step = _train(tmp_path / "graph", cfg, graph=True)
+    assert step.replays >= 5 and step.eager_reason is None
+    assert _same(eager_w, graph_w) and eager_m == graph_m
+    states = [torch.load(tmp_path / g / "checkpoints/last_state.pt", weights_only=True)["method"] for g in ("eager", "graph")]
+    assert states[0]["queue_filled"].all() and _same(states[0], states[1])

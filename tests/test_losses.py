@@ -339,3 +339,30 @@ def test_hcl_loss_direct():
     assert L.hcl_loss([a8], [a8]).item() == 0.0
     with pytest.raises(ValueError):
         L.hcl_loss([a8, a1], [b8])
+
+
+def test_paco_loss_against_a_direct_loop():
+    g = torch.Generator().manual_seed(0)
+    B, C, K, D = 5, 4, 6, 3
+    logits = torch.randn(B, C, generator=g)
+    features = F.normalize(torch.randn(2 * B + K, D, generator=g), dim=1)
+    target = torch.tensor([0, 1, 1, 3, 0])
+    labels = torch.cat([target, target, torch.randint(0, C, (K,), generator=g)])
+    valid = torch.ones(2 * B + K, dtype=torch.bool)
+    valid[-2:] = False  # two queue slots not yet filled
+    prior = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    T, alpha, beta, gamma = 0.07, 0.3, 1.0, 0.8
+    got = L.paco_loss(logits, features, labels, target, prior, T, alpha, beta, gamma, valid)
+    total = 0.0
+    for i in range(B):
+        centres = [float(logits[i, c] + prior[c].log()) for c in range(C)]
+        others = [(j, float(features[i] @ features[j]) / T) for j in range(2 * B + K) if j != i and valid[j]]
+        denominator = sum(math.exp(v) for v in centres) + gamma * sum(math.exp(v) for _, v in others)
+        positives = [(beta, centres[int(target[i])])] + [(alpha, v) for j, v in others if labels[j] == target[i]]
+        total += -sum(w * (v - math.log(denominator)) for w, v in positives) / sum(w for w, _ in positives)
+    assert float(got) == pytest.approx(total / B, rel=1e-5)
+    # without contrast (alpha = gamma = 0) it is the logit-adjusted cross-entropy on the centres
+    la = L.paco_loss(logits, features, labels, target, prior, T, 0.0, 1.0, 0.0)
+    assert float(la) == pytest.approx(float(L.logit_adjusted_loss(logits, target, prior)), rel=1e-6)
+    # the left-out slots matter: counting them changes the loss
+    assert float(L.paco_loss(logits, features, labels, target, prior, T, alpha, beta, gamma)) != pytest.approx(float(got))

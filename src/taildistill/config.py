@@ -97,6 +97,12 @@ class AugmentConfig:
     randaugment_n: int = 0  # RandAugment operations per image (0 = off)
     randaugment_m: int = 9  # RandAugment magnitude (0-30)
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
+    hue: float = 0.0  # colour jitter's hue shift, in turns of the colour circle (torchvision's hue; <= 0.5)
+    color_jitter_p: float = 1.0  # probability that an image is colour-jittered (SimCLR / MoCo v2: 0.8)
+    grayscale: float = 0.0  # probability of turning an image grey
+    gaussian_blur: float = 0.0  # probability of a Gaussian blur (sigma drawn from blur_sigma, px)
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    cutout: int = 0  # Cutout: one square of this side (px) per image set to 0 before normalisation, 0 = off
     random_erasing: float = 0.0  # probability of erasing a random rectangle
     random_erasing_mode: Literal["const", "pixel"] = "const"  # fill: the mean (const) or per-pixel noise (pixel, timm / DeiT)
     mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha); 0 = off
@@ -109,7 +115,12 @@ class AugmentConfig:
     def validate(self, prefix: str) -> None:
         _non_negative(prefix, crop_padding=self.crop_padding, randaugment_n=self.randaugment_n,
                       color_jitter=self.color_jitter, mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha)
-        for key in ("random_erasing", "mix_prob"):
+        _non_negative(prefix, cutout=self.cutout)
+        if not 0 <= self.hue <= 0.5:
+            raise ConfigError(f"config key '{prefix}.hue' is a share of the colour circle in [0, 0.5], got {self.hue}")
+        if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ConfigError(f"config key '{prefix}.blur_sigma' must be [low, high] with 0 < low <= high, got {self.blur_sigma}")
+        for key in ("random_erasing", "mix_prob", "color_jitter_p", "grayscale", "gaussian_blur"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"config key '{prefix}.{key}' is a probability in [0, 1], got {getattr(self, key)}")
         if self.repeated < 1:

@@ -256,8 +256,8 @@ def print_suite(name: str, out: Path, seeds: int | None = None, tiny: bool = Fal
         cfg = load_config(spec.config_files, spec.overrides)
         default = flat_config(build_config({"method": {"name": cfg.method.name}}))  # the typed defaults of its method
         mine = flat_config(cfg)
-        diff = [f"{k}={v}" for k, v in mine.items() if k not in ("name", "out_dir") and default.get(k) != v]
-        lines.append(f"{spec.key}: " + " ".join(diff))
+        diff = [f"{k}={v}" for k, v in mine.items() if k not in ("name", "out_dir", "method.name") and default.get(k) != v]
+        lines.append(f"{spec.key}: method.name={cfg.method.name} " + " ".join(diff))  # (its defaults are the method's own)
     return lines
 
 

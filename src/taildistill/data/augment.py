@@ -38,9 +38,17 @@ def random_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Te
     return torch.where(mask, x.flip(3), x)
 
 
-def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
-    """Per-sample brightness, contrast and saturation factors in [1 - s, 1 + s]; x float in [0, 1]."""
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma (ITU-R 601, as torchvision)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator, hue: float = 0.0, p: float = 1.0) -> torch.Tensor:
+    """With probability `p` per sample: brightness, contrast and saturation factors in [1 - s, 1 + s]
+    and a hue shift in [-hue, hue] of the colour circle (torchvision's ColorJitter(s, s, s, hue),
+    applied in that fixed order); x float in [0, 1]."""
     B = x.shape[0]
+    x0 = x
 
     def factor():
         return (1 + strength * (2 * _rand(g, B, x.device) - 1))[:, None, None, None]
@@ -49,9 +57,65 @@ def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * factor() + mean
     if x.shape[1] == 3:
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        gray = _gray(x)
         x = (x - gray) * factor() + gray
-    return x.clamp(0, 1)
+        if hue > 0:
+            x = shift_hue(x.clamp(0, 1), hue * (2 * _rand(g, B, x.device) - 1))
+    x = x.clamp(0, 1)
+    return x if p >= 1 else torch.where((_rand(g, B, x.device) < p)[:, None, None, None], x, x0)
+
+
+def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each sample's hue by `shift` (B,) turns: RGB -> HSV, h + shift mod 1, -> RGB.
+    x (B, 3, H, W) float in [0, 1]."""
+    r, g_, b = x[:, 0], x[:, 1], x[:, 2]
+    v, _ = x.max(1)
+    c = v - x.min(1).values  # chroma
+    safe_c = torch.where(c > 0, c, torch.ones_like(c))
+    h = torch.where(v == r, ((g_ - b) / safe_c) % 6, torch.where(v == g_, (b - r) / safe_c + 2, (r - g_) / safe_c + 4))
+    h = torch.where(c > 0, h / 6, torch.zeros_like(h))
+    s = c / torch.where(v > 0, v, torch.ones_like(v))
+    h = (h + shift[:, None, None]) % 1.0
+    # back: each channel n in (5, 3, 1) is v - v s max(0, min(k, 4 - k, 1)) with k = (n + 6h) mod 6
+    out = [v - v * s * ((n + 6 * h) % 6).clamp(0, 1).minimum((4 - (n + 6 * h) % 6).clamp(0, 1)) for n in (5, 3, 1)]
+    return torch.stack(out, 1)
+
+
+def random_grayscale(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Each 3-channel sample turned grey (its luma in every channel) with probability `p`."""
+    if x.shape[1] != 3:
+        return x
+    mask = (_rand(g, x.shape[0], x.device) < p)[:, None, None, None]
+    return torch.where(mask, _gray(x).expand_as(x), x)
+
+
+def random_gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+    """With probability `p` per sample, a Gaussian blur of standard deviation drawn uniformly from
+    `sigma` (px; SimCLR / MoCo v2's blur), as one separable grouped convolution over the batch with
+    reflected borders; the kernel spans 3 sigma_max each side (clipped to the image)."""
+    B, C, H, W = x.shape
+    radius = max(1, min(math.ceil(3 * sigma[1]), (min(H, W) - 1) // 2))
+    sd = sigma[0] + (sigma[1] - sigma[0]) * _rand(g, B, x.device)
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None] / sd[:, None]) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B * C, 2r + 1)
+    y = F.pad(x.reshape(1, B * C, H, W), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k[:, None, :, None], groups=B * C)
+    y = F.conv2d(y, k[:, None, None, :], groups=B * C).reshape(B, C, H, W)
+    return torch.where((_rand(g, B, x.device) < p)[:, None, None, None], y, x)
+
+
+def cutout(x: torch.Tensor, length: int, g: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries and Taylor 2017): one `length` x `length` square per sample, centred anywhere
+    in the image and clipped at its borders, set to 0 (before normalisation, as PaCo's CIFAR recipe)."""
+    B, _, H, W = x.shape
+    cy = (_rand(g, B, x.device) * H).long().clamp_max(H - 1)
+    cx = (_rand(g, B, x.device) * W).long().clamp_max(W - 1)
+    ys = torch.arange(H, device=x.device)[None, :]
+    xs = torch.arange(W, device=x.device)[None, :]
+    my = (ys >= (cy - length // 2)[:, None]) & (ys < (cy + length - length // 2)[:, None])
+    mx = (xs >= (cx - length // 2)[:, None]) & (xs < (cx + length - length // 2)[:, None])
+    return x.masked_fill((my[:, :, None] & mx[:, None, :])[:, None], 0.0)
 
 
 def random_resized_crop(x: torch.Tensor, size: int, g: torch.Generator, scale=(0.08, 1.0),
@@ -234,7 +298,8 @@ class BatchAugment:
         return self.normalize(x)
 
     def geometric(self, x: torch.Tensor, g: torch.Generator, host: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample crop/flip/policy/jitter/erasing on a uint8 batch; returns normalised float."""
+        """Per-sample crop/flip/resized crop/rotation/policy/jitter/grey/blur/cutout, then normalisation
+        and erasing, on a uint8 batch; returns normalised float."""
         c = self.cfg
         if c.crop_padding > 0:
             x = random_crop(x, c.crop_padding, g)
@@ -247,8 +312,14 @@ class BatchAugment:
             x = random_rotation(x, c.rotation, g)
         if self._policy is not None:
             x = self._apply_policy(x, host if host is not None else g)
-        if c.color_jitter > 0:
-            x = color_jitter(x, c.color_jitter, g)
+        if c.color_jitter > 0 or c.hue > 0:
+            x = color_jitter(x, c.color_jitter, g, hue=c.hue, p=c.color_jitter_p)
+        if c.grayscale > 0:
+            x = random_grayscale(x, c.grayscale, g)
+        if c.gaussian_blur > 0:
+            x = random_gaussian_blur(x, c.gaussian_blur, tuple(c.blur_sigma), g)
+        if c.cutout > 0:
+            x = cutout(x, c.cutout, g)
         x = self.normalize(x)
         if c.random_erasing > 0:
             x = random_erasing(x, c.random_erasing, g, mode=c.random_erasing_mode)

@@ -56,6 +56,9 @@ class _Base:
         self.repeated = aug_cfg.repeated
         self.channels_last = channels_last
         self.augment = BatchAugment(aug_cfg, info.mean, info.std, info.num_classes, info.input_kind)
+        # a second augmented view of the same images (PaCo's key view), with its own pipeline
+        self.second_view = BatchAugment(request.second_view, info.mean, info.std, info.num_classes, info.input_kind) \
+            if request.second_view is not None else None
         self.labels = torch.as_tensor(train_labels, dtype=torch.long)
         self.sampler = EpochSampler(train_labels, info.class_counts, sampler_kind, sampler_beta, seed)
         self.request = request
@@ -79,7 +82,9 @@ class _Base:
         return len(self.index_batches(0))
 
     def _finish(self, batch: dict, g: torch.Generator, host: torch.Generator, balanced_x: torch.Tensor | None,
-                balanced_y) -> dict:
+                balanced_y, raw_x: torch.Tensor) -> dict:
+        if self.second_view is not None:
+            batch["x_key"] = self.second_view.geometric(raw_x, g, host)
         if balanced_x is not None:  # ACCKD D_mix: balanced x' mixed into x, lambda >= 0.5 (Alg. 1)
             lam = sample_lambda(self.request.balanced_mix_alpha, host)
             lam = max(lam, 1 - lam)
@@ -88,7 +93,7 @@ class _Base:
             batch["x_mix"], _ = mix_pair(xb, batch["x"], lam, mode, host)
             batch["y_a"], batch["y_b"] = balanced_y, batch["y"]
         if self.channels_last and batch["x"].dim() == 4:
-            for k in ("x", "x_mix"):
+            for k in ("x", "x_mix", "x_key"):
                 if k in batch:
                     batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
         return batch
@@ -120,9 +125,10 @@ class TensorInput(_Base):
             j = torch.cat([(s * self.batch_size + torch.arange(n)) % len(balanced) for s, n in enumerate(sizes)])
             paired = _upload(balanced[j], self.device).split(sizes)
         for idx, j in zip(order[start:], paired[start:]):
-            batch = self.augment(self.x[idx], self.y[idx], g, epoch=epoch, host=host)
+            x = self.x[idx]
+            batch = self.augment(x, self.y[idx], g, epoch=epoch, host=host)
             bx, by = (self.x[j], self.y[j]) if j is not None else (None, None)
-            yield self._finish(batch, g, host, bx, by)
+            yield self._finish(batch, g, host, bx, by, x)
 
 
 def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -166,10 +172,10 @@ class StreamInput(_Base):
             balanced = iter(self._load([bidx[i * self.batch_size:(i + 1) * self.batch_size]
                                         for i in range(start, start + len(batches))], epoch, start, 1))
         for x, y in self._load(batches, epoch, start, 0):
-            batch = self.augment(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), g,
-                                 epoch=epoch, host=host)
+            x = x.to(self.device, non_blocking=True)
+            batch = self.augment(x, y.to(self.device, non_blocking=True), g, epoch=epoch, host=host)
             bx = by = None
             if balanced is not None:
                 bx, by = next(balanced)
                 bx, by = bx.to(self.device, non_blocking=True), by.to(self.device, non_blocking=True)
-            yield self._finish(batch, g, host, bx, by)
+            yield self._finish(batch, g, host, bx, by, x)

@@ -61,4 +61,5 @@ class TrainStep:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_step()
         return loss.detach(), {k: v.detach() for k, v in out.terms.items()}, out.logits.detach()

@@ -158,6 +158,10 @@ class Trainer:
 
             model = DDP(self.method, device_ids=[self.device.index] if cuda else None)
         split = self.data.train
+        if self.method.single_process and (self.dist.enabled or tc.grad_accum > 1):
+            raise ConfigError(f"method '{cfg.method.name}' trains in one process without gradient accumulation (its "
+                              "per-step state, e.g. a key queue, is not gathered over ranks or micro-batches); "
+                              "run it without torchrun and with train.grad_accum=1")
         if tc.grad_accum > 1 and cfg.optim.sam_rho > 0:
             raise ConfigError("optim.sam_rho with train.grad_accum > 1 is not supported (SAM's two passes need the "
                               "whole batch's gradient); use a larger train.batch_size or more processes")

@@ -8,6 +8,7 @@ from .distill import (
     bkd_loss, cckd_loss, cosine_imitation_loss, dist_loss, dive_loss, dkd_loss, kd_loss, kl_rows,
     ltkd_loss, pair_supervised_loss, ride_diversity_loss, ride_diversity_temperatures, weighted_kd_loss,
 )
+from .contrastive import paco_loss
 from .feature import cat_loss, class_activation_maps, hcl_loss
 
 __all__ = [
@@ -16,5 +17,5 @@ __all__ = [
     "posthoc_logit_adjustment", "soft_cross_entropy", "bkd_loss", "cckd_loss", "cosine_imitation_loss",
     "dist_loss", "dive_loss", "dkd_loss", "kd_loss", "kl_rows", "ltkd_loss", "pair_supervised_loss",
     "ride_diversity_loss", "ride_diversity_temperatures",
-    "weighted_kd_loss", "cat_loss", "class_activation_maps", "hcl_loss",
+    "weighted_kd_loss", "cat_loss", "class_activation_maps", "hcl_loss", "paco_loss",
 ]

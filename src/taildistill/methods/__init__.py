@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..models import wrap_model
 from ..errors import RegistryError
 from ..registry import Registry
-from . import acckd, criteria, deitlt, feature, logit, ltsf, ride
+from . import acckd, criteria, deitlt, feature, logit, ltsf, paco, ride
 from .base import Batch, BatchRequest, Method, MethodOutput, SupervisedLoss, SupervisedParams, TeacherOutputs, check_signs
 from .criteria import CRITERIA, Criterion
 
@@ -43,6 +43,7 @@ register_method("catkd", feature.CATKD)
 register_method("ltsf", ltsf.LTSpikingFormer)
 register_method("ride", ride.RIDE)
 register_method("ride_distill", ride.RIDEDistill)
+register_method("paco", paco.PaCo)
 
 
 def method_class(name: str) -> type[Method]:

@@ -23,6 +23,7 @@ from typing import Callable, ClassVar, Hashable, Literal, Protocol, TypedDict
 import torch
 import torch.nn as nn
 
+from ..config import AugmentConfig
 from ..errors import ConfigError
 from ..models.common import prediction_scales
 from ..losses import (
@@ -47,6 +48,7 @@ class Batch(TypedDict, total=False):
     x_mix: torch.Tensor  # (B, C, H, W) ACCKD: a class-balanced sample mixed into x (lambda >= 0.5)
     y_a: torch.Tensor  # (B,) ACCKD: labels of the class-balanced sample
     y_b: torch.Tensor  # (B,) ACCKD: labels of x
+    x_key: torch.Tensor  # (B, C, H, W) PaCo: a second view of x's images (BatchRequest.second_view)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class BatchRequest:
 
     balanced_mix: bool = False  # x_mix / y_a / y_b: a class-balanced batch mixed into x (ACCKD, CCKD Alg. 1)
     balanced_mix_alpha: float = 0.5  # Beta(a, a) of that mix's lambda (folded to >= 0.5)
+    second_view: AugmentConfig | None = None  # x_key: the same images through this pipeline too (PaCo's key view)
 
 
 @dataclass
@@ -226,6 +229,15 @@ class Method(nn.Module):
     def forward(self, batch: Batch, epoch: int) -> MethodOutput:
         """DDP calls this; it is :meth:`loss_terms`."""
         return self.loss_terms(batch, epoch)
+
+    def after_step(self) -> None:
+        """State a method updates once per optimizer step, after it (PaCo's momentum key encoder
+        and key queue); the training step calls it after the optimizer, inside a captured graph
+        too, so it must be device work only (no host reads). No-op by default."""
+
+    # the engine refuses DDP and gradient accumulation for a method whose after_step state would
+    # need them handled (a queue gathered over ranks, keys from every micro-batch)
+    single_process: ClassVar[bool] = False
 
     # --------------------------------------------------------------------- helpers
     @property
