@@ -147,13 +147,17 @@ def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):
 
     assert main(["reproduce", "deitlt-cifar10", "--print", "--seeds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * 5  # two cells x (two teachers, vit_ce, DeiT-LT from each)
+    assert len(lines) == 2 * 5 + 3  # two cells x (two teachers, vit_ce, DeiT-LT from each), Table 5's three at rho 100
     deit = next(ln for ln in lines if ln.startswith("ratio100/deitlt/seed0:"))
     for value in ("model.name=deit_b_distilled", "train.grad_accum=8", "augment.random_resized_crop=224",
                   "method.params.dist.drw_epoch=1100", "teacher.run=runs/reproduce/deitlt-cifar10/ratio100/ldam_drw_sam_teacher/seed0"):
         assert value in deit, value
     paco = next(ln for ln in lines if ln.startswith("ratio50/deitlt_paco/seed0:"))
     assert "teacher.run=runs/reproduce/deitlt-cifar10/ratio50/paco_sam_teacher/seed0" in paco
+    no_drw = next(ln for ln in lines if ln.startswith("ratio100/deitlt_paco_no_sam_no_drw/seed0:"))
+    # (DRW off is the default, -1: the line no longer differs from it, nor does mixing to the end)
+    assert "ratio100/paco_teacher/seed0" in no_drw and "drw_epoch" not in no_drw and "mix_until_epoch" not in no_drw
+    assert "optim.sam_rho" not in next(ln for ln in lines if ln.startswith("ratio100/paco_teacher/seed0:"))
     teacher = next(ln for ln in lines if ln.startswith("ratio50/paco_sam_teacher/seed0:"))
     for value in ("method.name=paco", "optim.sam_rho=0.05", "train.epochs=400", "augment.cutout=16",
                   "method.params.key_augment.random_resized_crop=32", "data.ratio=50"):
