@@ -15,7 +15,7 @@ from taildistill.reproduce import ddp_batch, grid_cells, list_suites, load_suite
 from conftest import finished, hold_lock
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "taildistill" / "configs"
-SUITES = ["bkd-ag-news", "bkd-cifar10", "bkd-cifar10-step", "bkd-cifar100", "bkd-cifar100-ride", "bkd-imagenet-lt", "bkd-inaturalist", "bkd-places-lt", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar10-small",
+SUITES = ["bkd-ag-news", "bkd-cifar10", "bkd-cifar10-step", "bkd-cifar100", "bkd-cifar100-ride", "bkd-imagenet-lt", "bkd-inaturalist", "bkd-places-lt", "ltkd-tinyimagenet", "ltkd-cifar100", "ltkd-cifar10", "deitlt-cifar10", "deitlt-cifar100", "deitlt-cifar10-small",
           "ltsf-cifar10", "acckd-cifar10"]
 
 
@@ -94,7 +94,9 @@ SMOKE_ONLY = {"ltkd-tinyimagenet": lambda name: name.endswith(("_shuv1", "_mv2")
               # its ResNet-8x4 methods are ltkd-cifar10's runs (the student stays: the suite's baseline)
               "ltkd-cifar100": lambda name: not name.endswith(("_r8x4", "_r32x4")) or name == "student_r8x4",
               # its ResNeXt-50 rows are the ResNet-10 rows' configs with another backbone (23M parameters)
-              "bkd-imagenet-lt": lambda name: name.endswith("_r10")}
+              "bkd-imagenet-lt": lambda name: name.endswith("_r10"),
+              # its runs are deitlt-cifar10's on CIFAR-100 (the data section is all that differs)
+              "deitlt-cifar100": lambda name: name in ("ldam_drw_sam_teacher", "vit_ce", "deitlt")}
 
 
 @pytest.mark.parametrize("suite", SUITES)
