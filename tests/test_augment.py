@@ -155,9 +155,12 @@ def test_hue_grayscale_and_blur_match_torchvisions_own():
     grey = random_grayscale(x, 1.0, torch.Generator().manual_seed(1))
     assert torch.allclose(grey, TF.rgb_to_grayscale(x, num_output_channels=3), atol=2e-4)  # (0.299 r; theirs 0.2989 r)
     assert torch.equal(random_grayscale(x, 0.0, torch.Generator()), x)
-    # one sigma for all (a range of one value): torchvision's blur with our kernel size
+    # one sigma for all (a range of one value): torchvision's blur with our kernel size inside, and
+    # edge pixels repeated at the borders (as PIL's blur, which MoCo v2 uses)
     blurred = random_gaussian_blur(x, 1.0, (1.5, 1.5), torch.Generator())
-    assert torch.allclose(blurred, TF.gaussian_blur(x, [11, 11], [1.5, 1.5]), atol=1e-5)
+    assert torch.allclose(blurred[..., 5:-5, 5:-5], TF.gaussian_blur(x, [11, 11], [1.5, 1.5])[..., 5:-5, 5:-5], atol=1e-5)
+    padded = F.pad(x, (5, 5, 5, 5), mode="replicate")
+    assert torch.allclose(blurred, TF.gaussian_blur(padded, [11, 11], [1.5, 1.5])[..., 5:-5, 5:-5], atol=1e-5)
     sigmas_drawn = random_gaussian_blur(x, 1.0, (0.1, 2.0), torch.Generator().manual_seed(3))
     sharpness = (sigmas_drawn[:, :, 1:] - sigmas_drawn[:, :, :-1]).abs().mean((1, 2, 3))
     assert sharpness.max() / sharpness.min() > 1.5  # each sample its own sigma

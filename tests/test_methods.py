@@ -359,7 +359,7 @@ def test_paco_contrasts_queries_with_centres_keys_and_the_queue_and_updates_them
     got = m(full, 0).terms["paco"]
     # (the projector's batch norm in training mode: the same batch gives the same statistics)
     want, k = direct()
-    assert float(got) == approx(float(want)) and not m.queue_filled.any()
+    assert float(got.detach()) == approx(float(want.detach())) and not m.queue_filled.any()
     # a SAM step runs the forward twice: the queue and the key encoder still move once, after the step
     m(full, 0)
     before = [p.clone() for p in m.key_student.parameters()]
@@ -375,7 +375,7 @@ def test_paco_contrasts_queries_with_centres_keys_and_the_queue_and_updates_them
     m.after_step()  # 12 more keys into 16 slots: the oldest four are replaced, the pointer wraps
     assert m.queue_filled.all() and int(m.queue_next) == 8
     # the filled queue is part of the contrast now
-    assert float(m(full, 0).terms["paco"]) == approx(float(direct()[0]))
+    assert float(m(full, 0).terms["paco"].detach()) == approx(float(direct()[0].detach()))
 
 
 def test_paco_refuses_what_it_cannot_do(setup, tmp_path):
@@ -396,6 +396,32 @@ def test_paco_refuses_what_it_cannot_do(setup, tmp_path):
 
     with pytest.raises(ConfigError, match="paco' trains in one process without gradient accumulation"):
         Trainer(tiny(method={"name": "paco"}, train={"grad_accum": 2}), tmp_path / "accum", quiet=True)
+    with pytest.raises(ConfigError, match="paco' takes unmixed batches.*augment.mixup_alpha=0"):
+        Trainer(tiny(method={"name": "paco"}, augment={"mixup_alpha": 1.0}), tmp_path / "mixup", quiet=True)
+
+
+def test_a_sam_step_moves_pacos_queue_and_key_encoder_once(setup):
+    # SAM runs the forward twice per step (engine/step.py): the keys go into the queue once, the key
+    # encoder takes one momentum step toward the updated network; a batch larger than the queue
+    # keeps its last keys
+    from taildistill.engine.optim import build_optimizer
+    from taildistill.engine.step import TrainStep
+    from taildistill.config import OptimConfig
+
+    info, student, teacher, batch, s, t = setup
+    m = make("paco", {"queue_size": 8, "momentum": 0.5}, setup).train()
+    opt = build_optimizer(OptimConfig(lr=0.1, sam_rho=0.05), m, "cpu")
+    assert not any(p is q for g in opt.param_groups for p in g["params"] for q in m.key_student.parameters())
+    key_before = [p.clone() for p in m.key_student.parameters()]
+    full = {**batch, "x_key": batch["x"].flip(3)}
+    with torch.no_grad():
+        k = F.normalize(m.key_projector(m.key_student(full["x_key"])["features"]["pooled"]), dim=1)
+    TrainStep(m, m, opt, torch.device("cpu"), sam_rho=0.05)(full, 0)
+    # (12 keys, 8 slots: the last 8 keys fill the queue once, and the next write starts at slot 0 again)
+    assert int(m.queue_next) == 0 and m.queue_filled.all()
+    assert torch.equal(m.queue_labels, batch["y"][4:]) and torch.allclose(m.queue, k[4:], atol=1e-6)
+    for old, key, online in zip(key_before, m.key_student.parameters(), m.student.parameters()):
+        assert torch.allclose(key, 0.5 * old + 0.5 * online, atol=1e-6)
 
 
 def test_every_registered_method_is_covered_here():

@@ -45,8 +45,10 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator, hue: float = 0.0, p: float = 1.0) -> torch.Tensor:
     """With probability `p` per sample: brightness, contrast and saturation factors in [1 - s, 1 + s]
-    and a hue shift in [-hue, hue] of the colour circle (torchvision's ColorJitter(s, s, s, hue),
-    applied in that fixed order); x float in [0, 1]."""
+    and a hue shift in [-hue, hue] of the colour circle; x float in [0, 1]. torchvision's
+    ColorJitter(s, s, s, hue) draws the same factors but applies the four in a random order per image,
+    takes contrast's mean over the grey image rather than over every channel, and clamps after each
+    op; here the order is fixed and one clamp comes before the hue shift and one at the end."""
     B = x.shape[0]
     x0 = x
 
@@ -91,15 +93,16 @@ def random_grayscale(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Ten
 
 def random_gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float], g: torch.Generator) -> torch.Tensor:
     """With probability `p` per sample, a Gaussian blur of standard deviation drawn uniformly from
-    `sigma` (px; SimCLR / MoCo v2's blur), as one separable grouped convolution over the batch with
-    reflected borders; the kernel spans 3 sigma_max each side (clipped to the image)."""
+    `sigma` (px; SimCLR / MoCo v2's blur), as one separable grouped convolution over the batch; the
+    kernel spans 3 sigma_max each side (clipped to the image). Borders repeat the edge pixels, as
+    the PIL blur MoCo v2 / PaCo use does (which approximates the Gaussian by box blurs)."""
     B, C, H, W = x.shape
     radius = max(1, min(math.ceil(3 * sigma[1]), (min(H, W) - 1) // 2))
     sd = sigma[0] + (sigma[1] - sigma[0]) * _rand(g, B, x.device)
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t[None] / sd[:, None]) ** 2)
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B * C, 2r + 1)
-    y = F.pad(x.reshape(1, B * C, H, W), (radius, radius, radius, radius), mode="reflect")
+    y = F.pad(x.reshape(1, B * C, H, W), (radius, radius, radius, radius), mode="replicate")
     y = F.conv2d(y, k[:, None, :, None], groups=B * C)
     y = F.conv2d(y, k[:, None, None, :], groups=B * C).reshape(B, C, H, W)
     return torch.where((_rand(g, B, x.device) < p)[:, None, None, None], y, x)

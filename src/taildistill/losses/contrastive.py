@@ -27,7 +27,7 @@ def paco_loss(logits: torch.Tensor, features: torch.Tensor, feature_labels: torc
     B, C = logits.shape
     N = features.shape[0]
     sims = (features[:B].float() @ features.float().T) / temperature  # (B, N)
-    z = torch.cat([logits.float() + class_prior.log(), sims], 1)  # (B, C + N)
+    z = torch.cat([logits.float() + class_prior.clamp_min(1e-9).log(), sims], 1)  # (B, C + N); (an empty class: finite)
     z = z - z.max(1, keepdim=True).values.detach()  # (for numerical stability; cancels out)
     keep = torch.ones(B, N, device=z.device).scatter_(1, torch.arange(B, device=z.device)[:, None], 0.0)  # not itself
     if feature_valid is not None:

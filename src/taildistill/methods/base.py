@@ -238,6 +238,8 @@ class Method(nn.Module):
     # the engine refuses DDP and gradient accumulation for a method whose after_step state would
     # need them handled (a queue gathered over ranks, keys from every micro-batch)
     single_process: ClassVar[bool] = False
+    # False: the engine refuses augment.mixup_alpha / cutmix_alpha (the loss has no use for y_soft)
+    mixed_batches: ClassVar[bool] = True
 
     # --------------------------------------------------------------------- helpers
     @property

@@ -66,6 +66,7 @@ class PaCo(Method):
 
     Params = PaCoParams
     single_process = True
+    mixed_batches = False  # the contrast needs each query's own label: no mixup / cutmix on the queries
 
     @classmethod
     def parse_params(cls, raw: dict) -> PaCoParams:
@@ -140,12 +141,13 @@ class PaCo(Method):
         network just updated: theta_k <- m theta_k + (1 - m) theta_q (MoCo; PaCo's code does this
         at the start of the next step, before its keys, which is the same)."""
         if self._keys is not None:
-            k, y = self._keys
-            slots = (self.queue_next + torch.arange(len(y), device=y.device)) % self.queue.shape[0]
+            K = self.queue.shape[0]
+            k, y = (t[-K:] for t in self._keys)  # (a batch larger than the queue: its last K keys, each slot once)
+            slots = (self.queue_next + torch.arange(len(y), device=y.device)) % K
             self.queue.index_copy_(0, slots, k.to(self.queue.dtype))
             self.queue_labels.index_copy_(0, slots, y)
             self.queue_filled.index_fill_(0, slots, True)
-            self.queue_next.copy_((self.queue_next + len(y)) % self.queue.shape[0])
+            self.queue_next.copy_((self.queue_next + len(y)) % K)
             self._keys = None
         m = self.params.momentum
         for online, key in ((self.student, self.key_student), (self.projector, self.key_projector)):
