@@ -147,7 +147,7 @@ def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):
 
     assert main(["reproduce", "deitlt-cifar10", "--print", "--seeds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * 5 + 3  # two cells x (two teachers, vit_ce, DeiT-LT from each), Table 5's three at rho 100
+    assert len(lines) == 2 * 5 + 3 + 2  # two cells x (two teachers, vit_ce, DeiT-LT from each); at rho 100 Table 5 (3), Table 6 (2)
     deit = next(ln for ln in lines if ln.startswith("ratio100/deitlt/seed0:"))
     for value in ("model.name=deit_b_distilled", "train.grad_accum=8", "augment.random_resized_crop=224",
                   "method.params.dist.drw_epoch=1100", "teacher.run=runs/reproduce/deitlt-cifar10/ratio100/ldam_drw_sam_teacher/seed0"):
