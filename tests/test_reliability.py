@@ -484,3 +484,20 @@ def test_bad_command_lines_and_values_are_one_line_each(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse: usage and the error, exit 2
         main(["reproduce", "bkd-cifar10", "--print", "--seeds", "0"])
     assert exit_.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_run_refused_while_being_set_up_leaves_no_folder_behind(tmp_path):
+    # a setting refused once the data and models exist (SAM with accumulation) fails before anything
+    # is written: the run folder it made is gone, and one that was there before stays
+    from taildistill.engine.trainer import Trainer
+    from taildistill.errors import ConfigError
+
+    cfg = tiny(optim={"sam_rho": 0.05}, train={"grad_accum": 2})
+    with pytest.raises(ConfigError, match="sam_rho with train.grad_accum"):
+        Trainer(cfg, tmp_path / "new", quiet=True)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError):
+        Trainer(cfg, tmp_path / "mine", quiet=True)
+    assert (tmp_path / "mine").is_dir()
+    Trainer(tiny(), tmp_path / "new", quiet=True).close()  # and the name is free

@@ -386,6 +386,12 @@ class RunDir:
     def unlock(self) -> None:
         unlock(self.path / ".lock")
 
+    def remove_if_empty(self) -> None:
+        """Remove the folder if it holds nothing but its lock (a run that failed before writing)."""
+        if self.path.is_dir() and all(q.name == ".lock" for q in self.path.iterdir()):
+            (self.path / ".lock").unlink(missing_ok=True)
+            self.path.rmdir()
+
     def write_header(self, config_text: str, data_info: dict, env: dict) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config_file, config_text)

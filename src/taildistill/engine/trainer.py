@@ -117,8 +117,23 @@ class Trainer:
             raise ConfigError(f"teacher.run is {self.rundir.path}, the run directory this run would write; "
                               "give the student another --out / name")
         barrier(self.dist)  # every rank has checked before rank 0 writes
+        # a run folder this run made and could not set up is left as it was: absent (no empty
+        # folder holding a lock for a run that never started)
+        made = not self.rundir.path.exists()
         if self.is_main:
             self.rundir.lock()
+        try:
+            self._setup(cfg, experiment, resume, overwrite, resume_overrides, teacher_run)
+        except BaseException:
+            if self.is_main:
+                self.rundir.unlock()
+                if made:
+                    self.rundir.remove_if_empty()
+            raise
+
+    def _setup(self, cfg, experiment, resume: bool, overwrite: bool, resume_overrides, teacher_run) -> None:
+        """Data, models, method, optimizer, step and the run folder's header (the run folder is locked)."""
+        tc = cfg.train
         seed_everything(tc.seed, tc.deterministic)
         cuda = self.device.type == "cuda"
         self.bf16 = use_bf16(tc, self.device)
