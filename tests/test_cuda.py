@@ -71,12 +71,9 @@ def digits_teacher(tmp_path_factory):
 def _demo_students():
     from taildistill.demo import DEMO_STUDENTS
 
-    from taildistill.demo import DIGITS
+    from test_engine import steps_beyond_the_demo
 
-    ride = [("ride", [DIGITS / "ride.yaml"], lambda e: [f"method.drw_epoch={e - 1}"]),
-            ("ride_bkd", [DIGITS / "ride_bkd.yaml"], lambda e: []),  # (not in the demo: slower on CPU)
-            ("paco", [DIGITS / "paco.yaml"], lambda e: ["optim.sam_rho=0.05"])]  # (a teacher objective)
-    return [pytest.param(name, files, over, id=name) for name, files, over in DEMO_STUDENTS + ride]
+    return [pytest.param(name, files, over, id=name) for name, files, over in DEMO_STUDENTS + steps_beyond_the_demo()]
 
 
 @pytest.mark.parametrize("name,files,overrides", _demo_students())

@@ -549,12 +549,19 @@ def digits_teacher(tmp_path_factory):
     return out
 
 
-def _whole_step_cases():
-    from taildistill.demo import DEMO_STUDENTS, DIGITS
+def steps_beyond_the_demo():
+    """The digits runs whose training steps the step checks cover beside the demo's (here and in
+    tests/test_cuda.py): (name, config files, overrides by epochs), as DEMO_STUDENTS."""
+    from taildistill.demo import DIGITS
 
-    ride = [("ride", [DIGITS / "ride.yaml"], lambda e: [f"method.drw_epoch={e - 1}"]),
+    return [("ride", [DIGITS / "ride.yaml"], lambda e: [f"method.drw_epoch={e - 1}"]),  # (slower on CPU: not in the demo)
             ("ride_bkd", [DIGITS / "ride_bkd.yaml"], lambda e: []),
-            ("paco", [DIGITS / "paco.yaml"], lambda e: ["optim.sam_rho=0.05"])]  # (its queue and key encoder too)
+            ("paco", [DIGITS / "paco.yaml"], lambda e: ["optim.sam_rho=0.05"])]  # (a teacher objective; its queue and key encoder)
+
+
+def _whole_step_cases():
+    from taildistill.demo import DEMO_STUDENTS
+
     files = dict((n, f) for n, f, _ in DEMO_STUDENTS)
     # every augmentation the recipes use, on the ViT (its own 12 px crops) and on a CNN with AutoAugment
     every = ["augment.random_resized_crop=12", "augment.flip=true", "augment.rotation=15", "augment.randaugment_n=2",
@@ -563,7 +570,7 @@ def _whole_step_cases():
     augment = [("vit_every_augmentation", files["vit_ce"], lambda e: every),
                ("cnn_autoaugment_mixup", files["kd"], lambda e: ["augment.autoaugment=cifar10", "augment.mixup_alpha=1.0",
                                                                  "augment.random_erasing=0.5"])]
-    return [pytest.param(n, f, o, id=n) for n, f, o in DEMO_STUDENTS + ride + augment]
+    return [pytest.param(n, f, o, id=n) for n, f, o in DEMO_STUDENTS + steps_beyond_the_demo() + augment]
 
 
 def _step_under_the_sync_check(out, name, files, overrides, steps=3, run="run"):

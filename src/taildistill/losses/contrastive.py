@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .classification import one_hot_rows
+
 
 def paco_loss(logits: torch.Tensor, features: torch.Tensor, feature_labels: torch.Tensor, target: torch.Tensor,
               class_prior: torch.Tensor, temperature: float = 0.05, alpha: float = 0.01, beta: float = 1.0,
@@ -35,6 +37,5 @@ def paco_loss(logits: torch.Tensor, features: torch.Tensor, feature_labels: torc
     denominator = torch.cat([torch.ones(B, C, device=z.device), gamma * keep], 1)
     log_prob = z - (z.exp() * denominator).sum(1, keepdim=True).log()
     same = (target[:, None] == feature_labels[None]).to(keep.dtype) * keep
-    centre = torch.zeros(B, C, device=z.device).scatter_(1, target[:, None], 1.0)
-    weights = torch.cat([beta * centre, alpha * same], 1)
+    weights = torch.cat([beta * one_hot_rows(target, C), alpha * same], 1)  # (the class centre, the same class)
     return (-(weights * log_prob).sum(1) / weights.sum(1)).mean()

@@ -79,8 +79,7 @@ class PaCo(Method):
         """The key view's augmentation (`key_augment`: augment config keys, validated as `augment:` is)."""
         if not isinstance(params.key_augment, dict):
             raise ConfigError("config key 'method.key_augment' expects a mapping of augment keys")
-        view = from_dict(AugmentConfig, params.key_augment, "method.key_augment")
-        view.validate("method.key_augment")
+        view = from_dict(AugmentConfig, params.key_augment, "method.key_augment")  # (validated as it is built)
         if view.mixup_alpha > 0 or view.cutmix_alpha > 0 or view.repeated > 1:
             raise ConfigError("method.key_augment is a view of the query's images: no mixup_alpha, cutmix_alpha or repeated")
         return view
