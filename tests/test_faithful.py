@@ -147,7 +147,9 @@ def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):
 
     assert main(["reproduce", "deitlt-cifar10", "--print", "--seeds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * 5 + 3 + 2  # two cells x (two teachers, vit_ce, DeiT-LT from each); at rho 100 Table 5 (3), Table 6 (2)
+    # two cells x (two teachers, vit_ce, DeiT-LT from each); at rho 100 Table 5 (3 + DeiT and its
+    # teacher), Table 6 (2), Table 1 (3)
+    assert len(lines) == 2 * 5 + 5 + 2 + 3
     deit = next(ln for ln in lines if ln.startswith("ratio100/deitlt/seed0:"))
     for value in ("model.name=deit_b_distilled", "train.grad_accum=8", "augment.random_resized_crop=224",
                   "method.params.dist.drw_epoch=1100", "teacher.run=runs/reproduce/deitlt-cifar10/ratio100/ldam_drw_sam_teacher/seed0"):
@@ -158,6 +160,19 @@ def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):
     # (DRW off is the default, -1: the line no longer differs from it, nor does mixing to the end)
     assert "ratio100/paco_teacher/seed0" in no_drw and "drw_epoch" not in no_drw and "mix_until_epoch" not in no_drw
     assert "optim.sam_rho" not in next(ln for ln in lines if ln.startswith("ratio100/paco_teacher/seed0:"))
+    # Table 5's first row: DeiT from a RegNetY-16GF trained on the strong augmentation, at the student's 224 px
+    deit = next(ln for ln in lines if ln.startswith("ratio100/deit/seed0:"))
+    assert "teacher.run=runs/reproduce/deitlt-cifar10/ratio100/deit_regnety_teacher/seed0" in deit
+    assert "teacher_image_size" not in deit and "drw_epoch" not in deit and "augment.mixup_alpha=0.8" in deit
+    regnet = next(ln for ln in lines if ln.startswith("ratio100/deit_regnety_teacher/seed0:"))
+    for value in ("model.name=timm:regnety_160", "augment.mixup_alpha=0.8", "augment.random_resized_crop=224",
+                  "augment.repeated=3", "method.name=ce", "train.epochs=1200"):
+        assert value in regnet, value
+    # Table 1: only the weak row gives the teacher a view of its own; only the mixed row mixes
+    t1 = {k: next(ln for ln in lines if ln.startswith(f"ratio100/deitlt_t1_{k}/seed0:")) for k in ("weak_view", "strong_view", "strong_mix")}
+    assert ["teacher_augment.crop_padding=4" in t1[k] for k in t1] == [True, False, False]
+    assert ["mixup_alpha" in t1[k] for k in t1] == [False, False, True]
+    assert all("ldam_drw_sam_teacher/seed0" in ln and "drw_epoch" not in ln for ln in t1.values())
     teacher = next(ln for ln in lines if ln.startswith("ratio50/paco_sam_teacher/seed0:"))
     for value in ("method.name=paco", "optim.sam_rho=0.05", "train.epochs=400", "augment.cutout=16",
                   "method.params.key_augment.random_resized_crop=32", "data.ratio=50"):

@@ -218,6 +218,52 @@ def test_deitlt_cls_and_hard_dist_with_drw(setup):
     assert terms(m, batch, 5)["dist"] == approx(after.item())
 
 
+def test_deitlt_teacher_augment_gives_the_teacher_its_own_view(setup, tmp_path):
+    # Table 1's "weak" teacher augmentation: the teacher labels the batch's x_key (its own view of the
+    # same images), the CLS head still learns from x; without teacher_augment the teacher sees x
+    from taildistill.errors import ConfigError
+    from taildistill.methods import resolve_params
+
+    info, student, teacher, batch, s, _ = setup
+    teacher = copy.deepcopy(teacher)  # with a large random head: an untrained net's labels are near constant
+    head = [mod for mod in teacher.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(1)) * 10)
+        t = teacher(batch["x"])["logits"]
+    m = make("deitlt", {"teacher_augment": {"crop_padding": 2, "flip": True}, "dist": {"drw_epoch": -1}}, setup,
+             student=_vit(setup), teacher=teacher)
+    view = m.batch_request().second_view
+    assert view is not None and view.crop_padding == 2 and view.flip and view.random_resized_crop == 0
+    x_key = torch.randn_like(batch["x"])
+    with torch.no_grad():
+        out = m.student(batch["x"])
+        y_key = teacher(x_key)["logits"].argmax(1)
+    assert not torch.equal(y_key, t.argmax(1))  # (the two views' teacher labels differ: the test can tell them apart)
+    got = terms(m, {**batch, "x_key": x_key})
+    assert got["dist"] == approx(0.5 * F.cross_entropy(out["logits_dist"], y_key).item())
+    assert got["cls"] == approx(0.5 * F.cross_entropy(out["logits_cls"], batch["y"], label_smoothing=0.1).item())
+    assert m.refuses_mixing() and not make("deitlt", {}, setup, student=_vit(setup)).refuses_mixing()
+    assert make("deitlt", {}, setup, student=_vit(setup)).batch_request().second_view is None
+    with pytest.raises(ConfigError, match="x_key"):
+        m(batch, 0)
+    for raw, needle in (({"teacher_augment": {"cutmix_alpha": 1.0}}, "teacher_augment is a view"),
+                        ({"teacher_augment": {"flip": 3}}, "method.teacher_augment.flip"),
+                        ({"teacher_augment": [1]}, "teacher_augment' expects a mapping")):
+        with pytest.raises(ConfigError, match=needle):
+            resolve_params("deitlt", raw)
+    from test_engine import tiny
+    from taildistill.engine.trainer import Trainer, fit
+
+    vit = {"name": "deit_ti_distilled", "kwargs": {"patch_size": 4, "depth": 1, "embed_dim": 16, "num_heads": 2}}
+    own_view = {"name": "deitlt", "teacher_augment": {"crop_padding": 1, "flip": True}}
+    teacher_run = fit(tiny(epochs=1), tmp_path / "teacher", quiet=True)
+    with pytest.raises(ConfigError, match="deitlt' takes unmixed batches .method.teacher_augment"):
+        Trainer(tiny(method=own_view, model=vit, teacher=teacher_run, augment={"mixup_alpha": 0.8}),
+                tmp_path / "mixup", quiet=True)
+    # the engine builds the teacher's view from the method's request (without it the step raises above)
+    assert fit(tiny(epochs=1, method=own_view, model=vit, teacher=teacher_run), tmp_path / "own", quiet=True)
+
+
 def test_deitlt_with_cckd_on_the_dist_head_estimates_the_cckd_priors(setup):
     info, student, teacher, batch, s, t = setup
     m = make("deitlt", {"dist_criterion": "cckd", "dist": {"temperature": 2.0}, "teacher_image_size": 16}, setup,

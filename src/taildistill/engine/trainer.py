@@ -177,9 +177,10 @@ class Trainer:
             raise ConfigError(f"method '{cfg.method.name}' trains in one process without gradient accumulation (its "
                               "per-step state, e.g. a key queue, is not gathered over ranks or micro-batches); "
                               "run it without torchrun and with train.grad_accum=1")
-        if not self.method.mixed_batches and (cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0):
-            raise ConfigError(f"method '{cfg.method.name}' takes unmixed batches (its loss needs each sample's own "
-                              "label); set augment.mixup_alpha=0 and augment.cutmix_alpha=0")
+        unmixed = self.method.refuses_mixing()
+        if unmixed and (cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0):
+            raise ConfigError(f"method '{cfg.method.name}' takes unmixed batches ({unmixed}); "
+                              "set augment.mixup_alpha=0 and augment.cutmix_alpha=0")
         if tc.grad_accum > 1 and cfg.optim.sam_rho > 0:
             raise ConfigError("optim.sam_rho with train.grad_accum > 1 is not supported (SAM's two passes need the "
                               "whole batch's gradient); use a larger train.batch_size or more processes")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Hashable, Literal, Protocol, TypedDict
+from typing import Any, Callable, ClassVar, Hashable, Literal, Protocol, TypedDict
 
 import torch
 import torch.nn as nn
@@ -48,7 +48,8 @@ class Batch(TypedDict, total=False):
     x_mix: torch.Tensor  # (B, C, H, W) ACCKD: a class-balanced sample mixed into x (lambda >= 0.5)
     y_a: torch.Tensor  # (B,) ACCKD: labels of the class-balanced sample
     y_b: torch.Tensor  # (B,) ACCKD: labels of x
-    x_key: torch.Tensor  # (B, C, H, W) PaCo: a second view of x's images (BatchRequest.second_view)
+    x_key: torch.Tensor  # (B, C, H, W) a second view of x's images (BatchRequest.second_view): PaCo's key
+    # view, DeiT-LT's teacher view
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,18 @@ class BatchRequest:
     balanced_mix: bool = False  # x_mix / y_a / y_b: a class-balanced batch mixed into x (ACCKD, CCKD Alg. 1)
     balanced_mix_alpha: float = 0.5  # Beta(a, a) of that mix's lambda (folded to >= 0.5)
     second_view: AugmentConfig | None = None  # x_key: the same images through this pipeline too (PaCo's key view)
+
+
+def view_config(raw: Any, key: str) -> AugmentConfig:
+    """The augmentation of a second view of a batch's images (`BatchRequest.second_view`) from a
+    method's mapping of augment config keys, validated as `augment:` is. A view is of each image
+    alone: mixing (mixup, cutmix) and repeats belong to the main batch and are refused here."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{key}' expects a mapping of augment keys")
+    view = from_dict(AugmentConfig, raw, key)  # (validated as it is built)
+    if view.mixup_alpha > 0 or view.cutmix_alpha > 0 or view.repeated > 1:
+        raise ConfigError(f"{key} is a view of the batch's images: no mixup_alpha, cutmix_alpha or repeated")
+    return view
 
 
 @dataclass
@@ -238,8 +251,10 @@ class Method(nn.Module):
     # the engine refuses DDP and gradient accumulation for a method whose after_step state would
     # need them handled (a queue gathered over ranks, keys from every micro-batch)
     single_process: ClassVar[bool] = False
-    # False: the engine refuses augment.mixup_alpha / cutmix_alpha (the loss has no use for y_soft)
-    mixed_batches: ClassVar[bool] = True
+    def refuses_mixing(self) -> str:
+        """Why this method cannot train on mixed batches (augment.mixup_alpha / cutmix_alpha, which
+        the engine then refuses), or "" where it can (the default)."""
+        return ""
 
     # --------------------------------------------------------------------- helpers
     @property

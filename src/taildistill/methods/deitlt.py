@@ -7,6 +7,11 @@
   re-weighted from epoch K by the effective-number weight of y_t, i.e. DRW on the DIST head).
 - L = 1/2 L_CE(f^c(x), y) + 1/2 L_DRW(f^d(x), y_t)  (DeiT-LT Sec. 3.1); prediction = mean of heads.
 
+`teacher_augment` (augment config keys) gives the teacher a view of its own instead, the same
+images through that pipeline: Table 1's "weak" teacher augmentation (random crop and flip, as the
+teacher was trained), the control that shows the gain is the OOD view's. The student's batch is
+then unmixed (the teacher's view of mixed images would not exist).
+
 `dist_criterion` names any registered criterion (kd, ltkd, bkd, cckd, ...) and `dist:` holds that
 criterion's own parameters, so DeiT-LT's OOD distillation combines with another method by a
 config change; a criterion that needs statistics (CCKD's priors) prepares them on the teacher's view.
@@ -21,7 +26,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..losses import cross_entropy
 from ..typed import from_dict
-from .base import Batch, Method, MethodOutput
+from .base import Batch, BatchRequest, Method, MethodOutput, view_config
 from .criteria import build_chosen_criterion, parse_chosen_criterion
 
 
@@ -33,6 +38,9 @@ class DeiTLTParams:
     dist_criterion: str = "hard"  # the DIST head's criterion: hard (the paper) or any registered one
     dist: Any = field(default_factory=dict)  # that criterion's parameters, e.g. {drw_epoch: 1100} for hard
     teacher_image_size: int = 0  # resize the teacher's view to this size (0 = the student's size)
+    # {} (the paper): the teacher sees the student's strongly augmented batch (OOD distillation);
+    # augment keys, e.g. {crop_padding: 4, flip: true}: a view of its own (Table 1's weak teacher augs)
+    teacher_augment: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, prefix: str) -> None:
         if not 0 <= self.label_smoothing < 1:
@@ -47,11 +55,22 @@ class DeiTLT(Method):
 
     @classmethod
     def parse_params(cls, raw: dict) -> DeiTLTParams:
-        return parse_chosen_criterion(from_dict(DeiTLTParams, raw, "method"), "dist_criterion", "dist")
+        params = parse_chosen_criterion(from_dict(DeiTLTParams, raw, "method"), "dist_criterion", "dist")
+        if params.teacher_augment:
+            view_config(params.teacher_augment, "method.teacher_augment")  # (validated when the config is loaded)
+        return params
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
         self.dist_criterion = build_chosen_criterion(params, "dist_criterion", "dist", info)
+
+    def batch_request(self) -> BatchRequest:
+        if not self.params.teacher_augment:
+            return BatchRequest()
+        return BatchRequest(second_view=view_config(self.params.teacher_augment, "method.teacher_augment"))
+
+    def refuses_mixing(self) -> str:
+        return "method.teacher_augment shows the teacher unmixed images" if self.params.teacher_augment else ""
 
     def teacher_view(self, x):
         size = self.params.teacher_image_size
@@ -70,7 +89,11 @@ class DeiTLT(Method):
         out = self.student_outputs(batch["x"])
         if "logits_dist" not in out:
             raise ConfigError("deitlt needs a two-head student (model.name: deit_ti_distilled / deit_s_distilled / ...)")
-        t = self.teacher_outputs(self.teacher_view(batch["x"]))["logits"]
+        if p.teacher_augment and "x_key" not in batch:
+            raise ConfigError("method.teacher_augment needs the batch's teacher view (x_key): train through the "
+                              "engine, which builds it")
+        seen = batch["x_key"] if p.teacher_augment else batch["x"]  # (the paper: the student's OOD view)
+        t = self.teacher_outputs(self.teacher_view(seen))["logits"]
         target = batch.get("y_soft", batch["y"])
         terms = {"cls": p.cls_weight * cross_entropy(out["logits_cls"], target, p.label_smoothing),
                  "dist": p.dist_weight * self.dist_criterion(out["logits_dist"], t, batch, epoch)}

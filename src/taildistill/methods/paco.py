@@ -27,11 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import AugmentConfig
 from ..errors import ConfigError
 from ..losses import paco_loss
 from ..typed import from_dict
-from .base import Batch, BatchRequest, Method, MethodOutput
+from .base import Batch, BatchRequest, Method, MethodOutput, view_config
 
 
 @dataclass
@@ -66,23 +65,12 @@ class PaCo(Method):
 
     Params = PaCoParams
     single_process = True
-    mixed_batches = False  # the contrast needs each query's own label: no mixup / cutmix on the queries
 
     @classmethod
     def parse_params(cls, raw: dict) -> PaCoParams:
         params = from_dict(PaCoParams, raw, "method")
-        cls.key_view(params)  # (validated now, when the config is loaded)
+        view_config(params.key_augment, "method.key_augment")  # (validated now, when the config is loaded)
         return params
-
-    @staticmethod
-    def key_view(params: PaCoParams) -> AugmentConfig:
-        """The key view's augmentation (`key_augment`: augment config keys, validated as `augment:` is)."""
-        if not isinstance(params.key_augment, dict):
-            raise ConfigError("config key 'method.key_augment' expects a mapping of augment keys")
-        view = from_dict(AugmentConfig, params.key_augment, "method.key_augment")  # (validated as it is built)
-        if view.mixup_alpha > 0 or view.cutmix_alpha > 0 or view.repeated > 1:
-            raise ConfigError("method.key_augment is a view of the query's images: no mixup_alpha, cutmix_alpha or repeated")
-        return view
 
     def __init__(self, params, student, teacher, info):
         super().__init__(params, student, teacher, info)
@@ -107,7 +95,10 @@ class PaCo(Method):
         self._keys: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's keys, queued by after_step
 
     def batch_request(self) -> BatchRequest:
-        return BatchRequest(second_view=self.key_view(self.params))
+        return BatchRequest(second_view=view_config(self.params.key_augment, "method.key_augment"))
+
+    def refuses_mixing(self) -> str:
+        return "the contrast needs each query's own label"
 
     def graph_key(self, epoch: int):
         return "paco"  # no epoch switch
