@@ -118,6 +118,15 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     assert (inet.method.params.bkd_start_epoch, inet.augment.mixup_alpha, inet.data.group_policy) == (0, 0.2, "shots")
     ltkd = load_config([CONFIGS / "cifar100_lt" / "_base.yaml", CONFIGS / "methods" / "ltkd.yaml"])
     assert (ltkd.method.params.ltkd_alpha, ltkd.method.params.ltkd_beta) == (6.0, 6.0)
+    # the LTKD suites' ReviewKD and CAT-KD rows: their authors' settings for each pair
+    specs = {s.key.split("/")[1]: s for s in suite_specs("ltkd-cifar100", load_suite("ltkd-cifar100", CONFIGS),
+                                                          Path("out"), 1, False, CONFIGS, None, None, cells=["ratio100"])}
+    cat = {name: load_config(specs[name].config_files, specs[name].overrides).method.params
+           for name in ("catkd_r8x4", "catkd_vgg8", "catkd_shuv1", "catkd_mv2")}
+    assert [(p.cat_weight, p.cam_resolution, p.normalize) for p in cat.values()] == \
+        [(15.0, 2, False), (4.5, 2, False), (80.0, 4, True), (40.0, 2, True)]
+    review = load_config(specs["reviewkd_mv2"].config_files, specs["reviewkd_mv2"].overrides).method.params
+    assert (review.review_weight, review.mid_channels, review.warmup_epochs) == (5.0, 0, 20)
     deit = load_config(CONFIGS / "cifar10_lt" / "deitlt.yaml")
     assert (deit.model.name, deit.augment.random_resized_crop, deit.train.batch_size * deit.train.grad_accum) == \
         ("deit_b_distilled", 224, 1024)

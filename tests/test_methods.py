@@ -310,6 +310,18 @@ def test_reviewkd_ramp_and_catkd(setup):
         hcl = L.hcl_loss(mapped, [t_feats["stage1"], t_feats["stage2"], t_feats["pooled"][:, :, None, None]], (4, 2, 1))
     assert terms(m, batch, 0)["review"] == approx(2.0 * 0.25 * hcl.item())
     assert terms(m, batch, 7)["review"] == approx(2.0 * hcl.item())
+    # an ABF resizes the fused map to the teacher's size (nearest) before its 3x3 convolution, as
+    # ReviewKD's code; the fused map at that size is the residual handed to the shallower level
+    abf = m.abfs[0]
+    with torch.no_grad():
+        x = torch.randn(2, abf.reduce[0].in_channels, 4, 4)
+        out, residual = abf(x, None, (8, 8))
+        resized = F.interpolate(abf.reduce(x), size=(8, 8), mode="nearest")
+        assert torch.allclose(residual, resized) and torch.allclose(out, abf.out(resized))
+    # mid_channels 0 (the default): min(512, the student's deepest reviewed feature's channels)
+    default = make("reviewkd", {"student_features": feats, "teacher_features": feats}, setup)
+    deepest = m.student(batch["x"])["features"]["pooled"].shape[1]
+    assert {a.reduce[0].out_channels for a in default.abfs} == {min(512, deepest)}
     m = make("catkd", {"cat_weight": 50.0, "cam_resolution": 2}, setup)
     with torch.no_grad():
         sf, tf = m.student(batch["x"])["features"]["pre_pool"], teacher(batch["x"])["features"]["pre_pool"]
@@ -507,9 +519,9 @@ def test_every_methods_numeric_parameters_refuse_negative_values():
     assert resolve_params("deitlt", {"dist": {"drw_epoch": -1}}).dist.drw_epoch == -1
     with pytest.raises(ConfigError, match="'method.label_smoothing' must be in"):
         resolve_params("deitlt", {"label_smoothing": 1.5})  # its own CLS-head smoothing, as the supervised one
-    for name, key in (("reviewkd", "mid_channels"), ("catkd", "cam_resolution"), ("ltsf", "latent_dim")):  # sizes: >= 1
-        with pytest.raises(ConfigError, match=f"'method.{key}'"):
-            resolve_params(name, {key: 0})
+    for name, key, bad in (("reviewkd", "mid_channels", -1), ("catkd", "cam_resolution", 0), ("ltsf", "latent_dim", 0)):
+        with pytest.raises(ConfigError, match=f"'method.{key}'"):  # sizes: >= 1 (ReviewKD: 0 is its own rule)
+            resolve_params(name, {key: bad})
 
 
 def test_a_trained_cosine_head_teacher_is_confident_and_ldam_checks_its_head(tmp_path):

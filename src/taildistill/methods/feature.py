@@ -47,21 +47,28 @@ def probe_features(model: nn.Module, input_shape, names: list[str], role: str) -
 class ABF(nn.Module):
     """Attention-based fusion (ReviewKD Sec. 3.2): reduce the student feature to `mid` channels;
     when a residual from the deeper level is given, resize it to this level and blend the two
-    with two per-position attention maps; map the result to the teacher's channels.
-    forward(x (B, C_in, H, W), residual (B, mid, h, w) or None) -> (out (B, C_out, H, W), residual (B, mid, H, W))."""
+    with two per-position attention maps; resize the fused map to the teacher's size (nearest, as
+    ReviewKD's code) and map it to the teacher's channels with a 3x3 convolution.
+    forward(x (B, C_in, H, W), residual (B, mid, h, w) or None, out_size (H', W'))
+    -> (out (B, C_out, H', W'), residual (B, mid, H', W'))."""
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
         super().__init__()
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
         self.attention = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
         self.out = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels))
+        for conv in (self.reduce[0], self.out[0]):  # ReviewKD's initialisation of the two convolutions
+            nn.init.kaiming_uniform_(conv.weight, a=1)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                out_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.reduce(x)
         if self.attention is not None and residual is not None:
             residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
             a = self.attention(torch.cat([x, residual], dim=1))
             x = x * a[:, :1] + residual * a[:, 1:]
+        if out_size is not None and tuple(x.shape[-2:]) != tuple(out_size):
+            x = F.interpolate(x, size=out_size, mode="nearest")
         return self.out(x), x
 
 
@@ -70,14 +77,17 @@ class ReviewKDParams(SupervisedParams):
     # the student's and the teacher's features, shallow to deep; `pooled` is the (B, D) embedding
     student_features: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3", "pooled"])
     teacher_features: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3", "pooled"])
-    mid_channels: int = 128  # channels of the ABF modules
-    review_weight: float = 1.0  # weight of the hierarchical context loss
+    # channels of the ABF modules; 0: min(512, the student's deepest reviewed feature's channels),
+    # ReviewKD's (and the mdistiller benchmark's) rule
+    mid_channels: int = 0
+    review_weight: float = 1.0  # weight of the hierarchical context loss (ReviewKD's CIFAR script: 5 for most pairs)
     warmup_epochs: int = 20  # the review loss weight ramps up linearly over these epochs
     levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # HCL pyramid pooling sizes
 
     def validate(self, prefix: str) -> None:
-        if self.mid_channels < 1:  # (0 failed only in the first step)
-            raise ConfigError(f"config key '{prefix}.mid_channels' must be >= 1, got {self.mid_channels}")
+        if self.mid_channels < 0:
+            raise ConfigError(f"config key '{prefix}.mid_channels' must be >= 1, or 0 for ReviewKD's rule, "
+                              f"got {self.mid_channels}")
         if not self.levels or min(self.levels) < 1:
             raise ConfigError(f"config key '{prefix}.levels' must be pooling sizes >= 1, got {self.levels}")
 
@@ -97,7 +107,8 @@ class ReviewKD(Method):
         t_shapes = probe_features(teacher, info.input_shape, params.teacher_features, "teacher")
         self.teacher_sizes = [s[1:] for s in t_shapes]
         n = len(s_shapes)
-        self.abfs = nn.ModuleList(ABF(s[0], params.mid_channels, t[0], fuse=i < n - 1)
+        mid = params.mid_channels or min(512, s_shapes[-1][0])
+        self.abfs = nn.ModuleList(ABF(s[0], mid, t[0], fuse=i < n - 1)
                                   for i, (s, t) in enumerate(zip(s_shapes, t_shapes)))
 
     def review(self, student_feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -105,10 +116,7 @@ class ReviewKD(Method):
         outs: list[torch.Tensor] = [None] * len(student_feats)  # type: ignore[list-item]
         residual = None
         for i in reversed(range(len(student_feats))):
-            y, residual = self.abfs[i](_as_map(student_feats[i]), residual)
-            if tuple(y.shape[-2:]) != tuple(self.teacher_sizes[i]):
-                y = F.interpolate(y, size=self.teacher_sizes[i], mode="bilinear", align_corners=False)
-            outs[i] = y
+            outs[i], residual = self.abfs[i](_as_map(student_feats[i]), residual, self.teacher_sizes[i])
         return outs
 
     def graph_key(self, epoch: int):
