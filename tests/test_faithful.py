@@ -156,9 +156,14 @@ def test_reproduce_print_shows_each_runs_resolved_recipe(capsys):
 
     assert main(["reproduce", "deitlt-cifar10", "--print", "--seeds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    # two cells x (two teachers, vit_ce, DeiT-LT from each); at rho 100 Table 5 (3 + DeiT and its
-    # teacher), Table 6 (2), Table 1 (3)
-    assert len(lines) == 2 * 5 + 5 + 2 + 3
+    # two cells x (three teachers, vit_ce, its cRT, DeiT, DeiT-LT from two teachers); at rho 100 Table 5 (3),
+    # Table 6 (2), Table 1 (3)
+    assert len(lines) == 2 * 8 + 3 + 2 + 3
+    crt = next(ln for ln in lines if ln.startswith("ratio50/vit_crt/seed0:"))  # on this seed's own ViT baseline
+    for value in ("model.name=decoupled", "model.kwargs.classifier=crt", "data.sampler=class_aware", "train.epochs=10",
+                  "runs/reproduce/deitlt-cifar10/ratio50/vit_ce/seed0/checkpoints/last.safetensors"):
+        assert value in crt, value
+    assert "mixup_alpha" not in crt and "augment.repeated" not in crt
     deit = next(ln for ln in lines if ln.startswith("ratio100/deitlt/seed0:"))
     for value in ("model.name=deit_b_distilled", "train.grad_accum=8", "augment.random_resized_crop=224",
                   "method.params.dist.drw_epoch=1100", "teacher.run=runs/reproduce/deitlt-cifar10/ratio100/ldam_drw_sam_teacher/seed0"):
