@@ -137,6 +137,12 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     assert snn.augment.autoaugment == "none" and snn.augment.mixup_alpha == 0 and snn.augment.rotation > 0
     ltsf = load_config(CONFIGS / "cifar10_lt" / "ltsf.yaml")
     assert ltsf.model.kwargs["depth"] % 3 == 0 and ltsf.model.kwargs["attention"] == "dual"
+    # Table 1's SpikingFormer + Focal / + DRW: the baseline's student, recipe and weak augmentation
+    focal, drw = (load_config(CONFIGS / "cifar10_lt" / f"snn_{k}.yaml") for k in ("focal", "drw"))
+    assert (focal.method.params.sup_loss, focal.method.params.focal_gamma, focal.method.params.drw_epoch) == ("focal", 2.0, -1)
+    assert (drw.method.params.sup_loss, drw.method.params.drw_epoch, drw.train.epochs) == ("ce", 480, 600)
+    for run in (focal, drw):
+        assert (run.model, run.augment, run.data.sampler, run.teacher.run) == (snn.model, snn.augment, "instance", "")
     assert load_config(CONFIGS / "cifar10_lt" / "ce_teacher.yaml").data.group_cuts == [3, 7]
     # CB (BKD Eq. 3, its code's Reweight rule): CE with Eq. 2's weights from the first epoch, each benchmark's recipe
     for folder in ("cifar10_lt", "cifar100_lt_bkd", "imagenet_lt_bkd", "places_lt_bkd", "ag_news_lt"):
