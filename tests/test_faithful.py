@@ -144,6 +144,12 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     for run in (focal, drw):
         assert (run.model, run.augment, run.data.sampler, run.teacher.run) == (snn.model, snn.augment, "instance", "")
     assert load_config(CONFIGS / "cifar10_lt" / "ce_teacher.yaml").data.group_cuts == [3, 7]
+    # BSCE and Mixup + LA (Tables 1, 2): those losses on the benchmark's CE recipe, nothing else changed
+    for folder in ("cifar10_lt", "cifar100_lt_bkd"):
+        ce, bsce, la = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("ce_teacher", "bsce", "mixup_la"))
+        assert (bsce.method.params.sup_loss, bsce.augment.mixup_alpha) == ("bsce", ce.augment.mixup_alpha), folder
+        assert (la.method.params.sup_loss, la.method.params.la_tau, la.augment.mixup_alpha) == ("la", 1.0, 1.0), folder
+        assert bsce.optim == ce.optim == la.optim and bsce.train == ce.train == la.train, folder
     # CB (BKD Eq. 3, its code's Reweight rule): CE with Eq. 2's weights from the first epoch, each benchmark's recipe
     for folder in ("cifar10_lt", "cifar100_lt_bkd", "imagenet_lt_bkd", "places_lt_bkd", "ag_news_lt"):
         cb, ce = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("cb", "ce_teacher"))
