@@ -167,6 +167,40 @@ def test_hue_grayscale_and_blur_match_torchvisions_own():
     assert torch.equal(random_gaussian_blur(x, 0.0, (0.1, 2.0), torch.Generator()), x)
 
 
+def test_colour_jitter_is_torchvisions_ops_in_a_random_order_per_batch():
+    import torchvision.transforms.functional as TF
+
+    from taildistill.data.augment import color_jitter
+
+    x = torch.rand(6, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    orders = set()
+    for seed in range(6):
+        out = color_jitter(x, 0.4, torch.Generator().manual_seed(1), hue=0.1, host=torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(1)  # the same draws: three factors, then the hue shifts
+        b, c, s = ((1 + 0.4 * (2 * torch.rand(6, generator=g) - 1)).clamp_min(0) for _ in range(3))
+        h = 0.1 * (2 * torch.rand(6, generator=g) - 1)
+        order = torch.randperm(4, generator=torch.Generator().manual_seed(seed)).tolist()
+        orders.add(tuple(order))
+        ops = [lambda t, i: TF.adjust_brightness(t, float(b[i])), lambda t, i: TF.adjust_contrast(t, float(c[i])),
+               lambda t, i: TF.adjust_saturation(t, float(s[i])), lambda t, i: TF.adjust_hue(t, float(h[i]))]
+        for i in range(6):
+            want = x[i]
+            for k in order:
+                want = ops[k](want, i)
+            assert torch.allclose(out[i], want, atol=1e-5), (seed, i, order)
+    assert len(orders) > 1  # (the seeds above draw different orders: the check covers more than one)
+    grey = torch.rand(4, 1, 9, 9, generator=torch.Generator().manual_seed(2))  # one channel: brightness and contrast
+    out = color_jitter(grey, 0.4, torch.Generator().manual_seed(3), hue=0.1, host=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    b, c = ((1 + 0.4 * (2 * torch.rand(4, generator=g) - 1)) for _ in range(2))
+    order = torch.randperm(2, generator=torch.Generator().manual_seed(0)).tolist()
+    for i in range(4):
+        want = grey[i]
+        for k in order:
+            want = TF.adjust_brightness(want, float(b[i])) if k == 0 else TF.adjust_contrast(want, float(c[i]))
+        assert torch.allclose(out[i], want, atol=1e-5)
+
+
 def test_colour_jitter_probability_and_cutout():
     from taildistill.data.augment import color_jitter, cutout
 

@@ -39,32 +39,44 @@ def random_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Te
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) luma (ITU-R 601, as torchvision)."""
-    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    """(B, 3, H, W) -> (B, 1, H, W) luma with torchvision's weights (ITU-R 601's, red as 0.2989)."""
+    return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator, hue: float = 0.0, p: float = 1.0) -> torch.Tensor:
-    """With probability `p` per sample: brightness, contrast and saturation factors in [1 - s, 1 + s]
-    and a hue shift in [-hue, hue] of the colour circle; x float in [0, 1]. torchvision's
-    ColorJitter(s, s, s, hue) draws the same factors but applies the four in a random order per image,
-    takes contrast's mean over the grey image rather than over every channel, and clamps after each
-    op; here the order is fixed and one clamp comes before the hue shift and one at the end."""
+def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator, hue: float = 0.0, p: float = 1.0,
+                 host: torch.Generator | None = None) -> torch.Tensor:
+    """With probability `p` per sample, torchvision's ColorJitter(s, s, s, hue): brightness,
+    contrast and saturation factors in [max(0, 1 - s), 1 + s] and a hue shift in [-hue, hue] of the
+    colour circle, each op clamped to [0, 1] as there, contrast blending with the mean of the grey
+    image. torchvision draws the ops' order per image; here the order is drawn per batch from `host`
+    (the per-batch CPU generator; `g` if none is given), so each image's order is still uniform over
+    the possible orders, only a batch's images share it (per-image orders would cost every op once
+    per position). Saturation and hue apply to 3-channel images only. x float in [0, 1], (B, C, H, W)."""
     B = x.shape[0]
     x0 = x
 
     def factor():
-        return (1 + strength * (2 * _rand(g, B, x.device) - 1))[:, None, None, None]
+        return (1 + strength * (2 * _rand(g, B, x.device) - 1)).clamp_min(0)[:, None, None, None]
 
-    x = x * factor()
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * factor() + mean
-    if x.shape[1] == 3:
-        gray = _gray(x)
-        x = (x - gray) * factor() + gray
-        if hue > 0:
-            x = shift_hue(x.clamp(0, 1), hue * (2 * _rand(g, B, x.device) - 1))
-    x = x.clamp(0, 1)
+    colour = x.shape[1] == 3
+    # every factor is drawn, in a fixed order, whatever order the ops then run in
+    brightness, contrast, saturation = factor(), factor(), factor()
+    shift = hue * (2 * _rand(g, B, x.device) - 1) if hue > 0 else None
+    ops = {"brightness": lambda t: (t * brightness).clamp(0, 1),
+           "contrast": lambda t: _blend(t, (_gray(t) if colour else t).mean(dim=(1, 2, 3), keepdim=True), contrast)}
+    if colour:
+        ops["saturation"] = lambda t: _blend(t, _gray(t), saturation)
+        if shift is not None:
+            ops["hue"] = lambda t: shift_hue(t, shift)
+    names, order_gen = list(ops), host if host is not None else g
+    for i in torch.randperm(len(names), generator=order_gen, device=order_gen.device).tolist():
+        x = ops[names[i]](x)
     return x if p >= 1 else torch.where((_rand(g, B, x.device) < p)[:, None, None, None], x, x0)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """factor * x + (1 - factor) * other, clamped to [0, 1] (torchvision's _blend for float images)."""
+    return (factor * x + (1 - factor) * other).clamp(0, 1)
 
 
 def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -316,7 +328,7 @@ class BatchAugment:
         if self._policy is not None:
             x = self._apply_policy(x, host if host is not None else g)
         if c.color_jitter > 0 or c.hue > 0:
-            x = color_jitter(x, c.color_jitter, g, hue=c.hue, p=c.color_jitter_p)
+            x = color_jitter(x, c.color_jitter, g, hue=c.hue, p=c.color_jitter_p, host=host)
         if c.grayscale > 0:
             x = random_grayscale(x, c.grayscale, g)
         if c.gaussian_blur > 0:
