@@ -194,6 +194,11 @@ def test_ddp_two_processes_identical_parameters(tmp_path):
             raise SystemExit("train.sync_bn accepted on CPU")
         except ConfigError as exc:
             assert "sync_bn" in str(exc)
+        try:  # PaCo's key queue is per process: refused under DDP, not trained with ranks' queues apart
+            Trainer(tiny("paco", epochs=1, method={{"name": "paco"}}), {str(tmp_path / 'paco')!r}, quiet=True)
+            raise SystemExit("paco accepted under DDP")
+        except ConfigError as exc:
+            assert "trains in one process" in str(exc), exc
         import torch.distributed as dist
         dist.destroy_process_group()
     """))

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -109,6 +110,37 @@ def test_a_different_cifar_archive_of_the_same_name_and_size_is_not_served_from_
     assert int(build_data(cfg(b)).train.x.max()) == 100
 
 
+@pytest.mark.parametrize("data,labels,needle", [
+    ([[300] * 3072] * 2, [0, 1], "pixel values outside 0..255"),
+    ([["a"] * 3072] * 2, [0, 1], "expected (N, 3072) uint8 rows"),
+    ([[1] * 3072] * 2, ["cat", "dog"], "integer labels"),
+    ([[1] * 3072, [1] * 10], [0, 1], "are not arrays")])
+def test_malformed_cifar_batches_are_named(tmp_path, data, labels, needle):
+    from taildistill.errors import DataError
+
+    folder = tmp_path / "root" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({b"data": data, b"labels": labels}, protocol=2))
+    with pytest.raises(DataError, match=re.escape(needle)):
+        build_data(DataConfig(source="cifar10", root=str(tmp_path / "root"), profile="none"))
+
+
+def test_a_damaged_data_cache_is_rebuilt(tmp_path, capsys):
+    write_image_folder(tmp_path / "tr")
+    write_image_folder(tmp_path / "te")
+    cfg = DataConfig(source="imagefolder", root=str(tmp_path / "tr"), test_root=str(tmp_path / "te"), profile="none",
+                     cache_dir=str(tmp_path / "cache"))
+    first = build_data(cfg).train.x
+    npzs = list((tmp_path / "cache").rglob("*.npz"))
+    assert npzs
+    for npz in npzs:
+        npz.write_bytes(npz.read_bytes()[:100])  # truncated: a bad zip
+    capsys.readouterr()
+    assert np.array_equal(build_data(cfg).train.x, first)
+    assert "is damaged; rebuilding it" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------- one writer
 
 
@@ -140,9 +172,13 @@ def test_a_root_holding_train_and_test_is_refused(tmp_path, capsys):
                                              ("train.batch_size=0", "train.batch_size"), ("optim.lr=-1", "optim.lr"),
                                              ("name=" + "x" * 300, "'name'"), ("name=a/b", "'name'"),
                                              ("method.name=kd", "teacher.run"), ("optim.momentum=1.5", "optim.momentum"),
-                                             ("schedule.milestones=[-3]", "schedule.milestones")])
+                                             ("schedule.milestones=[-3]", "schedule.milestones"),
+                                             ("augment.rrc_scale=[1]", "augment.rrc_scale"),
+                                             ("augment.rrc_scale=[0.9, 0.1]", "augment.rrc_scale"),
+                                             ("augment.random_resized_crop=-4", "augment.random_resized_crop"),
+                                             ("augment.randaugment_n=2|augment.randaugment_m=1000", "randaugment_m")])
 def test_invalid_runs_are_refused_before_training(tmp_path, capsys, override, needle):
-    assert main(["train", config_file(tmp_path), override, "--out", str(tmp_path / "run")]) == 2
+    assert main(["train", config_file(tmp_path), *override.split("|"), "--out", str(tmp_path / "run")]) == 2
     one_error(capsys, needle)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
@@ -390,6 +426,114 @@ def test_writes_into_unwritable_places_of_a_run_are_one_line(tmp_path, trained, 
     (tmp_path / "afile").write_text("x")  # out_dir is a file
     assert main(["train", config_file(tmp_path), f"out_dir={tmp_path / 'afile'}"]) == 2
     one_error(capsys, "afile")
+
+
+def test_a_serialisers_failed_write_is_a_full_disk_not_a_traceback(tmp_path, capsys, monkeypatch):
+    # safetensors and torch's zip writer report a write that fails (a full disk) as their own
+    # errors: both become one OSError line; any other error of a writer is not hidden
+    from safetensors import SafetensorError
+
+    import taildistill.rundir as rundir
+    from taildistill.files import write_atomic
+
+    for exc in (SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                '"No space left on device" })'),
+                RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4608 vs 4496")):
+        with pytest.raises(OSError, match="is the disk full"):
+            write_atomic(tmp_path / "f", lambda tmp, exc=exc: (Path(tmp).write_bytes(b"x"), (_ for _ in ()).throw(exc)))
+        assert not list(tmp_path.iterdir())  # nothing half-written left behind
+    with pytest.raises(RuntimeError, match="a bug"):
+        write_atomic(tmp_path / "f", lambda tmp: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+    real, calls = rundir.save_file, []
+
+    def save_file(tensors, path, metadata=None):
+        calls.append(path) if "last.safetensors" in str(path) else None
+        if len(calls) > 1:
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(rundir, "save_file", save_file)
+    assert main(["train", config_file(tmp_path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    one_error(capsys, "last.safetensors", "is the disk full")
+
+
+def test_outputs_are_checked_before_the_work_that_fills_them(tmp_path, trained, capsys):
+    from taildistill.errors import TaildistillError
+    from taildistill.files import check_writable_folder
+
+    # bench: --out a folder is refused before the measurement (and a good --out gets the JSON printed too)
+    assert main(["bench", "digits/ce_teacher", "--steps", "1", "--warmup", "0", "--out", str(tmp_path)]) == 2
+    one_error(capsys, "is a folder")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(TaildistillError, match="is not a folder"):
+        check_writable_folder(tmp_path / "afile", "the run folder")
+    with pytest.raises(TaildistillError, match="cannot be written"):
+        check_writable_folder(tmp_path / "afile" / "sub", "the run folder")
+    if _sys_read_only():  # (a read-only file system, where there is one: root may write anywhere else)
+        with pytest.raises(TaildistillError, match="cannot be written"):
+            check_writable_folder(Path("/sys"), "the run folder")
+    check_writable_folder(tmp_path / "new" / "folder", "the run folder")  # made, and left empty
+    assert (tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())
+
+
+def _sys_read_only() -> bool:
+    try:
+        (Path("/sys") / ".probe").write_bytes(b"")
+    except OSError:
+        return True
+    (Path("/sys") / ".probe").unlink()
+    return False
+
+
+def test_damaged_resume_state_and_yaml_are_one_line(tmp_path, capsys):
+    from taildistill.errors import TrainingError
+    from taildistill.rundir import load_state
+
+    (tmp_path / "state.pt").write_text("not a torch file\nsecond line\n")
+    with pytest.raises(TrainingError) as info:
+        load_state(tmp_path / "state.pt")
+    assert "\n" not in str(info.value) and "cannot read trainer state" in str(info.value)
+    cfg = config_file(tmp_path)
+    assert main(["config", cfg, "train.epochs=[1,"]) == 2  # an override's bad YAML: one line, with where
+    one_error(capsys, "train.epochs=[1,", "not valid YAML")
+    (tmp_path / "dup.yaml").write_text("train: {epochs: 2}\ntrain: {epochs: 3}\n")
+    assert main(["config", str(tmp_path / "dup.yaml")]) == 2  # a key given twice is not silently the last one
+    one_error(capsys, "the key 'train' is given twice", "line 2")
+    (tmp_path / "loop.yaml").write_text("data: &x [*x]\n")
+    assert main(["config", str(tmp_path / "loop.yaml")]) == 2
+    one_error(capsys, "alias that contains itself")
+
+
+def test_grids_do_not_write_into_run_folders_nor_leave_folders_when_refused(tmp_path, trained, capsys):
+    cfg = config_file(tmp_path)
+    report = (trained / "report.md").read_text() if (trained / "report.md").exists() else None
+    assert main(["sweep", cfg, "--set", "optim.lr=0.1,0.2", "--out", str(trained), "--executor", "inline", "--quiet"]) == 2
+    one_error(capsys, "is a run folder")
+    assert ((trained / "report.md").read_text() if (trained / "report.md").exists() else None) == report
+    assert main(["reproduce", "bkd-cifar10", "--tiny", "--out", str(trained), "--quiet"]) == 2
+    one_error(capsys, "is a run folder")
+    # a grid refused by its runs' checks leaves no folder (nor a lock file) behind
+    assert main(["sweep", cfg, "--set", "optim.lr=-1,0.1", "--out", str(tmp_path / "sw"), "--executor", "inline",
+                 "--quiet"]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "sw").exists()
+    assert main(["reproduce"]) == 2  # no suite named: the list, and one line saying what is missing
+    captured = capsys.readouterr()
+    assert "bkd-cifar10" in captured.out and captured.err.strip().startswith("error: name a suite")
+    with pytest.raises(SystemExit) as exit_info:  # (argparse's own refusal: usage, then its error line)
+        main(["models", "--num-classes", "0"])
+    assert exit_info.value.code == 2 and "--num-classes: must be at least 1" in capsys.readouterr().err
+
+
+def test_a_loader_workers_error_is_its_own_line(capsys):
+    from taildistill.cli import error_line
+    from taildistill.errors import DataError
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        '  File "x.py", line 1, in f\ntaildistill.errors.DataError: cannot read image /a/b.jpg: truncated')
+    assert error_line(wrapped) == "cannot read image /a/b.jpg: truncated"
+    assert error_line(DataError("plain")) == "plain"
 
 
 def test_leftovers_of_killed_writes_are_removed_by_the_next_writer(tmp_path):

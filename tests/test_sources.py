@@ -199,6 +199,11 @@ def test_listfile_source(tmp_path):
     cfg.lists["train"] = str(tmp_path / "bad.txt")
     with pytest.raises(DataError, match="bad.txt:1"):
         build_data(cfg)
+    # a listed image that is not there is found when the data is built, not by a loader worker later
+    cfg.lists["train"] = str(tmp_path / "train.txt")
+    (tmp_path / "test.txt").write_text("x/0000.png 0\ny/0009.png 1\n")
+    with pytest.raises(DataError, match=r"listfile test: 1 of its 2 images are not under .*\(e.g. y/0009.png\)"):
+        build_data(cfg)
 
 
 def test_ag_news_csv(tmp_path):

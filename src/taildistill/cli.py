@@ -141,6 +141,12 @@ def cmd_bench(args) -> int:
 
     files, overrides = split_configs(args.configs, "bench")
     config = files if len(files) > 1 else files[0]
+    if args.out:  # refused before the measurement, not after it
+        from .files import check_writable_folder
+
+        if Path(args.out).is_dir():
+            raise TaildistillError(f"--out {args.out} is a folder; give the JSON file's path")
+        check_writable_folder(Path(args.out).parent, "--out's folder")
     if args.recipe:
         result = run_recipe(config, args.recipe, overrides, args.keep)
     elif args.compare:
@@ -150,10 +156,11 @@ def cmd_bench(args) -> int:
     else:
         result = run_bench(config, overrides, args.mode, args.steps, args.warmup)
     text = json.dumps(result, indent=1)
+    print(text)  # (first: a write that fails still leaves the measurement on the screen)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
+        from .files import write_text_atomic
+
+        write_text_atomic(Path(args.out), text)
     return 0
 
 
@@ -338,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Lists every model name usable as `model.name` (and `teacher.model`) in a "
                                    "config, with its parameter count for --num-classes classes. Every model "
                                    "returns logits plus named features (stage outputs, pre_pool, pooled).")
-    m.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
+    m.add_argument("--num-classes", type=_positive_int, default=10, help="classes of the head (default 10)")
     m.set_defaults(func=cmd_models)
 
     te = sub.add_parser("teachers", help="list the trained teachers a config can name (teacher.pretrained: NAME), or export one",
@@ -422,6 +429,9 @@ def cmd_reproduce(args) -> int:
     if args.list or not args.name:
         for name, desc in list_suites(args.configs_dir):
             print(f"{name:<20} {desc}")
+        if not args.list:  # (the list above is what to choose from)
+            print("error: name a suite to reproduce (the suites are listed above; --list lists them alone)",
+                  file=sys.stderr)
         return 0 if args.list else 2
     # a smoke run never shares a folder with the real suite
     out = Path(args.out or f"runs/reproduce/{args.name}{'-tiny' if args.tiny else ''}")
@@ -551,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
     except TaildistillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # the filesystem refused (permissions, a full disk, a name too long): one line
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
@@ -564,6 +574,18 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop("TAILDISTILL_IMPORTS", None)
         else:
             os.environ["TAILDISTILL_IMPORTS"] = previous
+
+
+def error_line(exc: TaildistillError) -> str:
+    """The error's message; one raised in a DataLoader worker comes back with the worker's traceback
+    in its message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): its
+    last line is the message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        name, _, message = last.partition(": ")
+        return message if message and name.rsplit(".", 1)[-1] == type(exc).__name__ else last
+    return text
 
 
 def os_error_line(exc: OSError) -> str:

@@ -115,7 +115,13 @@ class AugmentConfig:
     def validate(self, prefix: str) -> None:
         _non_negative(prefix, crop_padding=self.crop_padding, randaugment_n=self.randaugment_n,
                       color_jitter=self.color_jitter, mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha)
-        _non_negative(prefix, cutout=self.cutout)
+        _non_negative(prefix, cutout=self.cutout, random_resized_crop=self.random_resized_crop, rotation=self.rotation)
+        if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
+            raise ConfigError(f"config key '{prefix}.rrc_scale' is the crop's area range [low, high] as a share of the "
+                              f"image, 0 < low <= high <= 1, got {self.rrc_scale}")
+        if self.randaugment_n > 0 and not 0 < self.randaugment_m < 30:  # (kornia's RandAugment: magnitudes in (0, 30))
+            raise ConfigError(f"config key '{prefix}.randaugment_m' is RandAugment's magnitude in (0, 30), "
+                              f"got {self.randaugment_m}")
         if not 0 <= self.hue <= 0.5:
             raise ConfigError(f"config key '{prefix}.hue' is a share of the colour circle in [0, 0.5], got {self.hue}")
         if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
@@ -380,7 +386,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+        raise ConfigError(f"override '{text}': value is not valid YAML ({yaml_error(exc)})") from None
     return key.split("."), parsed
 
 
@@ -448,6 +454,30 @@ def yaml_error(exc: yaml.YAMLError) -> str:
     return what + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently: a typo'd duplicate would override without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key '{key}' is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _acyclic(value, path: Path, stack: tuple[int, ...] = ()) -> None:
+    """Refuse a YAML alias that contains itself (`a: &x [*x]`): it would recurse without end."""
+    if isinstance(value, (dict, list)):
+        if id(value) in stack:
+            raise ConfigError(f"config file {path} has a YAML alias that contains itself")
+        for v in (value.values() if isinstance(value, dict) else value):
+            _acyclic(v, path, stack + (id(value),))
+
+
 def _read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder, not a YAML file")
@@ -457,7 +487,7 @@ def _read_yaml(path: Path) -> dict:
             hint = f" (an override is KEY=VALUE: {path}=...)"
         raise ConfigError(f"config file not found: {path}{hint}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_ConfigLoader)  # (a SafeLoader: no Python objects)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {yaml_error(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -466,6 +496,7 @@ def _read_yaml(path: Path) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    _acyclic(raw, path)
     return raw
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from .eval import evaluate_split, head_names, predict_split, summary
 from .eval.analysis import ANALYSES, feature_deviation, feature_rank, feature_separability, mean_firing_rates
 from .experiment import build_student, check_vocabulary, load_config, load_weights_into
 from .report import head_label
+from .files import check_writable_folder
 from .rundir import RunDir, write_text_atomic
 
 
@@ -30,6 +32,7 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
         weights = run.last_weights
         cfg = load_config(config or run.config_file, overrides)
         out_file = run.path / f"eval_{split_name}.json"
+        check_writable_folder(run.path, "the run folder")  # (the result is written there after the whole pass)
     else:
         if not target.exists():
             raise ConfigError(f"nothing to evaluate at {target}: neither a run folder nor a checkpoint file")
@@ -51,7 +54,9 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
     augment = BatchAugment(cfg.augment, info.mean, info.std, info.num_classes, info.input_kind)
     bf16 = use_bf16(cfg.train, device)
     with torch.no_grad():
-        metrics = evaluate_split(student, split, info, augment, device, bf16, progress=f"eval {split_name}")
+        # a bar on a terminal only: in a captured log it would come before the result (or an error line)
+        metrics = evaluate_split(student, split, info, augment, device, bf16,
+                                 progress=f"eval {split_name}" if sys.stderr.isatty() else "")
     result = {"summary": summary(metrics, info.groups), "metrics": metrics, "split": split_name,
               "class_names": list(info.class_names), "class_counts": list(info.class_counts),
               "groups": {n: info.groups.members(i) for i, n in enumerate(info.groups.names)}}

@@ -2,6 +2,7 @@
 exclusive lock held for a process's life."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -25,13 +26,45 @@ def write_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError:
+            raise
+        except Exception as exc:  # re-raised unless it is a serialiser's failed write, below
+            if not _failed_write(exc):
+                raise
+            # torch's and safetensors' writers report a failed write (a full disk) as their own errors
+            raise OSError(errno.EIO, f"cannot write {path}: {str(exc).strip().splitlines()[-1]} "
+                                     "(is the disk full?)") from exc
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _failed_write(exc: Exception) -> bool:
+    """Whether a serialiser's own error is its write to the file failing: safetensors' "No space
+    left on device" (its SafetensorError), torch's zip writer's "unexpected pos" (a RuntimeError)."""
+    text = str(exc)
+    return (type(exc).__name__ == "SafetensorError" and any(k in text for k in ("IoError", "os error", "No space"))) or \
+        (isinstance(exc, RuntimeError) and "inline_container" in text and "unexpected pos" in text)
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Refuse, before any long work, a folder that cannot take a file (read-only, not a folder,
+    no permission): creates it if missing, then writes and removes a probe file."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise TaildistillError(f"{what} {folder} is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / temporary_name(folder / ".write-probe").name
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TaildistillError(f"{what} {folder} cannot be written: {exc.strerror or exc}") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -166,7 +166,9 @@ def load_state(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refusal (pickled objects) or corruption
-        raise TrainingError(f"cannot read trainer state {path}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"cannot read trainer state {path} (damaged, or not a taildistill state file): "
+                            f"{first}") from None
 
 
 # ----------------------------------------------------------------------------- the directory

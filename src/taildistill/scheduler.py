@@ -502,8 +502,13 @@ def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local",
     from .report import write_run_report
 
     per_gpu = default_per_gpu(specs) if per_gpu is None else per_gpu
+    if RunDir(out).is_run():  # its report.md and plots are the run's own
+        raise ConfigError(f"--out {out} is a run folder; a {what} would write its report over the run's: "
+                          "give a folder of its own")
     ex = make_executor(executor, jobs, per_gpu)
+    made = not out.exists()
     lock = lock_output(out, what)
+    outcomes: list[Outcome] = []
     try:
         t0 = time.time()
         outcomes = run_graph(specs, ex, desc=what, quiet=quiet, time_limit=time_limit)
@@ -518,6 +523,9 @@ def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local",
         path = report(outcomes, cost) if report is not None else None
     finally:
         release_output(lock)
+        if made and [p.name for p in out.iterdir()] == [lock.name]:  # refused before anything ran: no folder left
+            lock.unlink()
+            out.rmdir()
         if executor == "ray":
             import ray
 

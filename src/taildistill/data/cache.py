@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 import os
 import sys
 from pathlib import Path
@@ -92,8 +93,11 @@ def cached(cache_dir: str, kind: str, sources: list[Path], image_size: int, buil
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            return arrays, json.loads(meta_path.read_text())
-        except (OSError, ValueError, json.JSONDecodeError):
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("its metadata is not a mapping")
+            return arrays, meta
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # (a truncated .npz is a bad zip)
             _note(f"the cached {kind} data {path} is damaged; rebuilding it")
     # which entry these sources had before: a changed source replaces it (announced, old one removed)
     where = hashlib.sha256(json.dumps([kind, image_size, [str(Path(s).resolve()) for s in sources]]).encode()).hexdigest()[:24]

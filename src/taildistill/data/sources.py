@@ -181,10 +181,17 @@ def _cifar(cfg, folder: str, train_files: list[str], test_files: list[str], labe
             batch = load_cifar_pickle(path, str(path))
             if "data" not in batch or label_key not in batch:
                 raise DataError(f"{path}: no '{label_key}' / 'data' entries; is this the right CIFAR format?")
-            data = np.asarray(batch["data"], dtype=np.uint8)
-            if data.ndim != 2 or data.shape[1] != 3072:
-                raise DataError(f"{path}: expected (N, 3072) uint8 rows, got {data.shape}")
-            labels = np.asarray(batch[label_key], dtype=np.int64)
+            try:
+                data, labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+            except (ValueError, TypeError) as exc:  # ragged rows
+                raise DataError(f"{path}: 'data' / '{label_key}' are not arrays ({exc})") from None
+            if data.dtype.kind not in "ui" or data.ndim != 2 or data.shape[1] != 3072:
+                raise DataError(f"{path}: expected (N, 3072) uint8 rows, got {data.dtype} {data.shape}")
+            if data.size and (data.min() < 0 or data.max() > 255):
+                raise DataError(f"{path}: pixel values outside 0..255 ({data.min()}..{data.max()})")
+            if labels.dtype.kind not in "ui" or labels.ndim != 1:
+                raise DataError(f"{path}: '{label_key}' must be a list of integer labels, got {labels.dtype} {labels.shape}")
+            data, labels = data.astype(np.uint8), labels.astype(np.int64)
             if len(labels) != len(data):
                 raise DataError(f"{path}: {len(labels)} labels for {len(data)} images")
             check_labels(labels, num_classes, str(path))
@@ -196,8 +203,11 @@ def _cifar(cfg, folder: str, train_files: list[str], test_files: list[str], labe
     names = [str(i) for i in range(num_classes)]
     if meta_path.is_file():
         meta = load_cifar_pickle(meta_path, str(meta_path))
-        got = meta.get(names_key)
+        got = meta.get(names_key) if isinstance(meta, dict) else None
         if got is not None:
+            if not isinstance(got, (list, tuple)) or len(got) != num_classes:
+                raise DataError(f"{meta_path}: '{names_key}' must list the {num_classes} class names, got "
+                                f"{len(got) if isinstance(got, (list, tuple)) else type(got).__name__}")
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in got]
     return SourceData(read(train_files), read(test_files), names)
 
@@ -281,7 +291,8 @@ def read_image_folder(path: Path, size: int, what: str, class_names: list[str] |
         raise DataError(f"{what}: class folders of {path} disagree with the training split's: {missing[:5]}")
     index = {c: i for i, c in enumerate(found)}
     images = []
-    for name, read in tqdm(entries, desc=f"decode {path.name}", unit="img", leave=False, mininterval=1.0):
+    # (disable=None: a bar on a terminal only, never in a captured log ahead of an error line)
+    for name, read in tqdm(entries, desc=f"decode {path.name}", unit="img", leave=False, mininterval=1.0, disable=None):
         images.append(decode_image(read(), f"{path}:{name}", size))
     labels = np.asarray([index[c] for c in cls_of], dtype=np.int64)
     return _stack(images, what), labels, found
@@ -332,7 +343,7 @@ def tinyimagenet(cfg) -> SourceData:
         wnids = sorted(w.strip() for w in wnids_file.read_text().split() if w.strip())
         index = {w: i for i, w in enumerate(wnids)}
         xs, ys = [], []
-        for w in tqdm(wnids, desc="decode tinyimagenet train", unit="class", leave=False):
+        for w in tqdm(wnids, desc="decode tinyimagenet train", unit="class", leave=False, disable=None):
             folder = root / "train" / w / "images"
             if not folder.is_dir():
                 raise DataError(f"tinyimagenet: missing {folder}")
@@ -393,6 +404,12 @@ def listfile(cfg) -> SourceData:
     splits = {}
     for name, file in lists.items():
         paths, labels = read_list_file(Path(file).expanduser(), f"listfile {name}")
+        # every listed image exists: found now, not by a loader worker hours into the run (a stat
+        # per image: about a second for iNaturalist's 438k on a local disk)
+        missing = [p for p in paths if not (Path(root) / p).is_file()]
+        if missing:
+            raise DataError(f"listfile {name}: {len(missing)} of its {len(paths)} images are not under {root} "
+                            f"(e.g. {missing[0]}); data.root is the folder the list's paths are relative to")
         splits[name] = Split(labels, paths=paths, root=str(root))
     num_classes = int(max(s.y.max() for s in splits.values())) + 1
     for name, s in splits.items():
