@@ -526,6 +526,42 @@ def test_grids_do_not_write_into_run_folders_nor_leave_folders_when_refused(tmp_
     assert exit_info.value.code == 2 and "--num-classes: must be at least 1" in capsys.readouterr().err
 
 
+def test_analyses_a_model_cannot_give_are_refused_before_the_pass(trained, capsys, monkeypatch):
+    import taildistill.evaluation as evaluation
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the split was evaluated before the analysis was refused")
+
+    monkeypatch.setattr(evaluation, "evaluate_split", no_pass)
+    for analysis, needle in (("attention", "needs a ViT student"), ("firing", "needs a spiking model")):
+        assert main(["eval", str(trained), "--analysis", analysis]) == 2
+        one_error(capsys, needle)
+
+
+def test_an_empty_environment_variable_takes_the_default_as_in_the_shell(monkeypatch):
+    from taildistill.config import expand_env
+    from taildistill.errors import ConfigError
+
+    monkeypatch.setenv("TD_EMPTY", "")
+    monkeypatch.setenv("TD_SET", "/data/x")
+    monkeypatch.delenv("TD_UNSET", raising=False)
+    assert expand_env("${TD_EMPTY:-dflt}") == "dflt" and expand_env("${TD_SET:-dflt}") == "/data/x"
+    assert expand_env("${TD_UNSET:-dflt}") == "dflt" and expand_env("${TD_EMPTY}") == ""
+    with pytest.raises(ConfigError, match="needs the environment variable TD_UNSET"):
+        expand_env("${TD_UNSET}")
+
+
+def test_search_path_variables_naming_a_file_are_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("TAILDISTILL_CONFIG_PATH", str(tmp_path / "afile"))
+    assert main(["config", "digits/ce_teacher"]) == 2
+    one_error(capsys, "TAILDISTILL_CONFIG_PATH", "not a folder")
+    monkeypatch.delenv("TAILDISTILL_CONFIG_PATH")
+    monkeypatch.setenv("TAILDISTILL_TEACHERS", str(tmp_path / "afile"))
+    assert main(["teachers"]) == 2
+    one_error(capsys, "TAILDISTILL_TEACHERS", "not a folder")
+
+
 def test_a_loader_workers_error_is_its_own_line(capsys):
     from taildistill.cli import error_line
     from taildistill.errors import DataError

@@ -296,6 +296,9 @@ def config_dirs() -> list[Path]:
     """Where config names are looked up: the folders of $TAILDISTILL_CONFIG_PATH (a user's own,
     searched first; ':'-separated), then the configs that ship with the package."""
     user = [Path(p).expanduser() for p in os.environ.get("TAILDISTILL_CONFIG_PATH", "").split(os.pathsep) if p]
+    for p in user:
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"$TAILDISTILL_CONFIG_PATH names {p}, which is not a folder (it lists folders of configs)")
     return [*user, PACKAGE_CONFIGS]
 
 
@@ -430,10 +433,11 @@ _REF = re.compile(r"\$\{([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*)\}")
 
 def expand_env(value: Any) -> Any:
     """`${VAR}` / `${VAR:-default}` (upper-case names) in string values come from the environment
-    (paths to data differ per machine; configs never hard-code them)."""
+    (paths to data differ per machine; configs never hard-code them). As in the shell, the default
+    also stands in for a variable that is set but empty."""
     if isinstance(value, str):
         def sub(m):
-            if m.group(1) in os.environ:
+            if os.environ.get(m.group(1)) or (m.group(1) in os.environ and m.group(2) is None):
                 return os.environ[m.group(1)]
             if m.group(2) is not None:
                 return m.group(2)

@@ -53,6 +53,8 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
         raise ConfigError(f"the data has no '{split_name}' split")
     augment = BatchAugment(cfg.augment, info.mean, info.std, info.num_classes, info.input_kind)
     bf16 = use_bf16(cfg.train, device)
+    if analyses:  # what a model cannot give is refused before the pass over the split, not after it
+        check_analyses(student, analyses, split, info, augment, device)
     with torch.no_grad():
         # a bar on a terminal only: in a captured log it would come before the result (or an error line)
         metrics = evaluate_split(student, split, info, augment, device, bf16,
@@ -106,6 +108,17 @@ def format_result(result: dict) -> str:
     for name, value in (s.get("analysis") or {}).items():
         lines += ["", f"{name}: {ANALYSIS_HELP.get(name, '')}", "  " + json.dumps(value)]
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def check_analyses(model, analyses: list[str], split, info, augment, device) -> None:
+    """Refuse an analysis the model cannot give (attention: a ViT; firing: a spiking model)."""
+    from .models.vit import DistilledViT
+
+    if "attention" in analyses and not isinstance(model, DistilledViT):
+        raise ConfigError("the attention analysis needs a ViT student (deit_*_distilled)")
+    if "firing" in analyses and "firing_rates" not in model.eval()(augment.eval_view(_first_batch(split, info, device, 2))):
+        raise ConfigError("the firing analysis needs a spiking model")
 
 
 def run_analyses(model, data, split, augment, device, analyses: list[str], batch_size: int = 256) -> dict:

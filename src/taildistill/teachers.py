@@ -27,6 +27,9 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 def roots() -> list[Path]:
     """The folders searched, first match wins: $TAILDISTILL_TEACHERS, then the shipped folder."""
     extra = [Path(p).expanduser() for p in os.environ.get("TAILDISTILL_TEACHERS", "").split(os.pathsep) if p]
+    for p in extra:  # (a missing folder is fine: nothing exported there yet)
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"$TAILDISTILL_TEACHERS names {p}, which is not a folder (it lists folders of teachers)")
     return extra + [SHIPPED]
 
 
