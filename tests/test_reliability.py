@@ -126,6 +126,18 @@ def test_malformed_cifar_batches_are_named(tmp_path, data, labels, needle):
         build_data(DataConfig(source="cifar10", root=str(tmp_path / "root"), profile="none"))
 
 
+def test_a_cifar_meta_file_that_is_not_a_mapping_is_named(tmp_path):
+    from taildistill.errors import DataError
+
+    folder = tmp_path / "root" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps(["airplane", "car"]))
+    with pytest.raises(DataError, match="batches.meta is not a valid CIFAR python batch"):
+        build_data(DataConfig(source="cifar10", root=str(tmp_path / "root"), profile="none"))
+
+
 def test_a_damaged_data_cache_is_rebuilt(tmp_path, capsys):
     write_image_folder(tmp_path / "tr")
     write_image_folder(tmp_path / "te")
@@ -176,7 +188,8 @@ def test_a_root_holding_train_and_test_is_refused(tmp_path, capsys):
                                              ("augment.rrc_scale=[1]", "augment.rrc_scale"),
                                              ("augment.rrc_scale=[0.9, 0.1]", "augment.rrc_scale"),
                                              ("augment.random_resized_crop=-4", "augment.random_resized_crop"),
-                                             ("augment.randaugment_n=2|augment.randaugment_m=1000", "randaugment_m")])
+                                             ("augment.randaugment_n=2|augment.randaugment_m=1000", "randaugment_m"),
+                                             ("augment.randaugment_n=16", "randaugment_n")])
 def test_invalid_runs_are_refused_before_training(tmp_path, capsys, override, needle):
     assert main(["train", config_file(tmp_path), *override.split("|"), "--out", str(tmp_path / "run")]) == 2
     one_error(capsys, needle)
@@ -438,7 +451,8 @@ def test_a_serialisers_failed_write_is_a_full_disk_not_a_traceback(tmp_path, cap
 
     for exc in (SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
                                 '"No space left on device" })'),
-                RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4608 vs 4496")):
+                RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4608 vs 4496"),
+                RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")):
         with pytest.raises(OSError, match="is the disk full"):
             write_atomic(tmp_path / "f", lambda tmp, exc=exc: (Path(tmp).write_bytes(b"x"), (_ for _ in ()).throw(exc)))
         assert not list(tmp_path.iterdir())  # nothing half-written left behind
@@ -503,6 +517,17 @@ def test_damaged_resume_state_and_yaml_are_one_line(tmp_path, capsys):
     (tmp_path / "loop.yaml").write_text("data: &x [*x]\n")
     assert main(["config", str(tmp_path / "loop.yaml")]) == 2
     one_error(capsys, "alias that contains itself")
+    assert main(["config", cfg, "data.lists=&x {a: *x}"]) == 2  # an override's value too
+    one_error(capsys, "override 'data.lists=&x {a: *x}'", "alias that contains itself")
+    assert main(["config", cfg, "train={epochs: 2, epochs: 3}"]) == 2
+    one_error(capsys, "the key 'epochs' is given twice")
+    # YAML merge keys stay legal, a merged key overridden included
+    (tmp_path / "merge.yaml").write_text("x_common: &c {epochs: 3, batch_size: 32}\n"
+                                         "train: {<<: *c, epochs: 4, device: cpu, tensorboard: false}\n")
+    from taildistill.config import load_raw
+
+    assert load_raw(tmp_path / "merge.yaml")["train"] == {"epochs": 4, "batch_size": 32, "device": "cpu",
+                                                         "tensorboard": False}
 
 
 def test_grids_do_not_write_into_run_folders_nor_leave_folders_when_refused(tmp_path, trained, capsys):

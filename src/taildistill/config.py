@@ -95,7 +95,7 @@ class AugmentConfig:
     rotation: float = 0.0  # random rotation in [-degrees, degrees] (LT-SpikingFormer's weak augmentation), 0 = off
     autoaugment: AutoAugmentPolicy = "none"  # AutoAugment policy (cifar10 for CIFAR)
     randaugment_n: int = 0  # RandAugment operations per image (0 = off)
-    randaugment_m: int = 9  # RandAugment magnitude (0-30)
+    randaugment_m: int = 9  # RandAugment magnitude, in (0, 30)
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
     hue: float = 0.0  # colour jitter's hue shift, in turns of the colour circle (torchvision's hue; <= 0.5)
     color_jitter_p: float = 1.0  # probability that an image is colour-jittered (SimCLR / MoCo v2: 0.8)
@@ -119,7 +119,10 @@ class AugmentConfig:
         if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
             raise ConfigError(f"config key '{prefix}.rrc_scale' is the crop's area range [low, high] as a share of the "
                               f"image, 0 < low <= high <= 1, got {self.rrc_scale}")
-        if self.randaugment_n > 0 and not 0 < self.randaugment_m < 30:  # (kornia's RandAugment: magnitudes in (0, 30))
+        if self.randaugment_n > 15:  # (kornia's RandAugment: 1 to 15 operations, magnitudes in (0, 30))
+            raise ConfigError(f"config key '{prefix}.randaugment_n' is RandAugment's operations per image, at most 15, "
+                              f"got {self.randaugment_n}")
+        if self.randaugment_n > 0 and not 0 < self.randaugment_m < 30:
             raise ConfigError(f"config key '{prefix}.randaugment_m' is RandAugment's magnitude in (0, 30), "
                               f"got {self.randaugment_m}")
         if not 0 <= self.hue <= 0.5:
@@ -387,9 +390,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key part")
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        parsed = yaml.load(value, Loader=_ConfigLoader) if value != "" else ""  # (a SafeLoader, as for files)
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML ({yaml_error(exc)})") from None
+    _acyclic(parsed, f"override '{text}'")
     return key.split("."), parsed
 
 
@@ -465,6 +469,8 @@ class _ConfigLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str) and key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key '{key}' is given twice",
@@ -473,13 +479,13 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _acyclic(value, path: Path, stack: tuple[int, ...] = ()) -> None:
+def _acyclic(value, where: str, stack: tuple[int, ...] = ()) -> None:
     """Refuse a YAML alias that contains itself (`a: &x [*x]`): it would recurse without end."""
     if isinstance(value, (dict, list)):
         if id(value) in stack:
-            raise ConfigError(f"config file {path} has a YAML alias that contains itself")
+            raise ConfigError(f"{where} has a YAML alias that contains itself")
         for v in (value.values() if isinstance(value, dict) else value):
-            _acyclic(v, path, stack + (id(value),))
+            _acyclic(v, where, stack + (id(value),))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -500,7 +506,7 @@ def _read_yaml(path: Path) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    _acyclic(raw, path)
+    _acyclic(raw, f"config file {path}")
     return raw
 
 

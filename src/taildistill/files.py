@@ -46,10 +46,12 @@ def write_atomic(path: Path, write) -> None:
 
 def _failed_write(exc: Exception) -> bool:
     """Whether a serialiser's own error is its write to the file failing: safetensors' "No space
-    left on device" (its SafetensorError), torch's zip writer's "unexpected pos" (a RuntimeError)."""
+    left on device" (its SafetensorError), torch's zip writer's "unexpected pos" or "PytorchStreamWriter
+    failed writing file" (RuntimeErrors)."""
     text = str(exc)
     return (type(exc).__name__ == "SafetensorError" and any(k in text for k in ("IoError", "os error", "No space"))) or \
-        (isinstance(exc, RuntimeError) and "inline_container" in text and "unexpected pos" in text)
+        (isinstance(exc, RuntimeError) and (("inline_container" in text and "unexpected pos" in text)
+                                            or "PytorchStreamWriter failed" in text or "file write failed" in text))
 
 
 def check_writable_folder(folder: Path, what: str) -> None:

@@ -522,9 +522,12 @@ def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local",
                                                         "command": command, "accounting": cost})
         path = report(outcomes, cost) if report is not None else None
     finally:
-        release_output(lock)
-        if made and [p.name for p in out.iterdir()] == [lock.name]:  # refused before anything ran: no folder left
+        # refused before anything ran: no folder left (removed while the lock is still held)
+        empty = made and [p.name for p in out.iterdir()] == [lock.name]
+        if empty:
             lock.unlink()
+        release_output(lock)
+        if empty:
             out.rmdir()
         if executor == "ray":
             import ray

@@ -55,8 +55,10 @@ def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator, hue: floa
     B = x.shape[0]
     x0 = x
 
-    def factor():
-        return (1 + strength * (2 * _rand(g, B, x.device) - 1)).clamp_min(0)[:, None, None, None]
+    low = max(0.0, 1 - strength)
+
+    def factor():  # uniform on [max(0, 1 - s), 1 + s], as torchvision
+        return (low + (1 + strength - low) * _rand(g, B, x.device))[:, None, None, None]
 
     colour = x.shape[1] == 3
     # every factor is drawn, in a fixed order, whatever order the ops then run in

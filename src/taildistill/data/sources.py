@@ -203,7 +203,7 @@ def _cifar(cfg, folder: str, train_files: list[str], test_files: list[str], labe
     names = [str(i) for i in range(num_classes)]
     if meta_path.is_file():
         meta = load_cifar_pickle(meta_path, str(meta_path))
-        got = meta.get(names_key) if isinstance(meta, dict) else None
+        got = meta.get(names_key)  # (load_cifar_pickle refuses a file that holds no mapping)
         if got is not None:
             if not isinstance(got, (list, tuple)) or len(got) != num_classes:
                 raise DataError(f"{meta_path}: '{names_key}' must list the {num_classes} class names, got "

@@ -10,7 +10,8 @@
 `teacher_augment` (augment config keys) gives the teacher a view of its own instead, the same
 images through that pipeline: Table 1's "weak" teacher augmentation (random crop and flip, as the
 teacher was trained), the control that shows the gain is the OOD view's. The student's batch is
-then unmixed (the teacher's view of mixed images would not exist).
+then unmixed (the teacher's view of mixed images would not exist). For data streamed from image
+files (list files) both views start from the loader's random-resized crop, as PaCo's key view.
 
 `dist_criterion` names any registered criterion (kd, ltkd, bkd, cckd, ...) and `dist:` holds that
 criterion's own parameters, so DeiT-LT's OOD distillation combines with another method by a
