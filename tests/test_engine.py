@@ -223,6 +223,7 @@ def test_deitlt_and_ltsf_train_end_to_end(tmp_path):
     assert "cls/top1" in final["test"] and "dist/group/few" in final["test"]
     rec = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("loss/cls" in r and "loss/dist" in r for r in rec)
+    assert all("metric/teacher_acc" in r and "loss/metric/teacher_acc" not in r for r in rec)  # logged, not a loss
     # composition: DeiT-LT's OOD distillation with LTKD's loss on the DIST head is a config change
     fit(tiny("deitlt_ltkd", epochs=1, method={"name": "deitlt", "dist_criterion": "ltkd"}, teacher=teacher, model=vit),
         tmp_path / "deitlt_ltkd", quiet=True)

@@ -241,6 +241,13 @@ def test_deitlt_teacher_augment_gives_the_teacher_its_own_view(setup, tmp_path):
     assert not torch.equal(y_key, t.argmax(1))  # (the two views' teacher labels differ: the test can tell them apart)
     got = terms(m, {**batch, "x_key": x_key})
     assert got["dist"] == approx(0.5 * F.cross_entropy(out["logits_dist"], y_key).item())
+    # Table 1's Tch. Acc.: the teacher's labels of the view it sees against the images' labels
+    with torch.no_grad():
+        acc = m({**batch, "x_key": x_key}, 0).metrics["teacher_acc"]
+        # labelled as the teacher labels its own view: 100 on that view, less on the student's
+        agree = m({**batch, "y": y_key, "x_key": x_key}, 0).metrics["teacher_acc"]
+    assert acc.item() == approx((y_key == batch["y"]).float().mean().item() * 100)
+    assert agree.item() == approx(100.0) and (t.argmax(1) == y_key).float().mean().item() < 1
     assert got["cls"] == approx(0.5 * F.cross_entropy(out["logits_cls"], batch["y"], label_smoothing=0.1).item())
     assert m.refuses_mixing() and not make("deitlt", {}, setup, student=_vit(setup)).refuses_mixing()
     assert make("deitlt", {}, setup, student=_vit(setup)).batch_request().second_view is None

@@ -12,7 +12,8 @@ from .optim import SAM
 
 class TrainStep:
     """`step(batch, epoch) -> (loss, terms, logits)`, all detached and left on the device (reading
-    them is the caller's choice: a read waits for the device). With `grad_accum` k > 1, each call
+    them is the caller's choice: a read waits for the device); `terms` holds the loss terms and,
+    as `metric/<name>`, the method's logged metrics (not in the loss). With `grad_accum` k > 1, each call
     back-propagates loss / k and the optimizer steps on every k-th call (an effective batch k times
     larger); under DDP the gradients are synchronised on that call only."""
 
@@ -50,7 +51,7 @@ class TrainStep:
             loss = sum(out.terms.values())
             (loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
         if not stepping:  # gradients accumulate until the k-th batch
-            return loss.detach(), {k: v.detach() for k, v in out.terms.items()}, out.logits.detach()
+            return loss.detach(), _logged(out), out.logits.detach()
         if self.sam is not None:  # the gradient at the perturbed weights w + rho g/|g|
             self.sam.first_step()
             sum(self._forward(batch, epoch).terms.values()).backward()
@@ -62,4 +63,9 @@ class TrainStep:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_step()
-        return loss.detach(), {k: v.detach() for k, v in out.terms.items()}, out.logits.detach()
+        return loss.detach(), _logged(out), out.logits.detach()
+
+
+def _logged(out) -> dict[str, torch.Tensor]:
+    """A step's loss terms and, prefixed `metric/`, its metrics, detached."""
+    return {**{k: v.detach() for k, v in out.terms.items()}, **{f"metric/{k}": v.detach() for k, v in out.metrics.items()}}

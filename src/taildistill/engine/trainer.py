@@ -402,8 +402,8 @@ class Trainer:
         steps = self.steps * self.dist.world_size
         record = {"epoch": epoch, "lr": lr, "loss": float(stats[0]) / steps, "train_acc": float(stats[1] / stats[2]) * 100,
                   "images_per_s": float(stats[2]) / elapsed, "epoch_s": elapsed}
-        for i, k in enumerate(sums):
-            record[f"loss/{k}"] = float(stats[3 + i]) / steps
+        for i, k in enumerate(sums):  # (a method's metrics come as metric/<name>: logged under that name)
+            record[k if k.startswith("metric/") else f"loss/{k}"] = float(stats[3 + i]) / steps
         return record
 
     def _rng(self) -> dict:

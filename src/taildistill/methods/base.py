@@ -79,6 +79,9 @@ class MethodOutput:
 
     terms: dict[str, torch.Tensor]  # named scalar loss terms, weights applied; the loss is their sum
     logits: torch.Tensor  # (B, C) the student's prediction logits on batch["x"] (training accuracy)
+    # named scalars logged per epoch (metrics.jsonl's `metric/<name>`), not part of the loss: e.g.
+    # DeiT-LT's teacher accuracy on the images it labels (its Table 1's Tch. Acc.)
+    metrics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 class TeacherOutputs(Protocol):

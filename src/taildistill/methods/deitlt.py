@@ -98,4 +98,8 @@ class DeiTLT(Method):
         target = batch.get("y_soft", batch["y"])
         terms = {"cls": p.cls_weight * cross_entropy(out["logits_cls"], target, p.label_smoothing),
                  "dist": p.dist_weight * self.dist_criterion(out["logits_dist"], t, batch, epoch)}
-        return MethodOutput(terms, out["logits"])
+        # Table 1's Tch. Acc.: how often the teacher's label of what it sees is the image's label (on a
+        # mixed batch, the larger share's)
+        label = target.argmax(1) if target.dim() == 2 else target
+        teacher_acc = (t.detach().argmax(1) == label).float().mean() * 100
+        return MethodOutput(terms, out["logits"], metrics={"teacher_acc": teacher_acc})

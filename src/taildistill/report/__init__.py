@@ -145,6 +145,9 @@ def plot_curves(history: list[dict], path: Path, name: str = "") -> None:
     if any("val/top1" in h for h in history):
         vh = [h for h in history if "val/top1" in h]
         axes[1].plot([h["epoch"] for h in vh], [h["val/top1"] for h in vh], label="validation", marker="o")
+    if any("metric/teacher_acc" in h for h in history):  # (DeiT-LT: the teacher on the images it labels)
+        axes[1].plot(ep, [h.get("metric/teacher_acc") for h in history], label="teacher on its view", marker=marker,
+                     linestyle="--")
     axes[1].set_xlabel("epoch")
     axes[1].set_title("accuracy (%)")
     axes[1].legend(fontsize=7)
