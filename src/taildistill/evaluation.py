@@ -16,8 +16,8 @@ from .errors import ConfigError
 from .eval import evaluate_split, head_names, predict_split, summary
 from .eval.analysis import ANALYSES, feature_deviation, feature_rank, feature_separability, mean_firing_rates
 from .experiment import build_student, check_vocabulary, load_config, load_weights_into
-from .report import head_label
 from .files import check_writable_folder
+from .report import head_label
 from .rundir import RunDir, write_text_atomic
 
 
@@ -113,11 +113,16 @@ def format_result(result: dict) -> str:
 @torch.no_grad()
 def check_analyses(model, analyses: list[str], split, info, augment, device) -> None:
     """Refuse an analysis the model cannot give (attention: a ViT; firing: a spiking model)."""
+    _refuse_unavailable(model, analyses, model.eval()(augment.eval_view(_first_batch(split, info, device, 2))))
+
+
+def _refuse_unavailable(model, analyses: list[str], probe: dict) -> None:
+    """`probe`: the model's outputs on a few images (a spiking model's include its firing rates)."""
     from .models.vit import DistilledViT
 
     if "attention" in analyses and not isinstance(model, DistilledViT):
         raise ConfigError("the attention analysis needs a ViT student (deit_*_distilled)")
-    if "firing" in analyses and "firing_rates" not in model.eval()(augment.eval_view(_first_batch(split, info, device, 2))):
+    if "firing" in analyses and "firing_rates" not in probe:
         raise ConfigError("the firing analysis needs a spiking model")
 
 
@@ -129,6 +134,7 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
     info = data.info
     out: dict = {}
     probe = model.eval()(augment.eval_view(_first_batch(split, info, device)))
+    _refuse_unavailable(model, analyses, probe)
     names = [n for n in ("cls", "dist", "pooled") if n in probe["features"]]
     y = torch.as_tensor(split.y, dtype=torch.long)
     tail_group = max(info.groups.class_to_group)
@@ -158,8 +164,6 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
             out["deviation"] = {"feature": n, "per_class": feature_deviation(train[f"features/{n}"], ty, feats[f"features/{n}"], y, info.num_classes),
                                 "separability": feature_separability(feats[f"features/{n}"], y, info.num_classes)}
     if "attention" in analyses:
-        if not isinstance(model, DistilledViT):
-            raise ConfigError("the attention analysis needs a ViT student (deit_*_distilled)")
         if not len(tail_idx):
             raise ConfigError(f"the split has no image of the tail group ({info.groups.names[tail_group]})")
         sums, n = None, 0
@@ -174,9 +178,6 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
                             "mean_distance_per_block_and_head": per_head.tolist(),
                             "mean_distance_per_block": per_head.mean(1).tolist()}
     if "firing" in analyses:
-        if "firing_rates" not in probe:
-            raise ConfigError("the firing analysis needs a spiking model")
-
         out["firing"] = mean_firing_rates(model, split, info, augment, device)
     return out
 

@@ -138,6 +138,19 @@ def unlock(path: Path) -> None:
         os.close(fd)
 
 
+def unlock_removing_bare_folder(folder: Path, lock: Path) -> None:
+    """Release `lock`; when `folder` holds nothing but it (a run or grid refused before it wrote
+    anything), remove both. The lock file goes while still held, so no other process can take a
+    lock on a file about to vanish."""
+    folder = Path(folder)
+    bare = folder.is_dir() and all(q.name == Path(lock).name for q in folder.iterdir())
+    if bare:
+        Path(lock).unlink(missing_ok=True)
+    unlock(lock)
+    if bare:
+        folder.rmdir()
+
+
 def sha256_file(path: Path) -> str:
     """SHA-256 of a file's bytes, read in 1 MiB chunks (weights and archives need not fit in memory)."""
     h = hashlib.sha256()

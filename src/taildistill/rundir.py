@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import ExperimentConfig, load_raw, parse_config, yaml_error
 from .errors import TaildistillError, TrainingError
-from .files import clean_stale_temporaries, lock_exclusive, sha256_file, unlock, write_atomic, write_text_atomic
+from .files import (clean_stale_temporaries, lock_exclusive, sha256_file, unlock, unlock_removing_bare_folder,
+                    write_atomic, write_text_atomic)
 
 # settings that do not change what a run computes: two runs that differ only in these (and the
 # seed) are seeds of one configuration
@@ -388,11 +389,10 @@ class RunDir:
     def unlock(self) -> None:
         unlock(self.path / ".lock")
 
-    def remove_if_empty(self) -> None:
-        """Remove the folder if it holds nothing but its lock (a run that failed before writing)."""
-        if self.path.is_dir() and all(q.name == ".lock" for q in self.path.iterdir()):
-            (self.path / ".lock").unlink(missing_ok=True)
-            self.path.rmdir()
+    def unlock_removing_if_empty(self) -> None:
+        """Release the lock and remove the folder if it holds nothing but the lock (a run that
+        failed before writing)."""
+        unlock_removing_bare_folder(self.path, self.path / ".lock")
 
     def write_header(self, config_text: str, data_info: dict, env: dict) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, Interrupted, TaildistillError
-from .files import lock_exclusive, unlock
+from .files import lock_exclusive, unlock, unlock_removing_bare_folder
 from .rundir import RunDir, config_hash, execution_overrides, init_file_identity
 
 
@@ -522,13 +522,11 @@ def execute(specs: list[RunSpec], out: Path, what: str, executor: str = "local",
                                                         "command": command, "accounting": cost})
         path = report(outcomes, cost) if report is not None else None
     finally:
-        # refused before anything ran: no folder left (removed while the lock is still held)
-        empty = made and [p.name for p in out.iterdir()] == [lock.name]
-        if empty:
-            lock.unlink()
-        release_output(lock)
-        if empty:
-            out.rmdir()
+        # refused before anything ran: no folder left behind
+        if made:
+            unlock_removing_bare_folder(out, lock)
+        else:
+            release_output(lock)
         if executor == "ray":
             import ray
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np

@@ -56,7 +56,7 @@ class _Base:
         self.repeated = aug_cfg.repeated
         self.channels_last = channels_last
         self.augment = BatchAugment(aug_cfg, info.mean, info.std, info.num_classes, info.input_kind)
-        # a second augmented view of the same images (PaCo's key view), with its own pipeline
+        # a second augmented view of the same images (PaCo's key view, DeiT-LT's teacher view), with its own pipeline
         self.second_view = BatchAugment(request.second_view, info.mean, info.std, info.num_classes, info.input_kind) \
             if request.second_view is not None else None
         self.labels = torch.as_tensor(train_labels, dtype=torch.long)

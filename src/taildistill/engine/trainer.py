@@ -126,9 +126,10 @@ class Trainer:
             self._setup(cfg, experiment, resume, overwrite, resume_overrides, teacher_run)
         except BaseException:
             if self.is_main:
-                self.rundir.unlock()
                 if made:
-                    self.rundir.remove_if_empty()
+                    self.rundir.unlock_removing_if_empty()
+                else:
+                    self.rundir.unlock()
             raise
 
     def _setup(self, cfg, experiment, resume: bool, overwrite: bool, resume_overrides, teacher_run) -> None:

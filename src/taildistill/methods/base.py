@@ -58,7 +58,7 @@ class BatchRequest:
 
     balanced_mix: bool = False  # x_mix / y_a / y_b: a class-balanced batch mixed into x (ACCKD, CCKD Alg. 1)
     balanced_mix_alpha: float = 0.5  # Beta(a, a) of that mix's lambda (folded to >= 0.5)
-    second_view: AugmentConfig | None = None  # x_key: the same images through this pipeline too (PaCo's key view)
+    second_view: AugmentConfig | None = None  # x_key: the same images through this pipeline too (PaCo, DeiT-LT)
 
 
 def view_config(raw: Any, key: str) -> AugmentConfig:
@@ -254,6 +254,7 @@ class Method(nn.Module):
     # the engine refuses DDP and gradient accumulation for a method whose after_step state would
     # need them handled (a queue gathered over ranks, keys from every micro-batch)
     single_process: ClassVar[bool] = False
+
     def refuses_mixing(self) -> str:
         """Why this method cannot train on mixed batches (augment.mixup_alpha / cutmix_alpha, which
         the engine then refuses), or "" where it can (the default)."""
