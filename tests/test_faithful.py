@@ -85,6 +85,13 @@ def test_ablations_run_only_where_the_paper_has_them(tmp_path):
     assert {"ratio100/snn_mixup/seed0", "ratio100/ltsf_glo/seed0", "ratio100/ltsf_loc/seed0"} <= keys
     assert not any(k.startswith(("ratio50/ltsf_", "ratio10/snn_mixup")) for k in keys)
     assert {"ratio50/ltsf/seed0", "ratio10/snn_ce/seed0"} <= keys
+    # BKD Tables 1 and 2 give Mixup + VS at ratio 100 only (both profiles)
+    for name, cells in (("bkd-cifar10", ["ratio100"]), ("bkd-cifar10-step", ["ratio100"]),
+                        ("bkd-cifar100", ["profileexp_ratio100", "profilestep_ratio100"])):
+        suite = load_suite(name, CONFIGS)
+        keys = {s.key for s in suite_specs(name, suite, tmp_path / name, 1, False, CONFIGS, None, None)}
+        assert sorted(k.split("/")[0] for k in keys if "/mixup_vs/" in k) == cells, name
+        assert all(f"{c}/mixup_la/seed0" in keys for c in cells), name
 
 
 def test_a_suite_that_is_not_the_papers_experiment_says_so_first_and_shows_no_paper_column(tmp_path):
@@ -146,10 +153,14 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     assert load_config(CONFIGS / "cifar10_lt" / "ce_teacher.yaml").data.group_cuts == [3, 7]
     # BSCE and Mixup + LA (Tables 1, 2): those losses on the benchmark's CE recipe, nothing else changed
     for folder in ("cifar10_lt", "cifar100_lt_bkd"):
-        ce, bsce, la = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("ce_teacher", "bsce", "mixup_la"))
+        ce, bsce, la, vs = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("ce_teacher", "bsce", "mixup_la", "mixup_vs"))
         assert (bsce.method.params.sup_loss, bsce.augment.mixup_alpha) == ("bsce", ce.augment.mixup_alpha), folder
         assert (la.method.params.sup_loss, la.method.params.la_tau, la.augment.mixup_alpha) == ("la", 1.0, 1.0), folder
-        assert bsce.optim == ce.optim == la.optim and bsce.train == ce.train == la.train, folder
+        # Mixup + VS: the VS authors' CIFAR-10 LT-100 setting (gamma 0.2, tau 1.2), mixup as Mixup + LA
+        assert (vs.method.params.sup_loss, vs.method.params.vs_gamma, vs.method.params.vs_tau, vs.augment.mixup_alpha) == \
+            ("vs", 0.2, 1.2, 1.0), folder
+        assert bsce.optim == ce.optim == la.optim == vs.optim and bsce.train == ce.train == la.train == vs.train, folder
+        assert (vs.model, vs.data) == (ce.model, ce.data), folder
     # CB (BKD Eq. 3, its code's Reweight rule): CE with Eq. 2's weights from the first epoch, each benchmark's recipe
     for folder in ("cifar10_lt", "cifar100_lt_bkd", "imagenet_lt_bkd", "places_lt_bkd", "ag_news_lt"):
         cb, ce = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("cb", "ce_teacher"))

@@ -56,6 +56,7 @@ def approx(v):
      lambda s, y: L.focal_loss(s, y, 0.5, L.class_balanced_weights(COUNTS, 0.99))),
     ({"sup_loss": "la", "la_tau": 1.5}, lambda s, y: L.logit_adjusted_loss(s, y, torch.tensor(COUNTS) / sum(COUNTS), 1.5)),
     ({"sup_loss": "bsce"}, lambda s, y: L.balanced_softmax_loss(s, y, COUNTS)),
+    ({"sup_loss": "vs", "vs_gamma": 0.2, "vs_tau": 1.2}, lambda s, y: L.vs_loss(s, y, COUNTS, 0.2, 1.2)),
 ])
 def test_supervised_losses(setup, params, expected):
     *_, batch, s, t = setup

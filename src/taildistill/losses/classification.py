@@ -92,6 +92,23 @@ def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, class_prior:
     return cross_entropy(adjusted, target)
 
 
+def vs_scales(class_counts: Sequence[int] | torch.Tensor, gamma: float) -> torch.Tensor:
+    """VS loss's multiplicative logit scales (Kini et al. 2021): ``Delta_c = (n_c / n_max)^gamma``,
+    1 for the largest class and smaller for rarer ones. Returns (C,) float32."""
+    n = torch.as_tensor(class_counts, dtype=torch.float64)
+    return ((n / n.max()) ** gamma).float()
+
+
+def vs_loss(logits: torch.Tensor, target: torch.Tensor, class_counts: Sequence[int] | torch.Tensor,
+            gamma: float = 0.3, tau: float = 1.0) -> torch.Tensor:
+    """Vector-scaling loss (Kini et al. 2021, Eq. 4): CE(Delta_c z_c + tau log pi_c) with
+    ``Delta_c = (n_c / n_max)^gamma`` and pi the training prior. gamma = 0 is logit adjustment,
+    tau = 0 the multiplicative (CDT) adjustment alone. Hard or soft targets."""
+    n = _as_tensor(class_counts, logits)
+    adjusted = logits.float() * vs_scales(class_counts, gamma).to(logits.device)[None, :] + tau * torch.log(n / n.sum())[None, :]
+    return cross_entropy(adjusted, target)
+
+
 def posthoc_logit_adjustment(logits: torch.Tensor, class_prior: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """Post-hoc logit adjustment (Menon et al. 2021): z - tau * log pi. Returns (B, C)."""
     return logits - tau * torch.log(_as_tensor(class_prior, logits))[None, :]

@@ -28,11 +28,11 @@ from ..errors import ConfigError
 from ..models.common import prediction_scales
 from ..losses import (
     balanced_softmax_loss, class_balanced_weights, cross_entropy, focal_loss, ldam_loss, ldam_margins,
-    logit_adjusted_loss,
+    logit_adjusted_loss, vs_loss,
 )
 from ..typed import from_dict
 
-SupLoss = Literal["ce", "focal", "cb", "cb_focal", "ldam", "la", "bsce"]
+SupLoss = Literal["ce", "focal", "cb", "cb_focal", "ldam", "la", "bsce", "vs"]
 SplitName = Literal["train", "val", "balanced_train"]
 
 
@@ -99,7 +99,7 @@ class SupervisedParams:
 
     SIGNED: ClassVar[frozenset[str]] = frozenset({"drw_epoch"})  # may be negative (see check_signs)
 
-    sup_loss: SupLoss = "ce"  # the supervised loss; la = logit adjustment, bsce = balanced softmax, cb = class-balanced
+    sup_loss: SupLoss = "ce"  # the supervised loss; la = logit adjustment, bsce = balanced softmax, cb = class-balanced, vs = vector scaling
     sup_weight: float = 1.0  # weight of the supervised term
     label_smoothing: float = 0.0  # ce / cb: label smoothing
     drw_epoch: int = -1  # deferred re-weighting: class-balanced weights from this epoch on (-1 = never)
@@ -108,6 +108,8 @@ class SupervisedParams:
     ldam_max_margin: float = 0.5  # ldam: the largest class margin
     ldam_scale: float = 30.0  # ldam: the cosine head's logit scale s (the head applies it; the margins are s * m)
     la_tau: float = 1.0  # la: logit-adjustment strength tau
+    vs_gamma: float = 0.3  # vs: multiplicative scales (n_c / n_max)^gamma (Kini et al. 2021; their code's default)
+    vs_tau: float = 1.0  # vs: additive adjustment tau log pi_c (their code's default)
 
     def validate(self, prefix: str) -> None:
         if not 0 < self.cb_beta < 1:
@@ -133,7 +135,7 @@ def check_signs(params, prefix: str = "method") -> None:
 class SupervisedLoss(nn.Module):
     """The configured supervised loss on hard labels or, after mixup/cutmix, on soft targets:
     CE (+ label smoothing), focal, class-balanced CE / focal, LDAM, logit adjustment, balanced
-    softmax; deferred re-weighting switches the class-balanced weights on at `drw_epoch`."""
+    softmax, vector scaling; deferred re-weighting switches the class-balanced weights on at `drw_epoch`."""
 
     def __init__(self, params: SupervisedParams, class_counts: list[int], student: nn.Module | None = None):
         super().__init__()
@@ -169,6 +171,8 @@ class SupervisedLoss(nn.Module):
             return mixed_hard_labels(lambda y: ldam_loss(logits, y, self.ldam_margins, p.ldam_scale, weight), batch)
         if p.sup_loss == "la":
             return logit_adjusted_loss(logits, target, self.class_prior, p.la_tau)
+        if p.sup_loss == "vs":
+            return vs_loss(logits, target, self.class_counts, p.vs_gamma, p.vs_tau)
         return balanced_softmax_loss(logits, target, self.class_counts)
 
 
