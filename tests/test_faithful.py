@@ -92,6 +92,11 @@ def test_ablations_run_only_where_the_paper_has_them(tmp_path):
         keys = {s.key for s in suite_specs(name, suite, tmp_path / name, 1, False, CONFIGS, None, None)}
         assert sorted(k.split("/")[0] for k in keys if "/mixup_vs/" in k) == cells, name
         assert all(f"{c}/mixup_la/seed0" in keys for c in cells), name
+    # and DiVE on the long-tailed profile only, each cell's student from that cell's own BSCE teacher
+    specs = {s.key: s for s in suite_specs("bkd-cifar100", suite, tmp_path / "dive", 2, False, CONFIGS, None, None)}
+    assert sorted(k for k in specs if "/dive" in k) == sorted(
+        f"profileexp_ratio{r}/{run}" for r in (100, 50, 10) for run in ("dive_teacher/seed0", "dive/seed0", "dive/seed1"))
+    assert specs["profileexp_ratio50/dive/seed1"].deps == ["profileexp_ratio50/dive_teacher/seed0"]
 
 
 def test_a_suite_that_is_not_the_papers_experiment_says_so_first_and_shows_no_paper_column(tmp_path):
@@ -161,6 +166,14 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
             ("vs", 0.2, 1.2, 1.0), folder
         assert bsce.optim == ce.optim == la.optim == vs.optim and bsce.train == ce.train == la.train == vs.train, folder
         assert (vs.model, vs.data) == (ce.model, ce.data), folder
+    # DiVE (Table 1, cited from its paper): its own recipe (BBN's schedule) from a BSCE teacher, alpha 0.5, T 3, power 0.5
+    ce, teacher, dive = (load_config(CONFIGS / "cifar100_lt_bkd" / f"{n}.yaml") for n in ("ce_teacher", "dive_teacher", "dive"))
+    assert (teacher.method.name, teacher.method.params.sup_loss) == ("ce", "bsce")
+    p = dive.method.params
+    assert (dive.method.name, p.sup_loss, p.sup_weight, p.kd_weight, p.temperature, p.dive_power) == ("dive", "bsce", 0.5, 0.5, 3.0, 0.5)
+    for run in (teacher, dive):
+        assert (run.schedule.milestones, run.schedule.step_factors) == ([120, 160], [0.01, 0.0001])
+        assert (run.optim, run.train, run.data, run.model, run.augment) == (ce.optim, ce.train, ce.data, ce.model, ce.augment)
     # CB (BKD Eq. 3, its code's Reweight rule): CE with Eq. 2's weights from the first epoch, each benchmark's recipe
     for folder in ("cifar10_lt", "cifar100_lt_bkd", "imagenet_lt_bkd", "places_lt_bkd", "ag_news_lt"):
         cb, ce = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("cb", "ce_teacher"))
