@@ -109,6 +109,23 @@ def test_a_suite_that_is_not_the_papers_experiment_says_so_first_and_shows_no_pa
     assert "not_the_paper" not in bkd and bkd["paper"]["ratio100"]["bkd"] == 82.5  # a faithful suite keeps its column
 
 
+def test_deitlt_table1s_teacher_accuracy_is_a_column_beside_the_papers(tmp_path):
+    # Table 1's Tch. Acc.: each run's metric/teacher_acc, its mean over the training epochs, beside the paper's
+    out = tmp_path / "deitlt"
+    run_suite("deitlt-cifar10", out, seeds=1, tiny=True, configs=CONFIGS, only=["deitlt_t1_strong_view"],
+              executor="inline", quiet=True)
+    report = write_suite_report("deitlt-cifar10", load_suite("deitlt-cifar10", CONFIGS), out, tiny=False, seeds=1)
+    results = json.loads((out / "results.json").read_text())["cells"]["ratio100"]
+    header, rows = results["header"], {row[0]: row for row in results["rows"]}
+    assert header[-2:] == ["Tch. Acc.", "paper Tch. Acc."]
+    history = [json.loads(line) for line in (out / "ratio100/deitlt_t1_strong_view/seed0/metrics.jsonl").read_text().splitlines()]
+    epochs = [h["metric/teacher_acc"] for h in history if "metric/teacher_acc" in h]
+    assert len(epochs) == 2  # the tiny run's two epochs
+    assert rows["deitlt_t1_strong_view"][-2:] == [f"{sum(epochs) / 2:.2f}", "71.9"]
+    assert rows["ldam_drw_sam_teacher"][-2:] == ["–", "–"]  # a teacher logs no teacher accuracy; the paper has none
+    assert "Tch. Acc.: the run's logged `metric/teacher_acc` (metrics.jsonl), its mean over the training epochs." in report.read_text()
+
+
 def test_the_faithful_recipes_resolve_to_the_papers_values():
     from taildistill.experiment import load_config
 

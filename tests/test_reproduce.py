@@ -62,6 +62,14 @@ def test_unknown_suite_and_bad_teacher(tmp_path):
         (tmp_path / "reproduce" / "paper.yaml").write_text(grid + f"paper_groups: {groups}\n")
         with pytest.raises(ConfigError, match=error):
             load_suite("paper", tmp_path)
+    # the paper's values of a logged metric: declared, in runs of their cell (a misspelt one would drop out)
+    for metrics, error in (("metrics: [teacher_acc]\n", "metrics must map metric names to column headings"),
+                           ("metrics: {t: T}\npaper_metrics: {ratio10: {c: {t: 1.0}}}\n", "paper_metrics for c in cell 'ratio10', not a run"),
+                           ("metrics: {t: T}\npaper_metrics: {ratio10: {a: {u: 1.0}}}\n", "names u, not in the suite's metrics \\(t\\)"),
+                           ("metrics: {t: T}\npaper_metrics: {ratio10: {a: {t: high}}}\n", "must map metric names to numbers")):
+        (tmp_path / "reproduce" / "paper.yaml").write_text(grid + metrics)
+        with pytest.raises(ConfigError, match=error):
+            load_suite("paper", tmp_path)
     (tmp_path / "reproduce" / "paper.yaml").write_text(grid + "paper_groups: {ratio100: {c: {few: 1.0}}}\n")
     assert load_suite("paper", tmp_path)["paper_groups"]["ratio100"]["c"] == {"few": 1.0}
     with pytest.raises(ConfigError, match="its batch of 512 does not split over 3 processes"):

@@ -13,6 +13,9 @@ A suite is a YAML file `configs/reproduce/NAME.yaml`:
     paper: {ratio100: {ce: 70.4, bkd: 82.5}}   # the paper's overall accuracy per cell label and run
     paper_groups: {ratio100: {ce: {many: 80.1, medium: 60.2, few: 30.3}}}   # its per-group accuracy, where
                                 # its table has one, under the group names the run's policy gives
+    metrics: {teacher_acc: Tch. Acc.}   # columns of a metric the runs' methods log (metric/NAME in
+                                # metrics.jsonl): its mean over the training epochs, under this heading
+    paper_metrics: {ratio100: {kd: {teacher_acc: 97.2}}}   # the paper's values of those metrics
     tiny: [...]                 # extra overrides for --tiny (CPU smoke runs); a run may add its own `tiny`
     overrides: [...]            # overrides for every run of the suite (e.g. train.report_best_test=true)
     not_the_paper: "..."        # a suite that cannot be the paper's experiment says how; its report shows no paper column
@@ -97,7 +100,34 @@ def load_suite(name: str, configs: str | Path | None = None) -> dict:
         if unknown:
             raise ConfigError(f"suite {p}: paper numbers for {', '.join(unknown)} in cell '{label}', not runs of that cell")
     _check_paper_groups(suite, p, cells, configs)
+    _check_metrics(suite, p, cells)
     return suite
+
+
+def _check_metrics(suite: dict, p: Path, cells: dict[str, list[str]]) -> None:
+    """`metrics` maps metric names to column headings; `paper_metrics` names cells, runs of those
+    cells and declared metrics, with numbers (a misspelt one would drop out of the report)."""
+    metrics = suite.get("metrics") or {}
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in metrics.items()):
+        raise ConfigError(f"suite {p}: metrics must map metric names to column headings, got {metrics!r}")
+    for label, runs in _paper_cells(suite, p, "paper_metrics", "paper_metrics", cells, "metrics").items():
+        runs_here = [r["name"] for r in suite["runs"] if label in r.get("cells", [label])]
+        for name, values in runs.items():
+            if name not in runs_here:
+                raise ConfigError(f"suite {p}: paper_metrics for {name} in cell '{label}', not a run of that cell")
+            if not isinstance(values, dict) or not all(isinstance(v, (int, float)) for v in values.values()):
+                raise ConfigError(f"suite {p}: paper_metrics: {label}: {name} must map metric names to numbers, got {values!r}")
+            unknown = [m for m in values if m not in metrics]
+            if unknown:
+                raise ConfigError(f"suite {p}: paper_metrics: {label}: {name} names {', '.join(unknown)}, not in the "
+                                  f"suite's metrics ({', '.join(metrics) or 'none'})")
+
+
+def run_metric(final: dict, name: str) -> float | None:
+    """A run's logged metric `name` (metric/NAME of its epoch records): the mean over its training
+    epochs, None when its method logs no such metric."""
+    values = [h[f"metric/{name}"] for h in final.get("history", []) if f"metric/{name}" in h]
+    return sum(values) / len(values) if values else None
 
 
 def _paper_cells(suite: dict, p: Path, key: str, what: str, cells: dict[str, list[str]], values: str) -> dict:
@@ -301,17 +331,21 @@ def _cell_runs(suite: dict, out: Path, label: str, seeds: int | None = None) -> 
 def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
                paper_column: bool = True) -> tuple[list[str], list[list[str]]]:
     """The cell's table: each run's overall and per-group accuracy (mean ± std over seeds), its gain
-    over its baseline, and the paper's overall number and gain beside them."""
+    over its baseline, the suite's `metrics` (each run's mean over its epochs, mean ± std over seeds),
+    and the paper's overall number, gain and metrics beside them."""
     from .report import group_keys, mean_std, method_label, seed_cells, seed_list
 
     paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
+    metrics = suite.get("metrics") or {}
+    paper_metrics = (suite.get("paper_metrics") or {}).get(label) or {}
     gcols = group_keys([f for finals in runs.values() for f in finals])
     base_all = {name: seed_cells(finals, [])[1] for name, finals in runs.items()}  # (a baseline's All)
     best_col = any("best_epoch_test" in f for finals in runs.values() for f in finals)
     pairs = len(baselines(suite)) > 1
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
              (["vs", "gain"] if pairs else [f"gain vs {suite['baseline']}"]) + (["best epoch All*"] if best_col else []) + \
-             (["paper All", "paper gain"] if paper_column else [])
+             (["paper All", "paper gain"] if paper_column else []) + \
+             [h for m, heading in metrics.items() for h in [heading] + ([f"paper {heading}"] if paper_column else [])]
     rows = []
     for name, finals in runs.items():
         cells, all_m = seed_cells(finals, gcols)
@@ -325,6 +359,10 @@ def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
         if paper_column:
             p = paper.get(name)
             row += ["–" if p is None else f"{p}", f"{p - paper_base:+.1f}" if p is not None and paper_base is not None else "–"]
+        for m in metrics:
+            row.append(mean_std([run_metric(f, m) for f in finals])[0])
+            if paper_column:
+                row.append(f"{paper_metrics[name][m]}" if m in paper_metrics.get(name, {}) else "–")
         rows.append(row)
     return header, rows
 
@@ -396,6 +434,9 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
             lines += ["\\* best epoch: the best test accuracy over the evaluated epochs, the protocol of the papers' "
                       "code (BKD, LDAM-DRW): optimistic, since the epoch is chosen on the test set; shown only to compare "
                       "with the papers. The other columns are the last epoch's.", ""]
+        if suite.get("metrics"):
+            lines += ["; ".join(f"{heading}: the run's logged `metric/{m}` (metrics.jsonl), its mean over the training "
+                                "epochs" for m, heading in suite["metrics"].items()) + ".", ""]
         results[label] = {"header": header, "rows": rows, "group_policy": policy}
         gheader, grows = _paper_group_rows(suite, label, runs) if paper_column else ([], [])
         if grows:
