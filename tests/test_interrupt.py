@@ -86,6 +86,31 @@ def _streamed(root, num_workers=0):
         "train": {"epochs": 2, "batch_size": 4, "device": "cpu", "tensorboard": False, "progress": False}})
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # (3 training workers on a 2-core machine)
+def test_a_streamed_split_is_evaluated_with_the_runs_loader_workers(tmp_path, monkeypatch):
+    """Evaluation decodes a streamed split with data.num_workers processes (an ImageNet-LT config's
+    12), in training and in `taildistill eval`, as the training loader does; the analyses, which
+    take images by index, decode them from disk too."""
+    from taildistill.eval import predict
+    from taildistill.evaluation import evaluate_target
+
+    asked = []
+
+    class Loader(predict.DataLoader):  # records the workers asked for, decodes in this process
+        def __init__(self, *args, num_workers=0, **kwargs):
+            asked.append(num_workers)
+            super().__init__(*args, num_workers=0, **kwargs)
+
+    monkeypatch.setattr(predict, "DataLoader", Loader)
+    cfg = _streamed(tmp_path, num_workers=3)
+    cfg.train.eval_every = 1
+    run = fit(cfg, tmp_path / "run", quiet=True)
+    assert asked and set(asked) == {3}  # every evaluation of the run (each epoch's and the last)
+    asked.clear()
+    result = evaluate_target(run, None, ["data.num_workers=5"], "test", analyses=["rank"])
+    assert asked and set(asked) == {5} and result["metrics"]["top1"] == json.loads((run / "final.json").read_text())["test"]["top1"]
+
+
 def test_a_streamed_run_resumes_with_the_same_random_crops_whatever_its_workers(tmp_path, monkeypatch):
     """Each streamed image's crop is seeded from the run's seed and its place in the epoch: a run
     stopped inside an epoch resumes exactly, and the loader's worker count changes nothing."""

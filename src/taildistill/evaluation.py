@@ -10,7 +10,7 @@ import torch
 
 from .data import build_data
 from .data.augment import BatchAugment
-from .data.loading import to_device_tensor
+from .data.loading import split_images
 from .engine.trainer import resolve_device, use_bf16
 from .errors import ConfigError
 from .eval import evaluate_split, head_names, predict_split, summary
@@ -58,12 +58,12 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
     with torch.no_grad():
         # a bar on a terminal only: in a captured log it would come before the result (or an error line)
         metrics = evaluate_split(student, split, info, augment, device, bf16,
-                                 progress=f"eval {split_name}" if sys.stderr.isatty() else "")
+                                 progress=f"eval {split_name}" if sys.stderr.isatty() else "", num_workers=cfg.data.num_workers)
     result = {"summary": summary(metrics, info.groups), "metrics": metrics, "split": split_name,
               "class_names": list(info.class_names), "class_counts": list(info.class_counts),
               "groups": {n: info.groups.members(i) for i, n in enumerate(info.groups.names)}}
     if analyses:
-        metrics["analysis"] = run_analyses(student, data, split, augment, device, analyses)
+        metrics["analysis"] = run_analyses(student, data, split, augment, device, analyses, num_workers=cfg.data.num_workers)
         result["summary"]["analysis"] = metrics["analysis"]
     if out_file is not None:
         write_text_atomic(out_file, json.dumps(metrics, indent=1))
@@ -126,9 +126,11 @@ def _refuse_unavailable(model, analyses: list[str], probe: dict) -> None:
         raise ConfigError("the firing analysis needs a spiking model")
 
 
-def run_analyses(model, data, split, augment, device, analyses: list[str], batch_size: int = 256) -> dict:
+def run_analyses(model, data, split, augment, device, analyses: list[str], batch_size: int = 256,
+                 num_workers: int = 2) -> dict:
     """The requested analyses on `split` (the training split too, for the feature deviation). The
-    tail is the highest group of the data's policy (CIFAR-10-LT: classes 7, 8, 9)."""
+    tail is the highest group of the data's policy (CIFAR-10-LT: classes 7, 8, 9). A streamed split
+    is decoded by `num_workers` loader processes."""
     from .models.vit import DistilledViT, attention_maps, block_tokens, mean_attention_distance
 
     info = data.info
@@ -142,7 +144,7 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
     tail_mask = torch.isin(y, torch.tensor(tail))
     tail_idx = np.flatnonzero(tail_mask.numpy())
     if {"rank", "deviation"} & set(analyses):
-        feats = predict_split(model, split, info, augment, device, features=tuple(names))
+        feats = predict_split(model, split, info, augment, device, features=tuple(names), num_workers=num_workers)
         if "rank" in analyses:
             out["rank"] = {"tail_group": info.groups.names[tail_group], "tail_classes": tail}
             for n in names:
@@ -150,7 +152,7 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
                 out["rank"][n] = feature_rank(f, f[tail_mask]) if tail_mask.any() else None
             if isinstance(model, DistilledViT) and tail_mask.any():  # per block, CLS and DIST (Suppl. G)
                 per: dict[str, list] = {"cls": [], "dist": []}
-                chunks = [block_tokens(model, augment.eval_view(to_device_tensor(split.subset(np.arange(i, min(i + batch_size, len(split)))), info, device)))
+                chunks = [block_tokens(model, augment.eval_view(split_images(split, info, device, np.arange(i, min(i + batch_size, len(split))))))
                           for i in range(0, len(split), batch_size)]
                 for b in range(len(chunks[0])):
                     for t, key in enumerate(("cls", "dist")):
@@ -159,7 +161,7 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
                 out["rank"]["per_block"] = per
         if "deviation" in analyses:
             n = names[-1]
-            train = predict_split(model, data.train, info, augment, device, features=(n,))
+            train = predict_split(model, data.train, info, augment, device, features=(n,), num_workers=num_workers)
             ty = torch.as_tensor(data.train.y, dtype=torch.long)
             out["deviation"] = {"feature": n, "per_class": feature_deviation(train[f"features/{n}"], ty, feats[f"features/{n}"], y, info.num_classes),
                                 "separability": feature_separability(feats[f"features/{n}"], y, info.num_classes)}
@@ -169,7 +171,7 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
         sums, n = None, 0
         for i in range(0, len(tail_idx), batch_size):  # every tail-class image of the split (Suppl. F)
             idx = tail_idx[i:i + batch_size]
-            maps = attention_maps(model, augment.eval_view(to_device_tensor(split.subset(idx), info, device)))
+            maps = attention_maps(model, augment.eval_view(split_images(split, info, device, idx)))
             grid = int(round((maps[0].shape[-1] - 2) ** 0.5))
             d = mean_attention_distance(maps, grid, patch_size=model.patch_size).cpu() * len(idx)
             sums, n = (d if sums is None else sums + d), n + len(idx)
@@ -178,9 +180,9 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
                             "mean_distance_per_block_and_head": per_head.tolist(),
                             "mean_distance_per_block": per_head.mean(1).tolist()}
     if "firing" in analyses:
-        out["firing"] = mean_firing_rates(model, split, info, augment, device)
+        out["firing"] = mean_firing_rates(model, split, info, augment, device, num_workers)
     return out
 
 
 def _first_batch(split, info, device, n: int = 64):
-    return to_device_tensor(split.subset(np.arange(min(n, len(split)))), info, device)
+    return split_images(split, info, device, np.arange(min(n, len(split))))

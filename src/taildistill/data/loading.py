@@ -20,6 +20,17 @@ def to_device_tensor(split, info, device) -> torch.Tensor:
     return x.to(device)
 
 
+def split_images(split, info, device, index) -> torch.Tensor:
+    """The inputs of the split's items `index` (a sequence of positions) on `device`, as
+    :func:`to_device_tensor` gives them: held images directly, images streamed from disk decoded
+    as evaluation decodes them (resize and centre crop to the input size). (len(index), C, H, W) uint8."""
+    part = split.subset(np.asarray(index))
+    if part.x is not None:
+        return to_device_tensor(part, info, device)
+    ds = FileDataset(part, info.input_shape[-1], train=False)
+    return torch.stack([ds[i][0] for i in range(len(part))]).to(device)
+
+
 class FileDataset(torch.utils.data.Dataset):
     """Decodes `root/path` images to uint8 (C, H, W): random-resized crops of `size` (train) or
     resize + centre crop (eval). An item is an index, or (index, seed): the crop is then drawn from

@@ -314,12 +314,12 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def predict_split(self, split, model=None, **kwargs) -> dict[str, torch.Tensor]:
         return predict_split(model or self.method.student, split, self.data.info, self.inputs.augment,
-                             self.device, self.bf16, self.channels_last, **kwargs)
+                             self.device, self.bf16, self.channels_last, num_workers=self.cfg.data.num_workers, **kwargs)
 
     def evaluate(self, split, prefix: str = "", progress: str = "") -> dict:
         show = progress if self.cfg.train.progress and self.is_main and not self.quiet else ""
         return evaluate_split(self.method.student, split, self.data.info, self.inputs.augment, self.device,
-                              self.bf16, self.channels_last, prefix, progress=show)
+                              self.bf16, self.channels_last, prefix, progress=show, num_workers=self.cfg.data.num_workers)
 
     def teacher_on(self, which: str, key: str = "logits", view=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's `key` output ('logits' or 'features/<name>') over a whole split, with the

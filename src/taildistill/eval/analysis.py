@@ -54,14 +54,15 @@ def feature_separability(test_f, test_y, num_classes: int) -> list[float]:
 
 
 @torch.no_grad()
-def mean_firing_rates(model, split, info, augment, device) -> dict[str, float]:
-    """Mean spike rate of every LIF layer over a split (weighted by batch size)."""
+def mean_firing_rates(model, split, info, augment, device, num_workers: int = 2) -> dict[str, float]:
+    """Mean spike rate of every LIF layer over a split (weighted by batch size); a streamed split
+    is decoded by `num_workers` loader processes."""
     from .predict import eval_batches
 
     model.eval()
     totals: dict[str, float] = {}
     n = 0
-    for x, _ in eval_batches(split, info, augment, device, 256):
+    for x, _ in eval_batches(split, info, augment, device, 256, num_workers=num_workers):
         rates = model(x)["firing_rates"]
         for k, v in rates.items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(x)

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from ..data.loading import FileDataset
 from .metrics import classification_metrics, summary
@@ -14,9 +15,11 @@ from .metrics import classification_metrics, summary
 LOGIT_HEADS = ("logits", "logits_cls", "logits_dist")
 
 
-def eval_batches(split, info, augment, device, batch_size: int = 512, channels_last: bool = False):
+def eval_batches(split, info, augment, device, batch_size: int = 512, channels_last: bool = False,
+                 num_workers: int = 2):
     """Yield normalised, un-augmented (x on `device`, y on the CPU) batches over a whole split,
-    in order. `augment` is the run's BatchAugment (its eval view normalises)."""
+    in order. `augment` is the run's BatchAugment (its eval view normalises). A split streamed
+    from disk is decoded by `num_workers` loader processes (the run's data.num_workers)."""
     if split.x is not None:
         x_all = torch.from_numpy(np.ascontiguousarray(split.x))
         if info.input_kind == "image":
@@ -29,18 +32,19 @@ def eval_batches(split, info, augment, device, batch_size: int = 512, channels_l
             yield x, y_all[i:i + batch_size]
     else:
         ds = FileDataset(split, info.input_shape[-1], train=False)
-        for x, y in torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=2):
+        for x, y in DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
             yield augment.eval_view(x.to(device)), y
 
 
 @torch.no_grad()
 def predict_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
                   features: tuple[str, ...] = (), view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  batch_size: int = 512, progress: str = "", experts: bool = False) -> dict[str, torch.Tensor]:
+                  batch_size: int = 512, progress: str = "", experts: bool = False,
+                  num_workers: int = 2) -> dict[str, torch.Tensor]:
     """Logits of every head of `model` on a whole split: {'logits': (N, C), ...} on the CPU, plus
     the named `features` ({'features/<name>': (N, ...)}) and, with `experts`, a multi-expert
     model's 'expert_logits' (N, E, C); `view` maps each batch first (a resize). `progress` names a
-    progress bar over the split's images (none when empty)."""
+    progress bar over the split's images (none when empty); `num_workers` as in :func:`eval_batches`."""
     from tqdm import tqdm
 
     was = model.training
@@ -50,7 +54,7 @@ def predict_split(model, split, info, augment, device, bf16: bool = False, chann
     bar = tqdm(total=len(split), desc=progress, unit="img", disable=not progress, leave=False, dynamic_ncols=True,
                mininterval=0.5)
     try:
-        for x, _ in eval_batches(split, info, augment, device, batch_size, channels_last):
+        for x, _ in eval_batches(split, info, augment, device, batch_size, channels_last, num_workers):
             bar.update(len(x))
             if view is not None:
                 x = view(x)
@@ -68,10 +72,11 @@ def predict_split(model, split, info, augment, device, bf16: bool = False, chann
 
 
 def evaluate_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
-                   prefix: str = "", progress: str = "") -> dict:
+                   prefix: str = "", progress: str = "", num_workers: int = 2) -> dict:
     """Metrics of the prediction head and, for two-head models, of each head (`cls/`, `dist/`),
     for multi-expert models of each expert (`expert0/`, ...)."""
-    preds = predict_split(model, split, info, augment, device, bf16, channels_last, progress=progress, experts=True)
+    preds = predict_split(model, split, info, augment, device, bf16, channels_last, progress=progress, experts=True,
+                          num_workers=num_workers)
     m = classification_metrics(preds["logits"], split.y, info.groups, prefix)
     heads = {head.split("_")[1]: preds[head] for head in ("logits_cls", "logits_dist") if head in preds}
     if "expert_logits" in preds:  # a multi-expert model (RIDE): each expert alone
