@@ -81,6 +81,15 @@ def test_deferred_reweighting_switches_the_class_balanced_weights_on(setup):
     weighted = F.cross_entropy(s, batch["y"], weight=L.class_balanced_weights(COUNTS, 0.999)).item()
     assert plain != approx(weighted)
     assert terms(m, batch, 2)["sup"] == approx(plain) and terms(m, batch, 3)["sup"] == approx(weighted)
+    # the adjusted losses too (VS + DRW, LA + DRW): the same weights on their adjusted logits
+    w = L.class_balanced_weights(COUNTS, 0.999)
+    prior = torch.tensor(COUNTS, dtype=torch.float32) / sum(COUNTS)
+    for params, adjusted in (({"sup_loss": "la", "la_tau": 1.5}, s + 1.5 * prior.log()),
+                             ({"sup_loss": "bsce"}, s + torch.tensor(COUNTS, dtype=torch.float32).log()),
+                             ({"sup_loss": "vs", "vs_gamma": 0.2, "vs_tau": 1.2}, s * L.vs_scales(COUNTS, 0.2) + 1.2 * prior.log())):
+        m = make("ce", {**params, "drw_epoch": 3, "cb_beta": 0.999}, setup)
+        assert terms(m, batch, 2)["sup"] == approx(F.cross_entropy(adjusted, batch["y"]).item()), params
+        assert terms(m, batch, 3)["sup"] == approx(F.cross_entropy(adjusted, batch["y"], weight=w).item()), params
 
 
 def test_mixup_targets_reach_the_supervised_loss(setup):
@@ -93,6 +102,9 @@ def test_mixup_targets_reach_the_supervised_loss(setup):
     focal = make("ce", {"sup_loss": "focal"}, setup)  # hard-label losses mix the two label sets
     expect = 0.7 * L.focal_loss(s, batch["y"], 1.0) + 0.3 * L.focal_loss(s, batch["y"][perm], 1.0)
     assert terms(focal, mixed)["sup"] == approx(expect.item())
+    vs = make("ce", {"sup_loss": "vs", "vs_gamma": 0.2, "vs_tau": 1.2}, setup)  # Mixup + VS: the soft targets
+    expect = 0.7 * L.vs_loss(s, batch["y"], COUNTS, 0.2, 1.2) + 0.3 * L.vs_loss(s, batch["y"][perm], COUNTS, 0.2, 1.2)
+    assert terms(vs, mixed)["sup"] == approx(expect.item()) and terms(vs, mixed)["sup"] != approx(terms(vs, batch)["sup"])
 
 
 # ---------------------------------------------------------------------------------- logit methods

@@ -54,11 +54,11 @@ def evaluate(target, data: DataBundle | None = None, split: str = "test", device
     model = wrap_model(target)
     info = data.info
     dev = resolve_device(device)
-    augment_cfg = cfg.augment if cfg is not None else ExperimentConfig().augment
-    augment = BatchAugment(augment_cfg, info.mean, info.std, info.num_classes, info.input_kind)
+    cfg = cfg if cfg is not None else ExperimentConfig()  # (its augment normalises; its data.num_workers decode a streamed split)
+    augment = BatchAugment(cfg.augment, info.mean, info.std, info.num_classes, info.input_kind)
     split_data = {"test": data.test, "val": data.val, "train": data.train}[split]
     with torch.no_grad():
-        return evaluate_split(model.to(dev), split_data, info, augment, dev)
+        return evaluate_split(model.to(dev), split_data, info, augment, dev, num_workers=cfg.data.num_workers)
 
 
 __all__ = [

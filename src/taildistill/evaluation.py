@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import DataConfig
 from .data import build_data
 from .data.augment import BatchAugment
 from .data.loading import split_images
 from .engine.trainer import resolve_device, use_bf16
 from .errors import ConfigError
-from .eval import evaluate_split, head_names, predict_split, summary
+from .eval import eval_batches, evaluate_split, head_names, predict_split, summary
 from .eval.analysis import ANALYSES, feature_deviation, feature_rank, feature_separability, mean_firing_rates
 from .experiment import build_student, check_vocabulary, load_config, load_weights_into
 from .files import check_writable_folder
@@ -127,7 +128,7 @@ def _refuse_unavailable(model, analyses: list[str], probe: dict) -> None:
 
 
 def run_analyses(model, data, split, augment, device, analyses: list[str], batch_size: int = 256,
-                 num_workers: int = 2) -> dict:
+                 num_workers: int = DataConfig.num_workers) -> dict:
     """The requested analyses on `split` (the training split too, for the feature deviation). The
     tail is the highest group of the data's policy (CIFAR-10-LT: classes 7, 8, 9). A streamed split
     is decoded by `num_workers` loader processes."""
@@ -152,11 +153,11 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
                 out["rank"][n] = feature_rank(f, f[tail_mask]) if tail_mask.any() else None
             if isinstance(model, DistilledViT) and tail_mask.any():  # per block, CLS and DIST (Suppl. G)
                 per: dict[str, list] = {"cls": [], "dist": []}
-                chunks = [block_tokens(model, augment.eval_view(split_images(split, info, device, np.arange(i, min(i + batch_size, len(split))))))
-                          for i in range(0, len(split), batch_size)]
+                chunks = [[(c.cpu(), d.cpu()) for c, d in block_tokens(model, x)]
+                          for x, _ in eval_batches(split, info, augment, device, batch_size, num_workers=num_workers)]
                 for b in range(len(chunks[0])):
                     for t, key in enumerate(("cls", "dist")):
-                        f = torch.cat([c[b][t].cpu() for c in chunks])
+                        f = torch.cat([c[b][t] for c in chunks])
                         per[key].append(feature_rank(f, f[tail_mask]))
                 out["rank"]["per_block"] = per
         if "deviation" in analyses:
@@ -169,12 +170,12 @@ def run_analyses(model, data, split, augment, device, analyses: list[str], batch
         if not len(tail_idx):
             raise ConfigError(f"the split has no image of the tail group ({info.groups.names[tail_group]})")
         sums, n = None, 0
-        for i in range(0, len(tail_idx), batch_size):  # every tail-class image of the split (Suppl. F)
-            idx = tail_idx[i:i + batch_size]
-            maps = attention_maps(model, augment.eval_view(split_images(split, info, device, idx)))
+        # every tail-class image of the split (Suppl. F)
+        for x, _ in eval_batches(split.subset(tail_idx), info, augment, device, batch_size, num_workers=num_workers):
+            maps = attention_maps(model, x)
             grid = int(round((maps[0].shape[-1] - 2) ** 0.5))
-            d = mean_attention_distance(maps, grid, patch_size=model.patch_size).cpu() * len(idx)
-            sums, n = (d if sums is None else sums + d), n + len(idx)
+            d = mean_attention_distance(maps, grid, patch_size=model.patch_size).cpu() * len(x)
+            sums, n = (d if sums is None else sums + d), n + len(x)
         per_head = sums / n
         out["attention"] = {"unit": "pixels of the model's input", "images": n, "tail_classes": tail,
                             "mean_distance_per_block_and_head": per_head.tolist(),

@@ -95,13 +95,18 @@ def load_suite(name: str, configs: str | Path | None = None) -> dict:
     # a paper number under a misspelt cell or run would silently drop out of the report
     cells = dict(grid_cells(suite.get("grid", {})))
     for label, numbers in _paper_cells(suite, p, "paper", "paper numbers", cells, "accuracies").items():
-        runs_here = [r["name"] for r in suite["runs"] if label in r.get("cells", [label])]
+        runs_here = runs_of_cell(suite, label)
         unknown = [n for n in numbers if n not in runs_here]
         if unknown:
             raise ConfigError(f"suite {p}: paper numbers for {', '.join(unknown)} in cell '{label}', not runs of that cell")
     _check_paper_groups(suite, p, cells, configs)
     _check_metrics(suite, p, cells)
     return suite
+
+
+def runs_of_cell(suite: dict, label: str) -> list[str]:
+    """The names of the suite's runs in grid cell `label` (a run with `cells` only in those)."""
+    return [r["name"] for r in suite["runs"] if label in r.get("cells", [label])]
 
 
 def _check_metrics(suite: dict, p: Path, cells: dict[str, list[str]]) -> None:
@@ -111,7 +116,7 @@ def _check_metrics(suite: dict, p: Path, cells: dict[str, list[str]]) -> None:
     if not isinstance(metrics, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in metrics.items()):
         raise ConfigError(f"suite {p}: metrics must map metric names to column headings, got {metrics!r}")
     for label, runs in _paper_cells(suite, p, "paper_metrics", "paper_metrics", cells, "metrics").items():
-        runs_here = [r["name"] for r in suite["runs"] if label in r.get("cells", [label])]
+        runs_here = runs_of_cell(suite, label)
         for name, values in runs.items():
             if name not in runs_here:
                 raise ConfigError(f"suite {p}: paper_metrics for {name} in cell '{label}', not a run of that cell")
@@ -152,7 +157,7 @@ def _check_paper_groups(suite: dict, p: Path, cells: dict[str, list[str]], confi
     for label, runs in _paper_cells(suite, p, "paper_groups", "paper_groups", cells, "groups").items():
         for name, groups in runs.items():
             run = by_name.get(name)
-            if run is None or label not in run.get("cells", [label]):
+            if run is None or name not in runs_of_cell(suite, label):
                 raise ConfigError(f"suite {p}: paper_groups for {name} in cell '{label}', not a run of that cell")
             if not isinstance(groups, dict) or not all(isinstance(v, (int, float)) for v in groups.values()):
                 raise ConfigError(f"suite {p}: paper_groups: {label}: {name} must map group names to accuracies, got {groups!r}")
@@ -406,7 +411,7 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
     if tiny:
         cells = cells[:1]
     differs = suite.get("not_the_paper", "")
-    paper_column = not tiny and not differs and bool(suite.get("paper"))
+    paper_column = not tiny and not differs and bool(suite.get("paper") or suite.get("paper_metrics"))
     lines = []
     if tiny:
         lines += [f"# TINY smoke run of the suite {name}: NOT the paper's experiment", "",

@@ -22,8 +22,10 @@ def to_device_tensor(split, info, device) -> torch.Tensor:
 
 def split_images(split, info, device, index) -> torch.Tensor:
     """The inputs of the split's items `index` (a sequence of positions) on `device`, as
-    :func:`to_device_tensor` gives them: held images directly, images streamed from disk decoded
-    as evaluation decodes them (resize and centre crop to the input size). (len(index), C, H, W) uint8."""
+    :func:`to_device_tensor` gives them ((n, C, H, W) uint8 images, (n, L) token ids): held data
+    directly, images streamed from disk decoded here, one by one, as evaluation decodes them (resize
+    and centre crop to the input size): for a few images (a probe batch); a whole split goes
+    through a loader (eval.predict.eval_batches)."""
     part = split.subset(np.asarray(index))
     if part.x is not None:
         return to_device_tensor(part, info, device)

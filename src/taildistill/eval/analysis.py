@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..config import DataConfig
+
 ANALYSES = ("rank", "deviation", "attention", "firing")
 
 
@@ -54,7 +56,7 @@ def feature_separability(test_f, test_y, num_classes: int) -> list[float]:
 
 
 @torch.no_grad()
-def mean_firing_rates(model, split, info, augment, device, num_workers: int = 2) -> dict[str, float]:
+def mean_firing_rates(model, split, info, augment, device, num_workers: int = DataConfig.num_workers) -> dict[str, float]:
     """Mean spike rate of every LIF layer over a split (weighted by batch size); a streamed split
     is decoded by `num_workers` loader processes."""
     from .predict import eval_batches

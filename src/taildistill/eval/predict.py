@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..config import DataConfig
 from ..data.loading import FileDataset
 from .metrics import classification_metrics, summary
 
@@ -16,7 +17,7 @@ LOGIT_HEADS = ("logits", "logits_cls", "logits_dist")
 
 
 def eval_batches(split, info, augment, device, batch_size: int = 512, channels_last: bool = False,
-                 num_workers: int = 2):
+                 num_workers: int = DataConfig.num_workers):
     """Yield normalised, un-augmented (x on `device`, y on the CPU) batches over a whole split,
     in order. `augment` is the run's BatchAugment (its eval view normalises). A split streamed
     from disk is decoded by `num_workers` loader processes (the run's data.num_workers)."""
@@ -40,7 +41,7 @@ def eval_batches(split, info, augment, device, batch_size: int = 512, channels_l
 def predict_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
                   features: tuple[str, ...] = (), view: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   batch_size: int = 512, progress: str = "", experts: bool = False,
-                  num_workers: int = 2) -> dict[str, torch.Tensor]:
+                  num_workers: int = DataConfig.num_workers) -> dict[str, torch.Tensor]:
     """Logits of every head of `model` on a whole split: {'logits': (N, C), ...} on the CPU, plus
     the named `features` ({'features/<name>': (N, ...)}) and, with `experts`, a multi-expert
     model's 'expert_logits' (N, E, C); `view` maps each batch first (a resize). `progress` names a
@@ -72,7 +73,7 @@ def predict_split(model, split, info, augment, device, bf16: bool = False, chann
 
 
 def evaluate_split(model, split, info, augment, device, bf16: bool = False, channels_last: bool = False,
-                   prefix: str = "", progress: str = "", num_workers: int = 2) -> dict:
+                   prefix: str = "", progress: str = "", num_workers: int = DataConfig.num_workers) -> dict:
     """Metrics of the prediction head and, for two-head models, of each head (`cls/`, `dist/`),
     for multi-expert models of each expert (`expert0/`, ...)."""
     preds = predict_split(model, split, info, augment, device, bf16, channels_last, progress=progress, experts=True,

@@ -86,10 +86,11 @@ def ldam_loss(logits: torch.Tensor, target: torch.Tensor, margins: torch.Tensor,
 
 
 def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, class_prior: torch.Tensor,
-                        tau: float = 1.0) -> torch.Tensor:
-    """Logit-adjustment loss (Menon et al. 2021): CE(z + tau * log pi_y). Hard or soft targets."""
+                        tau: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Logit-adjustment loss (Menon et al. 2021): CE(z + tau * log pi_y), class-weighted when
+    `weight` (C,) is given (DRW). Hard or soft targets."""
     adjusted = logits.float() + tau * torch.log(_as_tensor(class_prior, logits))[None, :]
-    return cross_entropy(adjusted, target)
+    return cross_entropy(adjusted, target, weight=weight)
 
 
 def vs_scales(class_counts: Sequence[int] | torch.Tensor, gamma: float) -> torch.Tensor:
@@ -100,13 +101,14 @@ def vs_scales(class_counts: Sequence[int] | torch.Tensor, gamma: float) -> torch
 
 
 def vs_loss(logits: torch.Tensor, target: torch.Tensor, class_counts: Sequence[int] | torch.Tensor,
-            gamma: float = 0.3, tau: float = 1.0) -> torch.Tensor:
+            gamma: float = 0.3, tau: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Vector-scaling loss (Kini et al. 2021, Eq. 4): CE(Delta_c z_c + tau log pi_c) with
-    ``Delta_c = (n_c / n_max)^gamma`` and pi the training prior. gamma = 0 is logit adjustment,
-    tau = 0 the multiplicative (CDT) adjustment alone. Hard or soft targets."""
+    ``Delta_c = (n_c / n_max)^gamma`` and pi the training prior, class-weighted when `weight` (C,)
+    is given (DRW). gamma = 0 is logit adjustment, tau = 0 the multiplicative (CDT) adjustment
+    alone. Hard or soft targets."""
     n = _as_tensor(class_counts, logits)
     adjusted = logits.float() * vs_scales(class_counts, gamma).to(logits.device)[None, :] + tau * torch.log(n / n.sum())[None, :]
-    return cross_entropy(adjusted, target)
+    return cross_entropy(adjusted, target, weight=weight)
 
 
 def posthoc_logit_adjustment(logits: torch.Tensor, class_prior: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -114,7 +116,9 @@ def posthoc_logit_adjustment(logits: torch.Tensor, class_prior: torch.Tensor, ta
     return logits - tau * torch.log(_as_tensor(class_prior, logits))[None, :]
 
 
-def balanced_softmax_loss(logits: torch.Tensor, target: torch.Tensor, class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Balanced softmax (Ren et al. 2020): CE(z + log n_c). Hard or soft targets."""
+def balanced_softmax_loss(logits: torch.Tensor, target: torch.Tensor, class_counts: Sequence[int] | torch.Tensor,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Balanced softmax (Ren et al. 2020): CE(z + log n_c), class-weighted when `weight` (C,) is
+    given (DRW). Hard or soft targets."""
     log_n = torch.log(_as_tensor(class_counts, logits))
-    return cross_entropy(logits.float() + log_n[None, :], target)
+    return cross_entropy(logits.float() + log_n[None, :], target, weight=weight)

@@ -135,7 +135,8 @@ def check_signs(params, prefix: str = "method") -> None:
 class SupervisedLoss(nn.Module):
     """The configured supervised loss on hard labels or, after mixup/cutmix, on soft targets:
     CE (+ label smoothing), focal, class-balanced CE / focal, LDAM, logit adjustment, balanced
-    softmax, vector scaling; deferred re-weighting switches the class-balanced weights on at `drw_epoch`."""
+    softmax, vector scaling; deferred re-weighting switches the class-balanced weights on at `drw_epoch`
+    (for each of these losses, e.g. VS + DRW, which the VS authors' code offers)."""
 
     def __init__(self, params: SupervisedParams, class_counts: list[int], student: nn.Module | None = None):
         super().__init__()
@@ -170,10 +171,10 @@ class SupervisedLoss(nn.Module):
         if p.sup_loss == "ldam":
             return mixed_hard_labels(lambda y: ldam_loss(logits, y, self.ldam_margins, p.ldam_scale, weight), batch)
         if p.sup_loss == "la":
-            return logit_adjusted_loss(logits, target, self.class_prior, p.la_tau)
+            return logit_adjusted_loss(logits, target, self.class_prior, p.la_tau, weight)
         if p.sup_loss == "vs":
-            return vs_loss(logits, target, self.class_counts, p.vs_gamma, p.vs_tau)
-        return balanced_softmax_loss(logits, target, self.class_counts)
+            return vs_loss(logits, target, self.class_counts, p.vs_gamma, p.vs_tau, weight)
+        return balanced_softmax_loss(logits, target, self.class_counts, weight)
 
 
 def check_ldam_head(student: nn.Module, scale: float) -> None:
