@@ -109,6 +109,30 @@ def test_a_suite_that_is_not_the_papers_experiment_says_so_first_and_shows_no_pa
     assert "not_the_paper" not in bkd and bkd["paper"]["ratio100"]["bkd"] == 82.5  # a faithful suite keeps its column
 
 
+def test_a_suite_report_plots_each_students_gain_beside_the_papers(tmp_path, monkeypatch):
+    out = tmp_path / "bkd"
+    run_suite("bkd-cifar10", out, seeds=2, tiny=True, configs=CONFIGS, only=["ce", "kd", "mixup_vs"], executor="inline", quiet=True)
+    suite = load_suite("bkd-cifar10", CONFIGS)
+    drawn = {}
+    import taildistill.report as report
+
+    real = report.plot_gains
+    monkeypatch.setattr(report, "plot_gains", lambda gains, path, title: drawn.update({path.name: gains}) or real(gains, path, title))
+    text = write_suite_report("bkd-cifar10", suite, out, tiny=False, seeds=2).read_text()
+    gains = {g[0]: g[1:] for g in drawn["ratio100_gains.png"]}
+    assert set(gains) == {"kd", "mixup_vs"}  # the students: neither the teacher nor the baseline itself
+    top1 = {n: [json.loads((out / f"ratio100/{n}/seed{k}/final.json").read_text())["test"]["top1"] for k in (0, 1)]
+            for n in ("ce", "kd", "mixup_vs")}
+    mean = {n: sum(v) / 2 for n, v in top1.items()}
+    assert gains["kd"][0] == pytest.approx(mean["kd"] - mean["ce"]) and gains["kd"][1] == pytest.approx(abs(top1["kd"][0] - top1["kd"][1]) / 2)
+    assert gains["kd"][2] == pytest.approx(70.7 - 70.4) and gains["mixup_vs"][2] == pytest.approx(82.1 - 70.4)  # Table 2
+    assert "![gains over the baseline, ours beside the paper's](plots/ratio100_gains.png)" in text
+    assert (out / "plots/ratio100_gains.png").stat().st_size > 5000
+    # a smoke's report draws none
+    monkeypatch.setattr(report, "plot_gains", lambda *a: pytest.fail("a tiny report drew a plot"))
+    assert "plots/" not in write_suite_report("bkd-cifar10", suite, out, tiny=True, seeds=2).read_text()
+
+
 def test_deitlt_table1s_teacher_accuracy_is_a_column_beside_the_papers(tmp_path):
     # Table 1's Tch. Acc.: each run's metric/teacher_acc, its mean over the training epochs, beside the paper's
     out = tmp_path / "deitlt"

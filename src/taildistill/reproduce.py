@@ -38,6 +38,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .config import yaml_error
@@ -372,6 +373,25 @@ def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
     return header, rows
 
 
+def _cell_gains(suite: dict, label: str, runs: dict[str, list[dict]],
+                paper_column: bool) -> list[tuple[str, float, float, float | None]]:
+    """The gains the cell's plot draws: per student that is not itself a baseline (teachers left
+    out), (name, mean accuracy minus its baseline's mean, the std of its accuracy over seeds, the
+    paper's gain where the paper has both numbers), the numbers of the table's gain columns."""
+    paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
+    teachers = {r["name"] for r in suite["runs"] if r.get("teacher_run")}
+    top1 = {name: [f["test"]["top1"] for f in finals if "test" in f] for name, finals in runs.items()}
+    out = []
+    for name, values in top1.items():
+        base = baseline_of(suite, name)
+        if name in teachers or name in baselines(suite) or not values or not top1.get(base):
+            continue
+        p, pb = paper.get(name), paper.get(base)
+        out.append((name, float(np.mean(values) - np.mean(top1[base])), float(np.std(values)),
+                    p - pb if p is not None and pb is not None else None))
+    return out
+
+
 def _paper_group_rows(suite: dict, label: str, runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
     """Per group, ours beside the paper's (for the runs the paper's table has per-group numbers of),
     each with its gain over the run's baseline in brackets: where a method's gain comes from."""
@@ -442,6 +462,14 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
         if suite.get("metrics"):
             lines += ["; ".join(f"{heading}: the run's logged `metric/{m}` (metrics.jsonl), its mean over the training "
                                 "epochs" for m, heading in suite["metrics"].items()) + ".", ""]
+        gains = _cell_gains(suite, label, runs, paper_column) if not tiny else []  # (a smoke draws no plots)
+        if gains:
+            from .report import plot_gains
+
+            (out / "plots").mkdir(parents=True, exist_ok=True)
+            plot_gains(gains, out / "plots" / f"{label}_gains.png",
+                       f"{name}, {label}: gain over {_gain_label(suite).replace('`', '')}")
+            lines += [f"![gains over the baseline, ours beside the paper's](plots/{label}_gains.png)", ""]
         results[label] = {"header": header, "rows": rows, "group_policy": policy}
         gheader, grows = _paper_group_rows(suite, label, runs) if paper_column else ([], [])
         if grows:

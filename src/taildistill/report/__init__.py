@@ -100,6 +100,33 @@ def plot_per_class(runs: dict[str, list[float]], counts: list[int], path: Path, 
     plt.close(fig)
 
 
+def plot_gains(gains: list[tuple[str, float, float, float | None]], path: Path, title: str = "") -> None:
+    """A suite cell's gains over each run's baseline: per run (name, our mean gain in points, the
+    std of its accuracy over seeds, the paper's gain or None), our bar with its spread beside the
+    paper's (hatched; absent where the paper has no number). Horizontal bars, one row per run."""
+    plt = _plt()
+    n = len(gains)
+    fig, ax = plt.subplots(figsize=(7, max(2.6, 0.42 * n + 1.6)))
+    y = np.arange(n)[::-1]
+    ours = [g[1] for g in gains]
+    ax.barh(y + 0.19, ours, 0.38, xerr=[g[2] for g in gains], color="tab:blue", label="ours (± std over seeds)",
+            error_kw={"elinewidth": 0.8, "capsize": 2})
+    paper = [(yy, g[3]) for yy, g in zip(y, gains) if g[3] is not None]
+    if paper:
+        ax.barh([yy - 0.19 for yy, _ in paper], [v for _, v in paper], 0.38, color="white", edgecolor="tab:orange",
+                hatch="//", label="paper")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([g[0] for g in gains], fontsize=8)
+    ax.set_ylim(-0.6, n - 0.4)  # (the paper's slot stays even where it has no number)
+    ax.set_xlabel("gain over the baseline (accuracy points)")
+    ax.set_title(title or "gains over the baseline", pad=20)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # (between title and bars)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_confusion(cm: list[list[int]], path: Path, title: str = "confusion matrix (row-normalised)",
                    class_names: list[str] | None = None) -> None:
     plt = _plt()
