@@ -89,7 +89,10 @@ def test_an_unfinished_suite_carries_its_teachers_weights_and_a_fresh_machine_re
         (out / run / "checkpoints/last.safetensors").write_bytes(b"weights of " + run.encode())
     (out / "ratio100/kd/seed0").mkdir(parents=True)  # started, unfinished: its teacher is needed
     selection = ["--cells", "ratio100", "--tiny", "--seeds", "1"]
+    (out / "plots").mkdir()
+    (out / "plots/ratio100_gains.png").write_bytes(b"png")  # the report's gain plot travels with it
     ev.collect(suite, out)
+    assert (ev.out / "results" / suite / "plots/ratio100_gains.png").read_bytes() == b"png"
     ev.carry_teachers(suite, out, selection)
     carried = sorted(p.relative_to(ev.out) for p in (ev.out / "carry").rglob("*.safetensors"))
     assert carried == [Path("carry/bkd-cifar10/ratio100/ce_teacher/seed0/checkpoints/last.safetensors")]

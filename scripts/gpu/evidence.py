@@ -396,6 +396,8 @@ class Evidence:
             if (out / f).is_file():
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(out / f, dest / f)
+        if (out / "plots").is_dir():  # the report's gain plots
+            shutil.copytree(out / "plots", dest / "plots", dirs_exist_ok=True)
         for run in sorted(out.glob("*/*/seed*")):
             rel = run.relative_to(out)
             # each run mirrored as it is now: a final.json left from an earlier config would make a
