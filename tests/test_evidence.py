@@ -17,6 +17,18 @@ def _run(out, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+def _evidence(out: Path):
+    """The script's Evidence object for a --tiny run into `out`, its environment checked (in this process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
+    evidence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence)
+    ev = evidence.Evidence(evidence.parse_args(["--tiny", "--out", str(out)]))
+    assert ev.check_environment()
+    return ev
+
+
 def test_the_evidence_run_measures_collects_exports_the_teacher_and_a_second_sitting_redoes_nothing(tmp_path, monkeypatch):
     out = tmp_path / "ev"
     first = _run(out, "--steps", "bench", "pergpu", "bkd")
@@ -73,14 +85,9 @@ def test_a_recipe_longer_than_a_sitting_is_skipped_with_the_command_that_runs_it
 def test_an_unfinished_suite_carries_its_teachers_weights_and_a_fresh_machine_restores_the_finished_runs(tmp_path):
     """Between sittings on different machines only OUT travels: the finished runs come back from
     OUT/results, and the weights of a finished teacher whose students are unfinished from OUT/carry."""
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
-    evidence = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evidence)
-    ev = evidence.Evidence(evidence.parse_args(["--tiny", "--out", str(tmp_path / "ev")]))
-    assert ev.check_environment()
+    ev = _evidence(tmp_path / "ev")
     suite, out = "bkd-cifar10", ev.runs / "bkd-cifar10"
     for run, weights in (("ratio100/ce_teacher/seed0", True), ("ratio100/ce/seed0", True)):  # finished
         (out / run / "checkpoints").mkdir(parents=True)
@@ -107,3 +114,15 @@ def test_an_unfinished_suite_carries_its_teachers_weights_and_a_fresh_machine_re
 
     ev.carry_teachers(suite, out, None)  # the suite is done: nothing to carry
     assert not (ev.out / "carry" / suite).exists()
+
+
+def test_the_summary_lists_the_gains_short_of_the_papers(tmp_path):
+    ev = _evidence(tmp_path / "ev")
+    header = ["run", "method", "seeds", "All", "gain vs ce", "paper All", "paper gain", "gain - paper gain"]
+    rows = [["ce", "ce", "0,1", "70.1", "+0.00", "70.4", "+0.0", "–"], ["kd", "kd", "0,1", "70.9", "+0.80", "70.7", "+0.3", "+0.5"],
+            ["bkd", "bkd", "0,1", "75.0", "+4.90", "82.5", "+12.1", "-7.2 short"]]
+    (ev.out / "results/bkd-cifar10").mkdir(parents=True)
+    (ev.out / "results/bkd-cifar10/results.json").write_text(json.dumps({"cells": {"ratio100": {"header": header, "rows": rows}}}))
+    ev.summary(["bkd"])
+    text = (ev.out / "SUMMARY.md").read_text()
+    assert "- bkd-cifar10 ratio100 bkd: gain - paper gain -7.2 short" in text and "ratio100 kd" not in text

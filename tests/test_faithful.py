@@ -127,6 +127,13 @@ def test_a_suite_report_plots_each_students_gain_beside_the_papers(tmp_path, mon
     assert gains["kd"][0] == pytest.approx(mean["kd"] - mean["ce"]) and gains["kd"][1] == pytest.approx(abs(top1["kd"][0] - top1["kd"][1]) / 2)
     assert gains["kd"][2] == pytest.approx(70.7 - 70.4) and gains["mixup_vs"][2] == pytest.approx(82.1 - 70.4)  # Table 2
     assert "![gains over the baseline, ours beside the paper's](plots/ratio100_gains.png)" in text
+    # the table's gap to the paper's gain: ours minus the paper's, `short` beyond 2 points
+    results = json.loads((out / "results.json").read_text())["cells"]["ratio100"]
+    col = results["header"].index("gain - paper gain")
+    rows = {row[0]: row[col] for row in results["rows"]}
+    gap = gains["mixup_vs"][0] - (82.1 - 70.4)
+    assert rows["mixup_vs"] == f"{gap:+.1f}" + (" short" if gap < -2 else "") and rows["ce"] == "–"
+    assert rows["mixup_vs"].endswith(" short")  # (a 4-step digits run gains nothing like 11.7 points)
     assert (out / "plots/ratio100_gains.png").stat().st_size > 5000
     # a smoke's report draws none
     monkeypatch.setattr(report, "plot_gains", lambda *a: pytest.fail("a tiny report drew a plot"))

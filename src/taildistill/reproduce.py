@@ -334,11 +334,15 @@ def _cell_runs(suite: dict, out: Path, label: str, seeds: int | None = None) -> 
     return runs, policy
 
 
+SHORT_OF_PAPER = 2.0  # points: a gain this far below the paper's is marked `short` (not reproduced)
+
+
 def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
                paper_column: bool = True) -> tuple[list[str], list[list[str]]]:
     """The cell's table: each run's overall and per-group accuracy (mean ± std over seeds), its gain
     over its baseline, the suite's `metrics` (each run's mean over its epochs, mean ± std over seeds),
-    and the paper's overall number, gain and metrics beside them."""
+    and the paper's overall number, gain and metrics beside them, with our gain minus the paper's
+    (`short` where it is more than SHORT_OF_PAPER points below)."""
     from .report import group_keys, mean_std, method_label, seed_cells, seed_list
 
     paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
@@ -350,7 +354,7 @@ def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
     pairs = len(baselines(suite)) > 1
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
              (["vs", "gain"] if pairs else [f"gain vs {suite['baseline']}"]) + (["best epoch All*"] if best_col else []) + \
-             (["paper All", "paper gain"] if paper_column else []) + \
+             (["paper All", "paper gain", "gain - paper gain"] if paper_column else []) + \
              [h for m, heading in metrics.items() for h in [heading] + ([f"paper {heading}"] if paper_column else [])]
     rows = []
     for name, finals in runs.items():
@@ -364,7 +368,10 @@ def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
             row.append(mean_std([f.get("best_epoch_test", {}).get("top1") for f in finals])[0])
         if paper_column:
             p = paper.get(name)
-            row += ["–" if p is None else f"{p}", f"{p - paper_base:+.1f}" if p is not None and paper_base is not None else "–"]
+            paper_gain = p - paper_base if p is not None and paper_base is not None else None
+            gap = all_m - base - paper_gain if paper_gain is not None and base is not None and all_m is not None else None
+            row += ["–" if p is None else f"{p}", "–" if paper_gain is None else f"{paper_gain:+.1f}",
+                    "–" if gap is None or name == baseline else f"{gap:+.1f}" + (" short" if gap < -SHORT_OF_PAPER else "")]
         for m in metrics:
             row.append(mean_std([run_metric(f, m) for f in finals])[0])
             if paper_column:
@@ -459,6 +466,10 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
             lines += ["\\* best epoch: the best test accuracy over the evaluated epochs, the protocol of the papers' "
                       "code (BKD, LDAM-DRW): optimistic, since the epoch is chosen on the test set; shown only to compare "
                       "with the papers. The other columns are the last epoch's.", ""]
+        if paper_column:
+            lines += [f"gain - paper gain: our gain minus the paper's, in points; `short` marks one more than "
+                      f"{SHORT_OF_PAPER:g} points below the paper's: that method is not reproduced until its gap is "
+                      "explained (results/README.md).", ""]
         if suite.get("metrics"):
             lines += ["; ".join(f"{heading}: the run's logged `metric/{m}` (metrics.jsonl), its mean over the training "
                                 "epochs" for m, heading in suite["metrics"].items()) + ".", ""]
