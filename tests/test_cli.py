@@ -165,10 +165,19 @@ def test_console_script_entry_point(tmp_path):
 
 
 def test_demo_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--quiet"]) == 0
+    # `make demo` itself, at its full schedule (about 100 s on one core): a loss that overflows only
+    # once a trained teacher's outputs are large (CAT-KD's unnormalised maps did, at epoch 2 of 60)
+    # never shows in a shortened run
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    for m in ("ce_teacher", "ce_student", "kd", "bkd", "ltkd", "acckd"):
-        assert f"| {m} |" in out
+    table = {line.split("|")[1].strip(): float(line.split("|")[4]) for line in out.splitlines()
+             if line.startswith("| ") and not line.startswith("| run")}
+    from taildistill.demo import DEMO_STUDENTS
+
+    assert set(table) == {"ce_teacher"} | {name for name, _, _ in DEMO_STUDENTS}
+    transformers = {"vit_ce", "deitlt", "snn_ce", "ltsf"}  # (30 epochs from scratch on 8x8 digits)
+    # every CNN student learns the digits (86.8-94.3 % measured), every transformer far above chance (26-67 %)
+    assert all(acc > (15 if name in transformers else 80) for name, acc in table.items()), table
     assert "| run | method | seeds | All | Many | Medium | Few |" in out
     assert "shots" in out and str(tmp_path / "demo" / "report.md") in out
     assert (tmp_path / "demo" / "plots" / "per_class.png").is_file()

@@ -47,7 +47,7 @@ DEMO_STUDENTS = [
     ("cckd", _files("cckd"), lambda e: []),
     ("acckd", _files("acckd"), lambda e: []),
     ("reviewkd", [DIGITS / "reviewkd.yaml"], lambda e: []),
-    ("catkd", _files("catkd"), lambda e: []),
+    ("catkd", [DIGITS / "catkd.yaml"], lambda e: []),
     ("vit_ce", [DIGITS / "vit_ce.yaml"], lambda e: [f"train.epochs={_half(e)}"]),
     ("deitlt", [DIGITS / "deitlt.yaml"],
      lambda e: [f"train.epochs={_half(e)}", f"method.dist.drw_epoch={_late(e)}", f"augment.mix_until_epoch={_late(e)}"]),
