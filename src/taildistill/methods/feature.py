@@ -157,7 +157,7 @@ class CATKDParams(SupervisedParams):
 
 
 class CATKD(Method):
-    """CAT-KD: supervised + transfer of pooled, normalised class activation maps."""
+    """CAT-KD: supervised + transfer of pooled class activation maps (normalised per class by default)."""
 
     Params = CATKDParams
     needs_teacher = True
