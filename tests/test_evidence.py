@@ -123,6 +123,11 @@ def test_the_summary_lists_the_gains_short_of_the_papers(tmp_path):
             ["bkd", "bkd", "0,1", "75.0", "+4.90", "82.5", "+12.1", "-7.2 short"]]
     (ev.out / "results/bkd-cifar10").mkdir(parents=True)
     (ev.out / "results/bkd-cifar10/results.json").write_text(json.dumps({"cells": {"ratio100": {"header": header, "rows": rows}}}))
+    from taildistill.reproduce import GAP_HEADER
+
+    assert header[-1] == GAP_HEADER  # the reports' own column
+    (ev.out / "results/broken").mkdir()
+    (ev.out / "results/broken/results.json").write_text("{not json")  # a report cut off mid-write stops nothing
     ev.summary(["bkd"])
     text = (ev.out / "SUMMARY.md").read_text()
     assert "- bkd-cifar10 ratio100 bkd: gain - paper gain -7.2 short" in text and "ratio100 kd" not in text

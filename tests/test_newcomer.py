@@ -1,6 +1,7 @@
 """What a new user meets first: the Python API and the examples, any timm / torchvision model,
 progress and logs, readable output, configs found from anywhere, data errors that say what to do."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def test_the_example_script_runs(tmp_path):
     # at its own 30 epochs (50 s on one core): its timm student once collapsed to chance (9.8 %) under
     # the paper's LTKD weights, which a two-epoch run never showed
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "distil_digits.py"), "30", str(tmp_path / "ex")],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))  # (measured on one thread)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert [ln.split()[0] for ln in lines[:3]] == ["ce_teacher", "bkd", "ltkd_timm"]

@@ -76,6 +76,25 @@ def test_unknown_suite_and_bad_teacher(tmp_path):
         ddp_batch(512, 3, "s")
 
 
+def test_each_students_gap_to_the_papers_gain_is_over_its_own_pairs_baseline():
+    """ltkd-cifar100 (ratio 100): ltkd_vgg8's gain is over student_vgg8, not the suite's student_r8x4;
+    teachers and baselines get no gap; `short` beyond 2 points, judged on the printed value."""
+    from taildistill.reproduce import GAP_HEADER, _cell_rows, cell_gains
+
+    suite = load_suite("ltkd-cifar100", CONFIGS)
+    acc = {"teacher_r32x4": [45.0], "student_r8x4": [42.0, 43.0], "ltkd_r8x4": [49.0, 48.0],
+           "teacher_vgg13": [43.0], "student_vgg8": [40.0, 40.0], "ltkd_vgg8": [44.0, 44.0], "dkd_vgg8": [41.48, 41.48]}
+    runs = {n: [{"test": {"top1": v}, "method": "ce", "seed": k} for k, v in enumerate(vals)] for n, vals in acc.items()}
+    gains = cell_gains(suite, "ratio100", runs)
+    assert gains["ltkd_vgg8"].ours == pytest.approx(4.0) and gains["ltkd_vgg8"].paper == pytest.approx(47.66 - 40.70)
+    assert gains["ltkd_r8x4"].ours == pytest.approx(6.0) and gains["ltkd_r8x4"].paper == pytest.approx(51.08 - 42.48)
+    header, rows = _cell_rows(suite, "ratio100", runs)
+    gap = {row[0]: row[header.index(GAP_HEADER)] for row in rows}
+    assert gap["ltkd_vgg8"] == "-3.0 short" and gap["ltkd_r8x4"] == "-2.6 short"
+    assert gap["dkd_vgg8"] == "-2.0"  # 1.48 - 3.52 = -2.04: prints as -2.0, which is not beyond 2 points
+    assert gap["teacher_r32x4"] == gap["student_r8x4"] == gap["student_vgg8"] == "–"  # no gap for teachers or baselines
+
+
 def test_the_graph_makes_students_wait_for_their_teachers(tmp_path):
     specs = suite_specs("bkd-cifar10", load_suite("bkd-cifar10", CONFIGS), tmp_path, 2, True, CONFIGS, None, None)
     by = {s.key: s for s in specs}

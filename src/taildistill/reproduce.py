@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -334,69 +335,77 @@ def _cell_runs(suite: dict, out: Path, label: str, seeds: int | None = None) -> 
     return runs, policy
 
 
-SHORT_OF_PAPER = 2.0  # points: a gain this far below the paper's is marked `short` (not reproduced)
+SHORT_OF_PAPER = 2.0  # points: a student's gain this far below the paper's is marked `short` (not reproduced)
+GAP_HEADER = "gain - paper gain"  # the table's column of our gain minus the paper's
+
+
+class Gain(NamedTuple):
+    """A run's gain over its baseline in a cell (None where a number is missing)."""
+
+    ours: float | None  # our mean accuracy minus the baseline's mean
+    spread: float | None  # the std of our accuracy over seeds
+    paper: float | None  # the paper's accuracy minus its baseline's
+    student: bool  # neither a teacher nor a baseline itself: its gap to the paper's gain counts
+
+    @property
+    def gap(self) -> float | None:
+        """Our gain minus the paper's, in points rounded to one decimal (as the table prints it)."""
+        return round(self.ours - self.paper, 1) if self.student and self.ours is not None and self.paper is not None else None
+
+
+def cell_gains(suite: dict, label: str, runs: dict[str, list[dict]], paper_column: bool = True) -> dict[str, Gain]:
+    """Each finished run's :class:`Gain` over its own baseline (its pair's student), the paper's
+    gain from the suite's `paper` numbers of this cell (none without a paper column)."""
+    paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
+    teachers = {r["name"] for r in suite["runs"] if r.get("teacher_run")}
+    top1 = {name: [f["test"]["top1"] for f in finals if "test" in f] for name, finals in runs.items()}
+    out = {}
+    for name, values in top1.items():
+        base = baseline_of(suite, name)
+        ours = float(np.mean(values) - np.mean(top1[base])) if values and top1.get(base) else None
+        p, pb = paper.get(name), paper.get(base)
+        out[name] = Gain(ours, float(np.std(values)) if values else None, p - pb if p is not None and pb is not None else None,
+                         name not in teachers and name not in baselines(suite))
+    return out
 
 
 def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
                paper_column: bool = True) -> tuple[list[str], list[list[str]]]:
     """The cell's table: each run's overall and per-group accuracy (mean ± std over seeds), its gain
     over its baseline, the suite's `metrics` (each run's mean over its epochs, mean ± std over seeds),
-    and the paper's overall number, gain and metrics beside them, with our gain minus the paper's
-    (`short` where it is more than SHORT_OF_PAPER points below)."""
+    and the paper's overall number, gain and metrics beside them, with each student's gain minus the
+    paper's (`short` where it is more than SHORT_OF_PAPER points below)."""
     from .report import group_keys, mean_std, method_label, seed_cells, seed_list
 
     paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
     metrics = suite.get("metrics") or {}
     paper_metrics = (suite.get("paper_metrics") or {}).get(label) or {}
     gcols = group_keys([f for finals in runs.values() for f in finals])
-    base_all = {name: seed_cells(finals, [])[1] for name, finals in runs.items()}  # (a baseline's All)
+    gains = cell_gains(suite, label, runs, paper_column)
     best_col = any("best_epoch_test" in f for finals in runs.values() for f in finals)
     pairs = len(baselines(suite)) > 1
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
              (["vs", "gain"] if pairs else [f"gain vs {suite['baseline']}"]) + (["best epoch All*"] if best_col else []) + \
-             (["paper All", "paper gain", "gain - paper gain"] if paper_column else []) + \
+             (["paper All", "paper gain", GAP_HEADER] if paper_column else []) + \
              [h for m, heading in metrics.items() for h in [heading] + ([f"paper {heading}"] if paper_column else [])]
     rows = []
     for name, finals in runs.items():
-        cells, all_m = seed_cells(finals, gcols)
-        baseline = baseline_of(suite, name)
-        base = base_all.get(baseline)
-        gain = f"{all_m - base:+.2f}" if base is not None and all_m is not None else "–"
-        paper_base = paper.get(baseline)
-        row = [name, method_label(finals[0]), seed_list(finals)] + cells + ([baseline, gain] if pairs else [gain])
+        cells, _ = seed_cells(finals, gcols)
+        g = gains[name]
+        gain = "–" if g.ours is None else f"{g.ours:+.2f}"
+        row = [name, method_label(finals[0]), seed_list(finals)] + cells + ([baseline_of(suite, name), gain] if pairs else [gain])
         if best_col:
             row.append(mean_std([f.get("best_epoch_test", {}).get("top1") for f in finals])[0])
         if paper_column:
             p = paper.get(name)
-            paper_gain = p - paper_base if p is not None and paper_base is not None else None
-            gap = all_m - base - paper_gain if paper_gain is not None and base is not None and all_m is not None else None
-            row += ["–" if p is None else f"{p}", "–" if paper_gain is None else f"{paper_gain:+.1f}",
-                    "–" if gap is None or name == baseline else f"{gap:+.1f}" + (" short" if gap < -SHORT_OF_PAPER else "")]
+            row += ["–" if p is None else f"{p}", "–" if g.paper is None else f"{g.paper:+.1f}",
+                    "–" if g.gap is None else f"{g.gap:+.1f}" + (" short" if g.gap < -SHORT_OF_PAPER else "")]
         for m in metrics:
             row.append(mean_std([run_metric(f, m) for f in finals])[0])
             if paper_column:
                 row.append(f"{paper_metrics[name][m]}" if m in paper_metrics.get(name, {}) else "–")
         rows.append(row)
     return header, rows
-
-
-def _cell_gains(suite: dict, label: str, runs: dict[str, list[dict]],
-                paper_column: bool) -> list[tuple[str, float, float, float | None]]:
-    """The gains the cell's plot draws: per student that is not itself a baseline (teachers left
-    out), (name, mean accuracy minus its baseline's mean, the std of its accuracy over seeds, the
-    paper's gain where the paper has both numbers), the numbers of the table's gain columns."""
-    paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
-    teachers = {r["name"] for r in suite["runs"] if r.get("teacher_run")}
-    top1 = {name: [f["test"]["top1"] for f in finals if "test" in f] for name, finals in runs.items()}
-    out = []
-    for name, values in top1.items():
-        base = baseline_of(suite, name)
-        if name in teachers or name in baselines(suite) or not values or not top1.get(base):
-            continue
-        p, pb = paper.get(name), paper.get(base)
-        out.append((name, float(np.mean(values) - np.mean(top1[base])), float(np.std(values)),
-                    p - pb if p is not None and pb is not None else None))
-    return out
 
 
 def _paper_group_rows(suite: dict, label: str, runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
@@ -467,13 +476,14 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
                       "code (BKD, LDAM-DRW): optimistic, since the epoch is chosen on the test set; shown only to compare "
                       "with the papers. The other columns are the last epoch's.", ""]
         if paper_column:
-            lines += [f"gain - paper gain: our gain minus the paper's, in points; `short` marks one more than "
+            lines += [f"{GAP_HEADER}: a student's gain minus the paper's, in points; `short` marks one more than "
                       f"{SHORT_OF_PAPER:g} points below the paper's: that method is not reproduced until its gap is "
                       "explained (results/README.md).", ""]
         if suite.get("metrics"):
             lines += ["; ".join(f"{heading}: the run's logged `metric/{m}` (metrics.jsonl), its mean over the training "
                                 "epochs" for m, heading in suite["metrics"].items()) + ".", ""]
-        gains = _cell_gains(suite, label, runs, paper_column) if not tiny else []  # (a smoke draws no plots)
+        gains = [(n, g.ours, g.spread, g.paper) for n, g in cell_gains(suite, label, runs, paper_column).items()
+                 if g.student and g.ours is not None] if not tiny else []  # (a smoke draws no plots)
         if gains:
             from .report import plot_gains
 

@@ -157,7 +157,8 @@ class CATKDParams(SupervisedParams):
 
 
 class CATKD(Method):
-    """CAT-KD: supervised + transfer of pooled class activation maps (normalised per class by default)."""
+    """CAT-KD: supervised + transfer of pooled class activation maps, optionally normalised per class
+    (`normalize`; each pair's setting is in its config)."""
 
     Params = CATKDParams
     needs_teacher = True
