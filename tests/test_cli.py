@@ -188,3 +188,18 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "| run | method | seeds | All | Many | Medium | Few |" in out
     assert "shots" in out and str(tmp_path / "demo" / "report.md") in out
     assert (tmp_path / "demo" / "plots" / "per_class.png").is_file()
+
+
+def test_runs_of_one_name_are_told_apart_by_their_folders_or_hashes():
+    from taildistill.report import group_by_config
+
+    def run(h, folder, seed=0):
+        return {"config_hash": h, "name": "ce_teacher", "seed": seed, "run_dir": f"/runs/{folder}"}
+
+    # three configurations trained from one config file into runs/ce, runs/la, runs/vs
+    labels = [label for label, _ in group_by_config([run("aaaaaa1", "ce"), run("bbbbbb2", "la"), run("cccccc3", "vs")])]
+    assert labels == ["ce_teacher (ce)", "ce_teacher (la)", "ce_teacher (vs)"]
+    # folders that tell nothing (a suite's seed0, the run's own name) or differ between seeds: the hash
+    labels = [label for label, _ in group_by_config([run("aaaaaa1", "x/seed0"), run("bbbbbb2", "y/seed0"),
+                                                       run("cccccc3", "ce_teacher"), run("dddddd4", "d0"), run("dddddd4", "d1", 1)])]
+    assert labels == ["ce_teacher (aaaaaa)", "ce_teacher (bbbbbb)", "ce_teacher (cccccc)", "ce_teacher (dddddd)"]

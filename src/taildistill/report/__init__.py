@@ -300,11 +300,23 @@ def check_comparable(runs: list[dict]) -> None:
                 "report runs of one data set together")
 
 
+def _own_folder(h: str, same_name: set[str], by: dict[str, list[dict]]) -> str | None:
+    """The folder name of configuration `h`'s runs if they all share it and no other configuration
+    of the same run name has it (a folder named like the run, or `seed0`, tells nothing)."""
+    folders = {Path(r["run_dir"]).name for r in by[h]}
+    if len(folders) != 1:
+        return None
+    folder = folders.pop()
+    others = {Path(r["run_dir"]).name for o in same_name - {h} for r in by[o]}
+    return folder if folder not in others and folder != by[h][0]["name"] else None
+
+
 def group_by_config(runs: list[dict]) -> list[tuple[str, list[dict]]]:
     """Runs of one configuration (the same config hash, seed aside) are seeds of it; two runs of
     one configuration with the same seed are an error (one run counted twice). Returns (label,
-    runs sorted by seed) in first-seen order; the label is the run name, with the config hash when
-    two configurations share a name."""
+    runs sorted by seed) in first-seen order; the label is the run name and, when two configurations
+    share a name, what tells them apart: the run folder's name where it is the configuration's own
+    (`ce_teacher (la)` for a run trained into runs/la), else the config hash."""
     from ..errors import TaildistillError
 
     by: dict[str, list[dict]] = defaultdict(list)
@@ -322,7 +334,7 @@ def group_by_config(runs: list[dict]) -> list[tuple[str, list[dict]]]:
                                        f"with the same seed ({r['seed']}): one result would be counted twice")
             seeds[r["seed"]] = r
         name = rs[0]["name"]
-        label = name if len(names[name]) == 1 else f"{name} ({h[:6]})"
+        label = name if len(names[name]) == 1 else f"{name} ({_own_folder(h, names[name], by) or h[:6]})"
         out.append((label, sorted(rs, key=lambda r: r["seed"])))
     return out
 
