@@ -88,7 +88,7 @@ def test_each_students_gap_to_the_papers_gain_is_over_its_own_pairs_baseline():
     gains = cell_gains(suite, "ratio100", runs)
     assert gains["ltkd_vgg8"].ours == pytest.approx(4.0) and gains["ltkd_vgg8"].paper == pytest.approx(47.66 - 40.70)
     assert gains["ltkd_r8x4"].ours == pytest.approx(6.0) and gains["ltkd_r8x4"].paper == pytest.approx(51.08 - 42.48)
-    header, rows = _cell_rows(suite, "ratio100", runs)
+    header, rows = _cell_rows(suite, "ratio100", runs, gains)
     gap = {row[0]: row[header.index(GAP_HEADER)] for row in rows}
     assert gap["ltkd_vgg8"] == "-3.0 short" and gap["ltkd_r8x4"] == "-2.6 short"
     assert gap["dkd_vgg8"] == "-2.0"  # 1.48 - 3.52 = -2.04: prints as -2.0, which is not beyond 2 points

@@ -357,7 +357,7 @@ def cell_gains(suite: dict, label: str, runs: dict[str, list[dict]], paper_colum
     """Each finished run's :class:`Gain` over its own baseline (its pair's student), the paper's
     gain from the suite's `paper` numbers of this cell (none without a paper column)."""
     paper = (suite.get("paper") or {}).get(label) or {} if paper_column else {}
-    teachers = {r["name"] for r in suite["runs"] if r.get("teacher_run")}
+    not_students = {r["name"] for r in suite["runs"] if r.get("teacher_run")} | set(baselines(suite))
     top1 = {name: [f["test"]["top1"] for f in finals if "test" in f] for name, finals in runs.items()}
     out = {}
     for name, values in top1.items():
@@ -365,14 +365,14 @@ def cell_gains(suite: dict, label: str, runs: dict[str, list[dict]], paper_colum
         ours = float(np.mean(values) - np.mean(top1[base])) if values and top1.get(base) else None
         p, pb = paper.get(name), paper.get(base)
         out[name] = Gain(ours, float(np.std(values)) if values else None, p - pb if p is not None and pb is not None else None,
-                         name not in teachers and name not in baselines(suite))
+                         name not in not_students)
     return out
 
 
-def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
+def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]], gains: dict[str, Gain],
                paper_column: bool = True) -> tuple[list[str], list[list[str]]]:
     """The cell's table: each run's overall and per-group accuracy (mean ± std over seeds), its gain
-    over its baseline, the suite's `metrics` (each run's mean over its epochs, mean ± std over seeds),
+    over its baseline (`gains`: :func:`cell_gains`), the suite's `metrics` (each run's mean over its epochs, mean ± std over seeds),
     and the paper's overall number, gain and metrics beside them, with each student's gain minus the
     paper's (`short` where it is more than SHORT_OF_PAPER points below)."""
     from .report import group_keys, mean_std, method_label, seed_cells, seed_list
@@ -381,7 +381,6 @@ def _cell_rows(suite: dict, label: str, runs: dict[str, list[dict]],
     metrics = suite.get("metrics") or {}
     paper_metrics = (suite.get("paper_metrics") or {}).get(label) or {}
     gcols = group_keys([f for finals in runs.values() for f in finals])
-    gains = cell_gains(suite, label, runs, paper_column)
     best_col = any("best_epoch_test" in f for finals in runs.values() for f in finals)
     pairs = len(baselines(suite)) > 1
     header = ["run", "method", "seeds", "All"] + [g.split("/", 1)[1].capitalize() for g in gcols] + \
@@ -465,7 +464,8 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
     results = {}
     for label, _ in cells:
         runs, policy = _cell_runs(suite, out, label, seeds)
-        header, rows = _cell_rows(suite, label, runs, paper_column)
+        gains = cell_gains(suite, label, runs, paper_column)  # (the table's gain columns and the plot's bars)
+        header, rows = _cell_rows(suite, label, runs, gains, paper_column)
         if not rows:
             continue
         note = empty_groups([f for finals in runs.values() for f in finals])  # (the table's runs, read once)
@@ -482,13 +482,13 @@ def write_suite_report(name: str, suite: dict, out: Path, tiny: bool = False, co
         if suite.get("metrics"):
             lines += ["; ".join(f"{heading}: the run's logged `metric/{m}` (metrics.jsonl), its mean over the training "
                                 "epochs" for m, heading in suite["metrics"].items()) + ".", ""]
-        gains = [(n, g.ours, g.spread, g.paper) for n, g in cell_gains(suite, label, runs, paper_column).items()
-                 if g.student and g.ours is not None] if not tiny else []  # (a smoke draws no plots)
-        if gains:
+        bars = [(n, g.ours, g.spread, g.paper) for n, g in gains.items()
+                if g.student and g.ours is not None] if not tiny else []  # (a smoke draws no plots)
+        if bars:
             from .report import plot_gains
 
             (out / "plots").mkdir(parents=True, exist_ok=True)
-            plot_gains(gains, out / "plots" / f"{label}_gains.png",
+            plot_gains(bars, out / "plots" / f"{label}_gains.png",
                        f"{name}, {label}: gain over {_gain_label(suite).replace('`', '')}")
             lines += [f"![gains over the baseline, ours beside the paper's](plots/{label}_gains.png)", ""]
         results[label] = {"header": header, "rows": rows, "group_policy": policy}
