@@ -225,12 +225,14 @@ def test_classification_losses_hand_computed():
     # VS (Kini et al.): CE(Delta_c z_c + tau log pi_c), Delta_c = (n_c / n_max)^gamma, written out per class
     delta = [(70 / 70) ** 0.2, (20 / 70) ** 0.2, (10 / 70) ** 0.2]
     vs_z = torch.tensor([[delta[c] * z[0, c].item() + 1.2 * math.log(prior[c].item()) for c in range(3)]])
-    assert L.vs_loss(z, y, counts, 0.2, 1.2).item() == pytest.approx(F.cross_entropy(vs_z, y).item(), rel=1e-6)
-    assert L.vs_loss(z, y, counts, 0.0, 1.0).item() == pytest.approx(la, rel=1e-5)  # gamma 0: logit adjustment
+    scales = L.vs_scales(counts, 0.2)
+    assert scales.tolist() == pytest.approx(delta)
+    assert L.vs_loss(z, y, scales, prior, 1.2).item() == pytest.approx(F.cross_entropy(vs_z, y).item(), rel=1e-6)
+    assert L.vs_loss(z, y, L.vs_scales(counts, 0.0), prior, 1.0).item() == pytest.approx(la, rel=1e-5)  # gamma 0: logit adjustment
     assert L.vs_scales([100, 10, 1], 0.5).tolist() == pytest.approx([1.0, 10 ** -0.5, 0.1])
     soft = torch.tensor([[0.25, 0.75, 0.0]])  # mixup's soft targets: the same mix of the hard-label losses
-    mixed = 0.25 * L.vs_loss(z, y, counts, 0.2, 1.2) + 0.75 * L.vs_loss(z, torch.tensor([1]), counts, 0.2, 1.2)
-    assert L.vs_loss(z, soft, counts, 0.2, 1.2).item() == pytest.approx(mixed.item(), rel=1e-5)
+    mixed = 0.25 * L.vs_loss(z, y, scales, prior, 1.2) + 0.75 * L.vs_loss(z, torch.tensor([1]), scales, prior, 1.2)
+    assert L.vs_loss(z, soft, scales, prior, 1.2).item() == pytest.approx(mixed.item(), rel=1e-5)
 
 
 def test_ldam_on_a_scaled_cosine_head_is_numerically_the_old_loss():

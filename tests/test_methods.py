@@ -56,7 +56,8 @@ def approx(v):
      lambda s, y: L.focal_loss(s, y, 0.5, L.class_balanced_weights(COUNTS, 0.99))),
     ({"sup_loss": "la", "la_tau": 1.5}, lambda s, y: L.logit_adjusted_loss(s, y, torch.tensor(COUNTS) / sum(COUNTS), 1.5)),
     ({"sup_loss": "bsce"}, lambda s, y: L.balanced_softmax_loss(s, y, COUNTS)),
-    ({"sup_loss": "vs", "vs_gamma": 0.2, "vs_tau": 1.2}, lambda s, y: L.vs_loss(s, y, COUNTS, 0.2, 1.2)),
+    ({"sup_loss": "vs", "vs_gamma": 0.2, "vs_tau": 1.2},
+     lambda s, y: L.vs_loss(s, y, L.vs_scales(COUNTS, 0.2), torch.tensor(COUNTS) / sum(COUNTS), 1.2)),
 ])
 def test_supervised_losses(setup, params, expected):
     *_, batch, s, t = setup
@@ -103,7 +104,8 @@ def test_mixup_targets_reach_the_supervised_loss(setup):
     expect = 0.7 * L.focal_loss(s, batch["y"], 1.0) + 0.3 * L.focal_loss(s, batch["y"][perm], 1.0)
     assert terms(focal, mixed)["sup"] == approx(expect.item())
     vs = make("ce", {"sup_loss": "vs", "vs_gamma": 0.2, "vs_tau": 1.2}, setup)  # Mixup + VS: the soft targets
-    expect = 0.7 * L.vs_loss(s, batch["y"], COUNTS, 0.2, 1.2) + 0.3 * L.vs_loss(s, batch["y"][perm], COUNTS, 0.2, 1.2)
+    scales, prior = L.vs_scales(COUNTS, 0.2), torch.tensor(COUNTS) / sum(COUNTS)
+    expect = 0.7 * L.vs_loss(s, batch["y"], scales, prior, 1.2) + 0.3 * L.vs_loss(s, batch["y"][perm], scales, prior, 1.2)
     assert terms(vs, mixed)["sup"] == approx(expect.item()) and terms(vs, mixed)["sup"] != approx(terms(vs, batch)["sup"])
 
 

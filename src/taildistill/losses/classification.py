@@ -100,14 +100,14 @@ def vs_scales(class_counts: Sequence[int] | torch.Tensor, gamma: float) -> torch
     return ((n / n.max()) ** gamma).float()
 
 
-def vs_loss(logits: torch.Tensor, target: torch.Tensor, class_counts: Sequence[int] | torch.Tensor,
-            gamma: float = 0.3, tau: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Vector-scaling loss (Kini et al. 2021, Eq. 4): CE(Delta_c z_c + tau log pi_c) with
-    ``Delta_c = (n_c / n_max)^gamma`` and pi the training prior, class-weighted when `weight` (C,)
-    is given (DRW). gamma = 0 is logit adjustment, tau = 0 the multiplicative (CDT) adjustment
-    alone. Hard or soft targets."""
-    n = _as_tensor(class_counts, logits)
-    adjusted = logits.float() * vs_scales(class_counts, gamma).to(logits.device)[None, :] + tau * torch.log(n / n.sum())[None, :]
+def vs_loss(logits: torch.Tensor, target: torch.Tensor, scales: torch.Tensor, class_prior: torch.Tensor,
+            tau: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Vector-scaling loss (Kini et al. 2021, Eq. 4): CE(Delta_c z_c + tau log pi_c) with `scales`
+    Delta (C,) = :func:`vs_scales` (n_c / n_max)^gamma and pi (C,) the training prior, class-weighted
+    when `weight` (C,) is given (DRW). gamma = 0 is logit adjustment, tau = 0 the multiplicative
+    (CDT) adjustment alone. Hard or soft targets. (The scales and prior are given, not the counts:
+    the loss runs every step, they once.)"""
+    adjusted = logits.float() * _as_tensor(scales, logits)[None, :] + tau * torch.log(_as_tensor(class_prior, logits))[None, :]
     return cross_entropy(adjusted, target, weight=weight)
 
 

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..models.common import prediction_scales
 from ..losses import (
     balanced_softmax_loss, class_balanced_weights, cross_entropy, focal_loss, ldam_loss, ldam_margins,
-    logit_adjusted_loss, vs_loss,
+    logit_adjusted_loss, vs_loss, vs_scales,
 )
 from ..typed import from_dict
 
@@ -148,6 +148,7 @@ class SupervisedLoss(nn.Module):
         self.register_buffer("class_prior", counts / counts.sum(), persistent=False)
         self.register_buffer("cb_weights", class_balanced_weights(class_counts, params.cb_beta), persistent=False)
         self.register_buffer("ldam_margins", ldam_margins(class_counts, params.ldam_max_margin), persistent=False)
+        self.register_buffer("vs_scales", vs_scales(class_counts, params.vs_gamma), persistent=False)
 
     def epoch_key(self, epoch: int) -> Hashable:
         """What of `epoch` this loss depends on: whether the class weights are on."""
@@ -173,7 +174,7 @@ class SupervisedLoss(nn.Module):
         if p.sup_loss == "la":
             return logit_adjusted_loss(logits, target, self.class_prior, p.la_tau, weight)
         if p.sup_loss == "vs":
-            return vs_loss(logits, target, self.class_counts, p.vs_gamma, p.vs_tau, weight)
+            return vs_loss(logits, target, self.vs_scales, self.class_prior, p.vs_tau, weight)
         return balanced_softmax_loss(logits, target, self.class_counts, weight)
 
 
