@@ -36,7 +36,8 @@ def test_a_method_accepts_only_its_own_parameters(method, foreign):
 def test_kd_resolves_to_its_own_parameters_only():
     params = dataclasses.asdict(resolve_params("kd", {}))
     assert set(params) == {"sup_loss", "sup_weight", "label_smoothing", "drw_epoch", "cb_beta", "focal_gamma",
-                           "ldam_max_margin", "ldam_scale", "la_tau", "vs_gamma", "vs_tau", "kd_weight", "temperature"}
+                           "ldam_max_margin", "ldam_scale", "la_tau", "vs_gamma", "vs_tau", "lade_alpha", "lade_lambda",
+                           "kd_weight", "temperature"}
 
 
 def test_unknown_method_lists_available():

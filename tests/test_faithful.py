@@ -97,6 +97,10 @@ def test_ablations_run_only_where_the_paper_has_them(tmp_path):
     assert sorted(k for k in specs if "/dive" in k) == sorted(
         f"profileexp_ratio{r}/{run}" for r in (100, 50, 10) for run in ("dive_teacher/seed0", "dive/seed0", "dive/seed1"))
     assert specs["profileexp_ratio50/dive/seed1"].deps == ["profileexp_ratio50/dive_teacher/seed0"]
+    # LADE too, with no teacher
+    assert sorted(k for k in specs if "/lade/" in k) == sorted(
+        f"profileexp_ratio{r}/lade/seed{s}" for r in (100, 50, 10) for s in (0, 1))
+    assert specs["profileexp_ratio10/lade/seed0"].deps == []
 
 
 def test_a_suite_that_is_not_the_papers_experiment_says_so_first_and_shows_no_paper_column(tmp_path):
@@ -222,6 +226,14 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     for run in (teacher, dive):
         assert (run.schedule.milestones, run.schedule.step_factors) == ([120, 160], [0.01, 0.0001])
         assert (run.optim, run.train, run.data, run.model, run.augment) == (ce.optim, ce.train, ce.data, ce.model, ce.augment)
+    # LADE (Table 1, cited from its paper): its authors' CIFAR-100-LT config and command on BBN's ResNet-32
+    lade = load_config(CONFIGS / "cifar100_lt_bkd" / "lade.yaml")
+    p = lade.method.params
+    assert (lade.method.name, p.sup_loss, p.lade_alpha, p.lade_lambda, p.drw_epoch) == ("ce", "lade", 0.1, 0.01, -1)
+    assert (lade.model.name, lade.train.batch_size, lade.train.epochs) == ("bbn_resnet32", 256, 200)
+    assert (lade.optim.lr, lade.optim.momentum, lade.optim.weight_decay, lade.optim.decay_norm_and_bias) == (0.2, 0.9, 5e-4, True)
+    assert (lade.schedule.warmup_epochs, lade.schedule.milestones, lade.schedule.step_factors) == (5, [120, 160], [0.01, 0.0001])
+    assert (lade.data, lade.augment, lade.augment.mixup_alpha) == (ce.data, ce.augment, 0.0)
     # CB (BKD Eq. 3, its code's Reweight rule): CE with Eq. 2's weights from the first epoch, each benchmark's recipe
     for folder in ("cifar10_lt", "cifar100_lt_bkd", "imagenet_lt_bkd", "places_lt_bkd", "ag_news_lt"):
         cb, ce = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("cb", "ce_teacher"))

@@ -235,6 +235,46 @@ def test_classification_losses_hand_computed():
     assert L.vs_loss(z, soft, scales, prior, 1.2).item() == pytest.approx(mixed.item(), rel=1e-5)
 
 
+def lader_np(f, rows, prior, lam):
+    """LADER written out class by class (Hong et al. 2021): -sum_y p_s(y) (DV_y - lam * log_term_y^2),
+    DV_y = the class's target-weighted mean logit - log_term_y, log_term_y = log mean_i e^{f_iy} / (C p_s(y))."""
+    B, C = len(f), len(f[0])
+    total = 0.0
+    for y in range(C):
+        mass = sum(rows[i][y] for i in range(B))
+        first = sum(rows[i][y] * f[i][y] for i in range(B)) / mass if mass > 0 else 0.0
+        log_term = math.log(sum(math.exp(f[i][y]) / (C * prior[y]) for i in range(B)) / B)
+        total -= prior[y] * (first - log_term - lam * log_term ** 2)
+    return total
+
+
+def test_lade_against_the_formula_written_out():
+    f, _ = rand_logits(B=8, C=5, seed=3, scale=2.0)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 0, 1])  # classes 3 and 4 absent: their log term only
+    prior = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03])
+    onehot = F.one_hot(y, 5).double().tolist()
+    expect = lader_np(f.double().tolist(), onehot, prior.tolist(), 0.01)
+    assert L.lader_regularizer(f, y, prior, 0.01).item() == pytest.approx(expect, rel=1e-5)
+    # mixup's soft targets: the first term is the target-weighted mean
+    soft = F.one_hot(y, 5).float() * 0.6 + F.one_hot(y.roll(1), 5).float() * 0.4
+    expect_soft = lader_np(f.double().tolist(), soft.double().tolist(), prior.tolist(), 0.1)
+    assert L.lader_regularizer(f, soft, prior, 0.1).item() == pytest.approx(expect_soft, rel=1e-5)
+    # LADE = LADE-CE (the logit-adjusted loss, tau 1) + alpha * LADER; DRW's weights weight the CE only
+    la = -(f + prior.log()).log_softmax(1)[torch.arange(8), y].mean().item()
+    assert L.lade_loss(f, y, prior, 0.1, 0.01).item() == pytest.approx(la + 0.1 * expect, rel=1e-5)
+    w = torch.tensor([0.2, 0.5, 1.0, 1.5, 1.8])
+    weighted = F.cross_entropy(f + prior.log(), y, weight=w).item()
+    assert L.lade_loss(f, y, prior, 0.5, 0.01, w).item() == pytest.approx(weighted + 0.5 * expect, rel=1e-5)
+    # unlike softmax CE, LADER sees a shift of one class's logits (its log term and ReMINE penalty pin
+    # the estimator's constant), even of a class absent from the batch
+    shifted = f.clone()
+    shifted[:, 4] += 1.0
+    assert L.lader_regularizer(shifted, y, prior, 0.01).item() != pytest.approx(expect, rel=1e-5)
+    g = f.clone().requires_grad_()
+    L.lade_loss(g, y, prior, 0.1, 0.01).backward()
+    assert torch.isfinite(g.grad).all() and g.grad[:, 4].abs().sum() > 0  # an absent class is still pushed
+
+
 def test_ldam_on_a_scaled_cosine_head_is_numerically_the_old_loss():
     """The cosine head now applies s; LDAM scales only its margins: the same loss and gradient as
     CE(s * (cos - m)) on raw cosines, to float precision."""

@@ -58,6 +58,8 @@ def approx(v):
     ({"sup_loss": "bsce"}, lambda s, y: L.balanced_softmax_loss(s, y, COUNTS)),
     ({"sup_loss": "vs", "vs_gamma": 0.2, "vs_tau": 1.2},
      lambda s, y: L.vs_loss(s, y, L.vs_scales(COUNTS, 0.2), torch.tensor(COUNTS) / sum(COUNTS), 1.2)),
+    ({"sup_loss": "lade", "lade_alpha": 0.3, "lade_lambda": 0.05},
+     lambda s, y: L.lade_loss(s, y, torch.tensor(COUNTS) / sum(COUNTS), 0.3, 0.05)),
 ])
 def test_supervised_losses(setup, params, expected):
     *_, batch, s, t = setup

@@ -8,7 +8,7 @@ from taildistill.errors import ConfigError
 
 
 @pytest.mark.parametrize("name,classes,expected", [
-    ("resnet32", 10, 0.46e6), ("resnet8x4", 100, 1.23e6), ("resnet32x4", 100, 7.43e6), ("wrn_40_2", 100, 2.26e6),
+    ("resnet32", 10, 0.46e6), ("bbn_resnet32", 100, 0.55e6), ("resnet8x4", 100, 1.23e6), ("resnet32x4", 100, 7.43e6), ("wrn_40_2", 100, 2.26e6),
     ("wrn_40_1", 100, 0.57e6), ("vgg8", 100, 3.96e6), ("vgg13", 100, 9.46e6), ("mobilenetv2", 100, 0.81e6), ("shufflenetv1", 100, 0.95e6),
     ("resnet10", 1000, 5.42e6), ("resnet50", 1000, 25.56e6), ("mobilenetv1", 1000, 4.23e6),
 ])
@@ -25,6 +25,19 @@ def test_the_cifar_resnet50_keeps_32px_maps():
     assert tuple(cifar(x)["features"]["stage4"].shape) == (2, 2048, 4, 4)
     assert tuple(imagenet(x)["features"]["stage4"].shape) == (2, 2048, 1, 1)
     assert abs(count_parameters(cifar) - 23.71e6) / 23.71e6 < 0.01
+
+
+def test_bbn_resnet32_closes_with_two_parallel_blocks():
+    """BBN's CIFAR ResNet-32 (LADE's and TDE's CIFAR network): 4 blocks then two side by side in the
+    last stage, concatenated into 128-d features; each branch a full block of its own."""
+    model = build_model("bbn_resnet32", 100)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert tuple(out["features"]["pooled"].shape) == (2, 128) and model.fc.in_features == 128
+    twin = model.stages[-1][-1]
+    a, b = twin.branches
+    assert a.conv1.weight.data_ptr() != b.conv1.weight.data_ptr() and not torch.equal(a.conv1.weight, b.conv1.weight)
+    x = torch.randn(2, 64, 8, 8)
+    assert torch.equal(twin.eval()(x), torch.cat([a(x), b(x)], 1))
 
 
 HEAVY = ("wrn_28_10", "resnet110", "resnet152", "deit_b_distilled", "deit_s_distilled", "spikingformer")  # tested elsewhere or too slow on CPU

@@ -27,12 +27,12 @@ from ..config import AugmentConfig
 from ..errors import ConfigError
 from ..models.common import prediction_scales
 from ..losses import (
-    balanced_softmax_loss, class_balanced_weights, cross_entropy, focal_loss, ldam_loss, ldam_margins,
+    balanced_softmax_loss, class_balanced_weights, cross_entropy, focal_loss, lade_loss, ldam_loss, ldam_margins,
     logit_adjusted_loss, vs_loss, vs_scales,
 )
 from ..typed import from_dict
 
-SupLoss = Literal["ce", "focal", "cb", "cb_focal", "ldam", "la", "bsce", "vs"]
+SupLoss = Literal["ce", "focal", "cb", "cb_focal", "ldam", "la", "bsce", "vs", "lade"]
 SplitName = Literal["train", "val", "balanced_train"]
 
 
@@ -99,7 +99,7 @@ class SupervisedParams:
 
     SIGNED: ClassVar[frozenset[str]] = frozenset({"drw_epoch"})  # may be negative (see check_signs)
 
-    sup_loss: SupLoss = "ce"  # the supervised loss; la = logit adjustment, bsce = balanced softmax, cb = class-balanced, vs = vector scaling
+    sup_loss: SupLoss = "ce"  # the supervised loss; la = logit adjustment, bsce = balanced softmax, cb = class-balanced, vs = vector scaling, lade = LADE
     sup_weight: float = 1.0  # weight of the supervised term
     label_smoothing: float = 0.0  # ce / cb: label smoothing
     drw_epoch: int = -1  # deferred re-weighting: class-balanced weights from this epoch on (-1 = never)
@@ -110,6 +110,8 @@ class SupervisedParams:
     la_tau: float = 1.0  # la: logit-adjustment strength tau
     vs_gamma: float = 0.3  # vs: multiplicative scales (n_c / n_max)^gamma (Kini et al. 2021; their code's default)
     vs_tau: float = 1.0  # vs: additive adjustment tau log pi_c (their code's default)
+    lade_alpha: float = 0.1  # lade: weight of the LADER regularizer (Hong et al. 2021; their CIFAR-100 value)
+    lade_lambda: float = 0.1  # lade: LADER's ReMINE penalty lambda (their code's default)
 
     def validate(self, prefix: str) -> None:
         if not 0 < self.cb_beta < 1:
@@ -135,7 +137,7 @@ def check_signs(params, prefix: str = "method") -> None:
 class SupervisedLoss(nn.Module):
     """The configured supervised loss on hard labels or, after mixup/cutmix, on soft targets:
     CE (+ label smoothing), focal, class-balanced CE / focal, LDAM, logit adjustment, balanced
-    softmax, vector scaling; deferred re-weighting switches the class-balanced weights on at `drw_epoch`
+    softmax, vector scaling, LADE; deferred re-weighting switches the class-balanced weights on at `drw_epoch`
     (for each of these losses, e.g. VS + DRW, which the VS authors' code offers)."""
 
     def __init__(self, params: SupervisedParams, class_counts: list[int], student: nn.Module | None = None):
@@ -175,6 +177,8 @@ class SupervisedLoss(nn.Module):
             return logit_adjusted_loss(logits, target, self.class_prior, p.la_tau, weight)
         if p.sup_loss == "vs":
             return vs_loss(logits, target, self.vs_scales, self.class_prior, p.vs_tau, weight)
+        if p.sup_loss == "lade":  # (the class weights of DRW weight its cross-entropy, not its regularizer)
+            return lade_loss(logits, target, self.class_prior, p.lade_alpha, p.lade_lambda, weight)
         return balanced_softmax_loss(logits, target, self.class_counts, weight)
 
 

@@ -1,5 +1,6 @@
-"""CIFAR ResNets: the long-tail papers' ResNet-32 (He et al. option A shortcuts) and the
-distillation-benchmark family resnet8x4 / resnet32x4 (1x1-conv shortcuts, 4x widths)."""
+"""CIFAR ResNets: the long-tail papers' ResNet-32 (He et al. option A shortcuts), BBN's variant of
+it (bbn_resnet32) and the distillation-benchmark family resnet8x4 / resnet32x4 (1x1-conv
+shortcuts, 4x widths)."""
 from __future__ import annotations
 
 import torch
@@ -58,11 +59,24 @@ class BasicBlock(nn.Module):
         return F.relu(out + sc)
 
 
+class TwinBlock(nn.Module):
+    """Two basic blocks side by side on the same input, their outputs concatenated on channels
+    (B, 2 * cout, H, W): BBN's two branches (Zhou et al. 2020) closing its CIFAR ResNet-32."""
+
+    def __init__(self, cin: int, cout: int, shortcut: str):
+        super().__init__()
+        self.branches = nn.ModuleList([BasicBlock(cin, cout, 1, shortcut), BasicBlock(cin, cout, 1, shortcut)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+
 class CifarResNet(nn.Module):
-    """3x3 stem, three stages of `n` basic blocks (strides 1, 2, 2), global pool, linear head."""
+    """3x3 stem, three stages of `n` basic blocks (strides 1, 2, 2), global pool, linear head.
+    `twin_last`: the last block is a :class:`TwinBlock`, so the features are twice the last width."""
 
     def __init__(self, n: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3,
-                 shortcut: str = "A", cosine_head: bool = False, cosine_scale: float = 30.0):
+                 shortcut: str = "A", cosine_head: bool = False, cosine_scale: float = 30.0, twin_last: bool = False):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
@@ -70,6 +84,10 @@ class CifarResNet(nn.Module):
         for i, w in enumerate(widths[1:]):
             blocks = []
             for j in range(n):
+                if twin_last and i == len(widths) - 2 and j == n - 1:
+                    blocks.append(TwinBlock(cin, w, shortcut))
+                    cin = 2 * w
+                    break
                 blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1, shortcut))
                 cin = w
             stages.append(nn.Sequential(*blocks))
@@ -86,17 +104,20 @@ class CifarResNet(nn.Module):
         return pooled_head(run_stages(h, self.stages, feats), self.fc, feats)
 
 
-def _cifar_resnet(depth: int, widths, shortcut: str):
+def _cifar_resnet(depth: int, widths, shortcut: str, twin_last: bool = False):
     n = (depth - 2) // 6
 
     def factory(num_classes: int, in_channels: int = 3, image_size: int = 32, cosine_head: bool = False,
                 cosine_scale: float = 30.0):
-        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head, cosine_scale)
+        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head, cosine_scale, twin_last)
 
     return factory
 
 
 for _depth in (20, 32, 44, 56, 110):
     MODELS.register(f"resnet{_depth}")(_cifar_resnet(_depth, (16, 16, 32, 64), "A"))
+# BBN's CIFAR ResNet-32 (Zhou et al. 2020), the network of the CIFAR-LT runs built on its code (LADE's, TDE's):
+# ResNet-32 whose last block is two parallel blocks, concatenated into 128-d features
+MODELS.register("bbn_resnet32")(_cifar_resnet(32, (16, 16, 32, 64), "A", twin_last=True))
 MODELS.register("resnet8x4")(_cifar_resnet(8, (32, 64, 128, 256), "B"))
 MODELS.register("resnet32x4")(_cifar_resnet(32, (32, 64, 128, 256), "B"))
