@@ -97,10 +97,14 @@ def test_ablations_run_only_where_the_paper_has_them(tmp_path):
     assert sorted(k for k in specs if "/dive" in k) == sorted(
         f"profileexp_ratio{r}/{run}" for r in (100, 50, 10) for run in ("dive_teacher/seed0", "dive/seed0", "dive/seed1"))
     assert specs["profileexp_ratio50/dive/seed1"].deps == ["profileexp_ratio50/dive_teacher/seed0"]
-    # LADE too, with no teacher
+    # LADE too, with no teacher; TDE on both profiles, as Table 1 has them
     assert sorted(k for k in specs if "/lade/" in k) == sorted(
         f"profileexp_ratio{r}/lade/seed{s}" for r in (100, 50, 10) for s in (0, 1))
     assert specs["profileexp_ratio10/lade/seed0"].deps == []
+    assert len([k for k in specs if "/tde/" in k]) == 6 * 2 and specs["profilestep_ratio50/tde/seed1"].deps == []
+    for name in ("bkd-cifar10", "bkd-cifar10-step"):
+        keys = {s.key for s in suite_specs(name, load_suite(name, CONFIGS), tmp_path / name, 1, False, CONFIGS, None, None)}
+        assert sorted(k for k in keys if "/tde/" in k) == [f"ratio{r}/tde/seed0" for r in (10, 100, 50)], name
 
 
 def test_a_suite_that_is_not_the_papers_experiment_says_so_first_and_shows_no_paper_column(tmp_path):
@@ -226,14 +230,26 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
     for run in (teacher, dive):
         assert (run.schedule.milestones, run.schedule.step_factors) == ([120, 160], [0.01, 0.0001])
         assert (run.optim, run.train, run.data, run.model, run.augment) == (ce.optim, ce.train, ce.data, ce.model, ce.augment)
-    # LADE (Table 1, cited from its paper): its authors' CIFAR-100-LT config and command on BBN's ResNet-32
+    # TDE and LADE (Tables 1 and 2, cited from their papers): the CIFAR-LT recipe of TDE's code (LADE's too) on
+    # BBN's ResNet-32; TDE's de-confounded head (alpha 1.5 on CIFAR-100, 1.0 on CIFAR-10) and plain CE,
+    # LADE's loss with its README command's alpha 0.1 and lambda 0.01
     lade = load_config(CONFIGS / "cifar100_lt_bkd" / "lade.yaml")
     p = lade.method.params
     assert (lade.method.name, p.sup_loss, p.lade_alpha, p.lade_lambda, p.drw_epoch) == ("ce", "lade", 0.1, 0.01, -1)
-    assert (lade.model.name, lade.train.batch_size, lade.train.epochs) == ("bbn_resnet32", 256, 200)
-    assert (lade.optim.lr, lade.optim.momentum, lade.optim.weight_decay, lade.optim.decay_norm_and_bias) == (0.2, 0.9, 5e-4, True)
-    assert (lade.schedule.warmup_epochs, lade.schedule.milestones, lade.schedule.step_factors) == (5, [120, 160], [0.01, 0.0001])
-    assert (lade.data, lade.augment, lade.augment.mixup_alpha) == (ce.data, ce.augment, 0.0)
+    assert (lade.model.name, lade.model.kwargs) == ("bbn_resnet32", {})
+    for folder, alpha in (("cifar100_lt_bkd", 1.5), ("cifar10_lt", 1.0)):
+        tde, ce = (load_config(CONFIGS / folder / f"{n}.yaml") for n in ("tde", "ce_teacher"))
+        assert (tde.method.name, tde.method.params.sup_loss, tde.augment.mixup_alpha) == ("ce", "ce", 0.0), folder
+        assert tde.model.name == "bbn_resnet32" and tde.model.kwargs == {
+            "causal_head": {"heads": 2, "tau": 16.0, "gamma": 0.03125, "alpha": alpha, "momentum": 0.9}}, folder
+        for run in (tde, lade):
+            assert (run.train.batch_size, run.train.epochs) == (256, 200)
+            assert (run.optim.lr, run.optim.momentum, run.optim.weight_decay, run.optim.decay_norm_and_bias) == (0.2, 0.9, 5e-4, True)
+            assert (run.schedule.name, run.schedule.warmup_epochs, run.schedule.milestones, run.schedule.step_factors) == \
+                ("ldam_step", 5, [120, 160], [0.01, 0.0001])
+        assert (tde.data, tde.augment) == (ce.data, ce.augment), folder
+    ce100 = load_config(CONFIGS / "cifar100_lt_bkd" / "ce_teacher.yaml")
+    assert (lade.data, lade.augment) == (ce100.data, ce100.augment)
     # CB (BKD Eq. 3, its code's Reweight rule): CE with Eq. 2's weights from the first epoch, each benchmark's recipe
     for folder in ("cifar10_lt", "cifar100_lt_bkd", "imagenet_lt_bkd", "places_lt_bkd", "ag_news_lt"):
         cb, ce = (load_config(CONFIGS / folder / f"{name}.yaml") for name in ("cb", "ce_teacher"))

@@ -153,3 +153,49 @@ def test_word_vectors_of_another_dimension_or_language_are_refused_not_left_rand
     vec.write_text("hello 1 2 x\n")
     with pytest.raises(DataError, match="cannot read word vectors"):
         build_model("textcnn", 4, vocab_size=4, embed_dim=3, vectors=str(vec), vocab=vocab)
+
+
+def test_the_causal_norm_head_is_tde_written_out():
+    """TDE (Tang et al. 2020): training logits tau/K sum_k <x^k/|x^k|, w^k/(|w^k| + gamma)>; the
+    moving average of the training features; evaluation logits with alpha x the projection of each
+    unit head feature on that average's direction removed. Written out head by head and class by class."""
+    torch.manual_seed(0)
+    model = build_model("bbn_resnet32", 5, causal_head={"heads": 2, "tau": 16.0, "gamma": 0.03125, "alpha": 1.5, "momentum": 0.9})
+    head = model.fc
+    assert "fc.feature_mean" in model.state_dict()  # saved with the weights: a resumed run keeps it
+    x1, x2 = torch.randn(6, 128), torch.randn(6, 128) + 0.5
+    head.train()
+    z1 = head(x1)
+    head(x2)
+    mean = 0.9 * (0.1 * x1.mean(0)) + 0.1 * x2.mean(0)
+    assert torch.allclose(head.feature_mean, mean, atol=1e-6)
+
+    def written_out(x, alpha):
+        out = torch.zeros(x.shape[0], 5)
+        for b in range(x.shape[0]):
+            for i in range(5):
+                for k in range(2):
+                    xk, wk, dk = x[b, 64 * k:64 * (k + 1)], head.weight.detach()[i, 64 * k:64 * (k + 1)], mean[64 * k:64 * (k + 1)]
+                    unit, d = xk / xk.norm(), dk / dk.norm()
+                    cos = float(unit @ d)
+                    out[b, i] += 16.0 / 2 * float((unit - alpha * cos * d) @ (wk / (wk.norm() + 0.03125)))
+        return out
+
+    with torch.no_grad():
+        assert torch.allclose(z1, written_out(x1, 0.0), atol=1e-4)  # training: de-confounded, nothing removed
+        head.eval()
+        before = head.feature_mean.clone()
+        assert torch.allclose(head(x1), written_out(x1, 1.5), atol=1e-4)  # evaluation: TDE
+        assert not torch.allclose(head(x1), z1, atol=1e-2)
+        assert torch.equal(head.feature_mean, before)  # evaluation leaves the average alone
+        head.alpha = 0.0
+        assert torch.allclose(head(x1), z1, atol=1e-5)
+    # through the network: eval-mode logits are the head's TDE logits on the pooled features
+    model.eval()
+    out = model(torch.randn(2, 3, 32, 32))
+    head.alpha = 1.5
+    assert torch.allclose(out["logits"], written_out(out["features"]["pooled"].detach(), 0.0), atol=1e-4)
+    with pytest.raises(ConfigError, match="causal_head.heads must divide the feature width 64"):
+        build_model("resnet32", 10, causal_head={"heads": 3})
+    with pytest.raises(ConfigError, match="one head"):
+        build_model("resnet32", 10, causal_head={}, cosine_head=True)

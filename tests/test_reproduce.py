@@ -100,7 +100,7 @@ def test_the_graph_makes_students_wait_for_their_teachers(tmp_path):
     by = {s.key: s for s in specs}
     assert by["ratio100/kd/seed1"].deps == ["ratio100/ce_teacher/seed0"] and by["ratio100/ce/seed0"].deps == []
     assert f"teacher.run={tmp_path / 'ratio100' / 'ce_teacher' / 'seed0'}" in by["ratio100/kd/seed1"].overrides
-    assert len(specs) == 1 + 10 * 2  # the teacher once, ten students x two seeds, the first cell only
+    assert len(specs) == 1 + 11 * 2  # the teacher once, eleven students x two seeds, the first cell only
 
 
 def test_cells_and_only_select_part_of_a_suite_and_name_what_exists(tmp_path):

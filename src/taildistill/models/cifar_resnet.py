@@ -3,6 +3,8 @@ it (bbn_resnet32) and the distillation-benchmark family resnet8x4 / resnet32x4 (
 shortcuts, 4x widths)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,6 +31,54 @@ class CosineLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * (F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t())
+
+
+class CausalNormHead(nn.Module):
+    """TDE's de-confounded classifier (Tang et al. 2020, "Long-Tailed Classification by Keeping the
+    Good and Removing the Bad Momentum Causal Effect", [34] in BKD's tables). The features x (B, D)
+    and each class weight w_i are split into K heads of D / K; with x^k / ||x^k|| the unit head
+    feature and w_i^k / (||w_i^k|| + gamma) the class weight normalised with the norm-offset gamma,
+
+        training (de-confound):  z_i = tau / K * sum_k <x^k / ||x^k||, w_i^k / (||w_i^k|| + gamma)>,
+        evaluation (TDE):        z_i = tau / K * sum_k <x^k / ||x^k|| - alpha cos(x^k, d^k) d^k,
+                                                       w_i^k / (||w_i^k|| + gamma)>,
+
+    d^k the unit direction of the moving average of the training features (momentum `momentum`,
+    updated by every training-mode forward, a buffer saved with the weights): the evaluation logits
+    remove the head-biased part of each feature's prediction, alpha x its projection on that
+    direction (the counterfactual "momentum" effect). alpha 0 predicts with the training logits.
+    The class weights start uniform in +-1/sqrt(D), as TDE's code initialises them (gamma is
+    measured against their norms)."""
+
+    def __init__(self, in_features: int, num_classes: int, heads: int = 2, tau: float = 16.0, gamma: float = 0.03125,
+                 alpha: float = 1.5, momentum: float = 0.9):
+        super().__init__()
+        if heads < 1 or in_features % heads:
+            raise ConfigError(f"causal_head.heads must divide the feature width {in_features}, got {heads}")
+        if not tau > 0 or gamma < 0 or alpha < 0 or not 0 <= momentum < 1:
+            raise ConfigError(f"causal head needs tau > 0, gamma >= 0, alpha >= 0 and momentum in [0, 1); got "
+                              f"tau {tau}, gamma {gamma}, alpha {alpha}, momentum {momentum}")
+        self.heads, self.tau, self.gamma, self.alpha, self.momentum = heads, tau, gamma, alpha, momentum
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-bound, bound))
+        self.register_buffer("feature_mean", torch.zeros(in_features))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.heads, -1))  # (..., D) -> (..., K, D / K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.training:
+            with torch.no_grad():  # (a biased-to-zero start only scales the direction: what TDE uses)
+                self.feature_mean.mul_(self.momentum).add_(x.mean(0), alpha=1 - self.momentum)
+        w = self._split(self.weight.float())  # (C, K, D/K)
+        w = w / (w.norm(dim=-1, keepdim=True) + self.gamma)
+        xk = F.normalize(self._split(x), dim=-1)  # (B, K, D/K)
+        if not self.training and self.alpha > 0:
+            d = F.normalize(self._split(self.feature_mean), dim=-1)  # (K, D/K)
+            cos = (xk * d).sum(-1, keepdim=True)  # (B, K, 1)
+            xk = xk - self.alpha * cos * d
+        return torch.einsum("bkd,ckd->bc", xk, w) * (self.tau / self.heads)
 
 
 class BasicBlock(nn.Module):
@@ -76,7 +126,8 @@ class CifarResNet(nn.Module):
     `twin_last`: the last block is a :class:`TwinBlock`, so the features are twice the last width."""
 
     def __init__(self, n: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3,
-                 shortcut: str = "A", cosine_head: bool = False, cosine_scale: float = 30.0, twin_last: bool = False):
+                 shortcut: str = "A", cosine_head: bool = False, cosine_scale: float = 30.0, twin_last: bool = False,
+                 causal_head: dict | None = None):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
@@ -93,10 +144,14 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.feature_dim = cin
+        if cosine_head and causal_head is not None:
+            raise ConfigError("a model has one head: cosine_head or causal_head, not both")
         self.fc = CosineLinear(cin, num_classes, cosine_scale) if cosine_head else nn.Linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
+        if causal_head is not None:  # (after the initialisation loop: it keeps its own)
+            self.fc = CausalNormHead(cin, num_classes, **causal_head)
 
     def forward(self, x: torch.Tensor) -> dict:
         h = self.stem(x)
@@ -108,8 +163,12 @@ def _cifar_resnet(depth: int, widths, shortcut: str, twin_last: bool = False):
     n = (depth - 2) // 6
 
     def factory(num_classes: int, in_channels: int = 3, image_size: int = 32, cosine_head: bool = False,
-                cosine_scale: float = 30.0):
-        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head, cosine_scale, twin_last)
+                cosine_scale: float = 30.0, causal_head: dict | None = None):
+        """`causal_head`: TDE's classifier (:class:`CausalNormHead`), a mapping of its
+        parameters (heads, tau, gamma, alpha, momentum; {} for TDE's defaults)."""
+        if causal_head is not None and not isinstance(causal_head, dict):
+            raise ConfigError(f"causal_head is a mapping of the head's parameters (heads, tau, gamma, alpha, momentum), got {causal_head!r}")
+        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head, cosine_scale, twin_last, causal_head)
 
     return factory
 
