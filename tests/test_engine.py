@@ -121,6 +121,19 @@ def test_schedules():
     assert lr_factor(cos, 0, 10) == pytest.approx(1.0) and lr_factor(cos, 5, 10) == pytest.approx(0.5)
     ms = ScheduleConfig(name="multistep", warmup_epochs=0, milestones=[2, 4], gamma=0.1)
     assert [lr_factor(ms, e, 6) for e in (0, 2, 4)] == pytest.approx([1, 0.1, 0.01])
+    # TDE's and LADE's code: WarmupMultiStepLR (warm-up from 1/3, gamma 0.01 at [120, 160]) stepped at the start of
+    # each 1-based epoch E, i.e. lr x (1/3 + 2/3 E/5) for E < 5 and 0.01 ** bisect_right([120, 160], E), written out
+    tde = ScheduleConfig(name="ldam_step", warmup_epochs=5, warmup_start=1 / 3, milestones=[119, 159], step_factors=[0.01, 0.0001])
+
+    def theirs(E):
+        warm = 1 / 3 * (1 - E / 5) + E / 5 if E < 5 else 1.0
+        return warm * 0.01 ** sum(E >= m for m in (120, 160))
+
+    assert [lr_factor(tde, e, 200) for e in range(200)] == pytest.approx([theirs(e + 1) for e in range(200)])
+    assert lr_factor(tde, 0, 200) == pytest.approx(7 / 15)
+    assert lr_factor(ScheduleConfig(name="cosine", warmup_epochs=4, warmup_start=0.5), 2, 10) == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match="schedule.warmup_start"):
+        build_config({"schedule": {"warmup_start": 1.5}})
 
 
 def test_sam_uses_gradient_at_perturbed_point():
@@ -457,6 +470,10 @@ def test_runs_saved_before_lr_scale_existed_are_still_the_same_experiment():
     old = {"method": {"name": "ce"}, "optim": {"lr": 0.1}}
     assert config_hash(old) == config_hash({"method": {"name": "ce"}, "optim": {"lr": 0.1, "lr_scale": {}}})
     assert config_hash(old) != config_hash({"method": {"name": "ce"}, "optim": {"lr": 0.1, "lr_scale": {"student.fc": 10.0}}})
+    # schedule.warmup_start likewise: 0 (the ramp alone, as before it existed) is the old experiment
+    sched = {"method": {"name": "ce"}, "schedule": {"warmup_epochs": 5}}
+    assert config_hash(sched) == config_hash({**sched, "schedule": {"warmup_epochs": 5, "warmup_start": 0.0}})
+    assert config_hash(sched) != config_hash({**sched, "schedule": {"warmup_epochs": 5, "warmup_start": 0.25}})
 
 
 def test_reviewkd_and_catkd_train_end_to_end(tmp_path):

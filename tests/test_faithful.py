@@ -245,8 +245,9 @@ def test_the_faithful_recipes_resolve_to_the_papers_values():
         for run in (tde, lade):
             assert (run.train.batch_size, run.train.epochs) == (256, 200)
             assert (run.optim.lr, run.optim.momentum, run.optim.weight_decay, run.optim.decay_norm_and_bias) == (0.2, 0.9, 5e-4, True)
-            assert (run.schedule.name, run.schedule.warmup_epochs, run.schedule.milestones, run.schedule.step_factors) == \
-                ("ldam_step", 5, [120, 160], [0.01, 0.0001])
+            # their WarmupMultiStepLR (from 1/3, x0.01 from 1-based epoch 120, x0.0001 from 160; tests/test_engine.py)
+            assert (run.schedule.name, run.schedule.warmup_epochs, run.schedule.warmup_start, run.schedule.milestones,
+                    run.schedule.step_factors) == ("ldam_step", 5, pytest.approx(1 / 3), [119, 159], [0.01, 0.0001])
         assert (tde.data, tde.augment) == (ce.data, ce.augment), folder
     ce100 = load_config(CONFIGS / "cifar100_lt_bkd" / "ce_teacher.yaml")
     assert (lade.data, lade.augment) == (ce100.data, ce100.augment)

@@ -33,6 +33,8 @@ def test_bbn_resnet32_closes_with_two_parallel_blocks():
     model = build_model("bbn_resnet32", 100)
     out = model(torch.randn(2, 3, 32, 32))
     assert tuple(out["features"]["pooled"].shape) == (2, 128) and model.fc.in_features == 128
+    # its classifier keeps torch's default initialisation (BBN's code never reaches it), U(+-1/sqrt(128))
+    assert model.fc.weight.abs().max() <= 1 / 128 ** 0.5 and build_model("resnet32", 100).fc.weight.abs().max() > 1 / 64 ** 0.5
     twin = model.stages[-1][-1]
     a, b = twin.branches
     assert a.conv1.weight.data_ptr() != b.conv1.weight.data_ptr() and not torch.equal(a.conv1.weight, b.conv1.weight)
@@ -188,6 +190,10 @@ def test_the_causal_norm_head_is_tde_written_out():
         assert torch.allclose(head(x1), written_out(x1, 1.5), atol=1e-4)  # evaluation: TDE
         assert not torch.allclose(head(x1), z1, atol=1e-2)
         assert torch.equal(head.feature_mean, before)  # evaluation leaves the average alone
+        expect = written_out(x1, 1.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 under autocast too: tau 16 magnifies bf16's rounding
+            under_autocast = head(x1)
+        assert under_autocast.dtype == torch.float32 and torch.allclose(under_autocast, expect, atol=1e-4)
         head.alpha = 0.0
         assert torch.allclose(head(x1), z1, atol=1e-5)
     # through the network: eval-mode logits are the head's TDE logits on the pooled features

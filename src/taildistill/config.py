@@ -203,6 +203,9 @@ class OptimConfig:
 class ScheduleConfig:
     name: ScheduleName = "ldam_step"
     warmup_epochs: int = 5
+    # the warm-up's starting fraction s of the learning rate: s + (1 - s) x the linear ramp (0: LDAM's e / warmup;
+    # 1/3: the WarmupMultiStepLR of BBN's, TDE's and LADE's code)
+    warmup_start: float = 0.0
     milestones: list[int] = field(default_factory=lambda: [160, 180])
     gamma: float = 0.1  # multistep decay factor
     step_factors: list[float] = field(default_factory=lambda: [0.01, 0.0001])  # ldam_step
@@ -210,6 +213,8 @@ class ScheduleConfig:
 
     def validate(self, prefix: str) -> None:
         _non_negative(prefix, warmup_epochs=self.warmup_epochs, min_lr=self.min_lr)
+        if not 0 <= self.warmup_start <= 1:
+            raise ConfigError(f"config key '{prefix}.warmup_start' is a fraction of the learning rate in [0, 1], got {self.warmup_start}")
         if sorted(self.milestones) != list(self.milestones) or any(m < 0 for m in self.milestones):
             raise ConfigError(f"config key '{prefix}.milestones' must be increasing epochs >= 0, got {self.milestones}")
 

@@ -73,7 +73,7 @@ def resume_overrides(overrides: list[str]) -> list[str]:
 
 # keys added after runs were saved without them: left out of the hash while empty, so that an old
 # run and its re-run with today's defaults are still the same experiment
-_ADDED_EMPTY = {"teacher": ("pretrained",), "optim": ("lr_scale",)}
+_ADDED_EMPTY = {"teacher": ("pretrained",), "optim": ("lr_scale",), "schedule": ("warmup_start",)}
 
 
 def flat_config(cfg) -> dict:

@@ -115,6 +115,7 @@ def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
 
     - ldam_step: the LDAM/BKD schedule at epoch granularity, e = epoch + 1: e <= warmup gives
       e / warmup; e > milestones[1] gives step_factors[1]; e > milestones[0] step_factors[0]; else 1.
+    Every warm-up starts from `warmup_start` s: s + (1 - s) x the ramp (s = 0: the ramp alone).
     - cosine: linear warmup over `warmup_epochs`, then cosine to `min_lr` factor.
     - multistep: warmup, then gamma ** (number of milestones passed).
     - constant: 1 (after warmup).
@@ -124,7 +125,7 @@ def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
     if name == "ldam_step":
         e = int(epoch_float) + 1
         if w > 0 and e <= w:
-            return e / w
+            return cfg.warmup_start + (1 - cfg.warmup_start) * e / w
         ms = list(cfg.milestones) + [10**9] * (2 - len(cfg.milestones))
         fs = list(cfg.step_factors) + [cfg.step_factors[-1] if cfg.step_factors else 1.0] * (2 - len(cfg.step_factors))
         if e > ms[1]:
@@ -133,7 +134,7 @@ def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
             return fs[0]
         return 1.0
     if w > 0 and epoch_float < w:
-        return max(epoch_float / w, 1e-3)
+        return max(cfg.warmup_start + (1 - cfg.warmup_start) * epoch_float / w, 1e-3)
     if name == "cosine":
         span = max(1e-8, total_epochs - w)
         prog = min(1.0, (epoch_float - w) / span)

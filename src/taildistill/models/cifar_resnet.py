@@ -67,7 +67,10 @@ class CausalNormHead(nn.Module):
         return t.unflatten(-1, (self.heads, -1))  # (..., D) -> (..., K, D / K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
+        with torch.autocast(x.device.type, enabled=False):  # float32 as TDE's: tau 16 magnifies bf16's rounding
+            return self._logits(x.float())
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             with torch.no_grad():  # (a biased-to-zero start only scales the direction: what TDE uses)
                 self.feature_mean.mul_(self.momentum).add_(x.mean(0), alpha=1 - self.momentum)
@@ -123,11 +126,14 @@ class TwinBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """3x3 stem, three stages of `n` basic blocks (strides 1, 2, 2), global pool, linear head.
-    `twin_last`: the last block is a :class:`TwinBlock`, so the features are twice the last width."""
+    `twin_last`: the last block is a :class:`TwinBlock`, so the features are twice the last width.
+    `init_fc`: the linear head Kaiming-initialised with the convolutions (LDAM's ResNet-32), else
+    torch's default, as BBN's code (its classifier a module of its own, which its initialisation
+    never reaches)."""
 
     def __init__(self, n: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3,
                  shortcut: str = "A", cosine_head: bool = False, cosine_scale: float = 30.0, twin_last: bool = False,
-                 causal_head: dict | None = None):
+                 causal_head: dict | None = None, init_fc: bool = True):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
@@ -148,7 +154,7 @@ class CifarResNet(nn.Module):
             raise ConfigError("a model has one head: cosine_head or causal_head, not both")
         self.fc = CosineLinear(cin, num_classes, cosine_scale) if cosine_head else nn.Linear(cin, num_classes)
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and init_fc):
                 nn.init.kaiming_normal_(m.weight)
         if causal_head is not None:  # (after the initialisation loop: it keeps its own)
             self.fc = CausalNormHead(cin, num_classes, **causal_head)
@@ -159,7 +165,7 @@ class CifarResNet(nn.Module):
         return pooled_head(run_stages(h, self.stages, feats), self.fc, feats)
 
 
-def _cifar_resnet(depth: int, widths, shortcut: str, twin_last: bool = False):
+def _cifar_resnet(depth: int, widths, shortcut: str, twin_last: bool = False, init_fc: bool = True):
     n = (depth - 2) // 6
 
     def factory(num_classes: int, in_channels: int = 3, image_size: int = 32, cosine_head: bool = False,
@@ -168,7 +174,8 @@ def _cifar_resnet(depth: int, widths, shortcut: str, twin_last: bool = False):
         parameters (heads, tau, gamma, alpha, momentum; {} for TDE's defaults)."""
         if causal_head is not None and not isinstance(causal_head, dict):
             raise ConfigError(f"causal_head is a mapping of the head's parameters (heads, tau, gamma, alpha, momentum), got {causal_head!r}")
-        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head, cosine_scale, twin_last, causal_head)
+        return CifarResNet(n, widths, num_classes, in_channels, shortcut, cosine_head, cosine_scale, twin_last,
+                           causal_head, init_fc)
 
     return factory
 
@@ -176,7 +183,8 @@ def _cifar_resnet(depth: int, widths, shortcut: str, twin_last: bool = False):
 for _depth in (20, 32, 44, 56, 110):
     MODELS.register(f"resnet{_depth}")(_cifar_resnet(_depth, (16, 16, 32, 64), "A"))
 # BBN's CIFAR ResNet-32 (Zhou et al. 2020), the network of the CIFAR-LT runs built on its code (LADE's, TDE's):
-# ResNet-32 whose last block is two parallel blocks, concatenated into 128-d features
-MODELS.register("bbn_resnet32")(_cifar_resnet(32, (16, 16, 32, 64), "A", twin_last=True))
+# ResNet-32 whose last block is two parallel blocks, concatenated into 128-d features; its linear classifier keeps
+# torch's default initialisation, as there
+MODELS.register("bbn_resnet32")(_cifar_resnet(32, (16, 16, 32, 64), "A", twin_last=True, init_fc=False))
 MODELS.register("resnet8x4")(_cifar_resnet(8, (32, 64, 128, 256), "B"))
 MODELS.register("resnet32x4")(_cifar_resnet(32, (32, 64, 128, 256), "B"))
