@@ -70,6 +70,10 @@ def test_train_eval_report_and_data_summary(tmp_path, capsys):
     final = json.loads((out / "final.json").read_text())
     assert summary["top1"] == pytest.approx(final["test"]["top1"])
     assert printed.rstrip().endswith(f"wrote {out / 'eval_test.json'}") and (out / "eval_test.json").is_file()
+    assert "overrides" not in json.loads((out / "eval_test.json").read_text())
+    assert main(["eval", str(out), "--json", "train.device=cpu"]) == 0  # the file says what it was made under
+    capsys.readouterr()
+    assert json.loads((out / "eval_test.json").read_text())["overrides"] == ["train.device=cpu"]
     assert main(["eval", str(out)]) == 0  # the table a person reads: the same number, each class named
     table = capsys.readouterr().out
     assert f"{final['test']['top1']:.2f}" in table and "many" in table and "\n    9  9 " in table

@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run directory or a checkpoint (per group, per class, ECE)",
                        description="Evaluate TARGET (a run directory, or a .safetensors checkpoint together with "
                                    "--config) on the test split (or --split val / train). Prints a table (top-1, "
-                                   "top-5, each group, ECE, each class) and writes eval_<split>.json beside a run.",
+                                   "top-5, each group, ECE, each class) and writes eval_<split>.json beside a run (with the "
+                                   "KEY=VALUE overrides it was made under).",
                        epilog="examples:\n  taildistill eval runs/cifar10_lt/bkd\n"
                               "  taildistill eval runs/cifar10_lt/deitlt --analysis rank,attention data.val_per_class=20\n"
                               "  taildistill eval student.safetensors --config cifar10_lt/ce_teacher --json",

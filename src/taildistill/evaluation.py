@@ -66,8 +66,8 @@ def evaluate_target(target: Path, config: str | None, overrides: list[str], spli
     if analyses:
         metrics["analysis"] = run_analyses(student, data, split, augment, device, analyses, num_workers=cfg.data.num_workers)
         result["summary"]["analysis"] = metrics["analysis"]
-    if out_file is not None:
-        write_text_atomic(out_file, json.dumps(metrics, indent=1))
+    if out_file is not None:  # with the overrides it was made under (e.g. TDE's alpha): not the run's own evaluation
+        write_text_atomic(out_file, json.dumps({**metrics, "overrides": list(overrides)} if overrides else metrics, indent=1))
         result["written"] = str(out_file)
     return result
 
