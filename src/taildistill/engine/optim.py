@@ -115,17 +115,18 @@ def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
 
     - ldam_step: the LDAM/BKD schedule at epoch granularity, e = epoch + 1: e <= warmup gives
       e / warmup; e > milestones[1] gives step_factors[1]; e > milestones[0] step_factors[0]; else 1.
-    Every warm-up starts from `warmup_start` s: s + (1 - s) x the ramp (s = 0: the ramp alone).
     - cosine: linear warmup over `warmup_epochs`, then cosine to `min_lr` factor.
     - multistep: warmup, then gamma ** (number of milestones passed).
     - constant: 1 (after warmup).
+
+    Every warm-up starts from `warmup_start` s: s + (1 - s) x the ramp (s = 0: the ramp alone).
     """
     name = cfg.name
     w = cfg.warmup_epochs
     if name == "ldam_step":
         e = int(epoch_float) + 1
         if w > 0 and e <= w:
-            return cfg.warmup_start + (1 - cfg.warmup_start) * e / w
+            return _warmup(cfg, e / w)
         ms = list(cfg.milestones) + [10**9] * (2 - len(cfg.milestones))
         fs = list(cfg.step_factors) + [cfg.step_factors[-1] if cfg.step_factors else 1.0] * (2 - len(cfg.step_factors))
         if e > ms[1]:
@@ -134,7 +135,7 @@ def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
             return fs[0]
         return 1.0
     if w > 0 and epoch_float < w:
-        return max(cfg.warmup_start + (1 - cfg.warmup_start) * epoch_float / w, 1e-3)
+        return max(_warmup(cfg, epoch_float / w), 1e-3)
     if name == "cosine":
         span = max(1e-8, total_epochs - w)
         prog = min(1.0, (epoch_float - w) / span)
@@ -144,6 +145,11 @@ def lr_factor(cfg, epoch_float: float, total_epochs: int) -> float:
     if name == "constant":
         return 1.0
     raise ConfigError(f"schedule.name must be ldam_step, cosine, multistep or constant, got '{name}'")
+
+
+def _warmup(cfg, ramp: float) -> float:
+    """The warm-up's factor at `ramp` (0 to 1) of the way: from `warmup_start` up to 1."""
+    return cfg.warmup_start + (1 - cfg.warmup_start) * ramp
 
 
 def set_lr(opt: torch.optim.Optimizer, base_lr: float, factor: float) -> float:

@@ -15,7 +15,7 @@ from .base import Batch, Method, MethodOutput, SupervisedLoss, SupervisedParams,
 
 
 class Supervised(Method):
-    """Supervised training only (teachers, CE-only students); sup_loss picks CE/focal/CB/LDAM/LA/BSCE/VS."""
+    """Supervised training only (teachers, CE-only students); sup_loss picks CE/focal/CB/LDAM/LA/BSCE/VS/LADE."""
 
     Params = SupervisedParams
 

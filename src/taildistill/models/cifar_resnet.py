@@ -152,12 +152,13 @@ class CifarResNet(nn.Module):
         self.feature_dim = cin
         if cosine_head and causal_head is not None:
             raise ConfigError("a model has one head: cosine_head or causal_head, not both")
-        self.fc = CosineLinear(cin, num_classes, cosine_scale) if cosine_head else nn.Linear(cin, num_classes)
+        if causal_head is not None:  # (not an nn.Linear: it keeps its own initialisation)
+            self.fc = CausalNormHead(cin, num_classes, **causal_head)
+        else:
+            self.fc = CosineLinear(cin, num_classes, cosine_scale) if cosine_head else nn.Linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and init_fc):
                 nn.init.kaiming_normal_(m.weight)
-        if causal_head is not None:  # (after the initialisation loop: it keeps its own)
-            self.fc = CausalNormHead(cin, num_classes, **causal_head)
 
     def forward(self, x: torch.Tensor) -> dict:
         h = self.stem(x)
